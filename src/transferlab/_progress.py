@@ -1,0 +1,58 @@
+"""Progress bars and status lines on stderr (stdout stays clean for --json)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Reporter:
+    """Shows progress bars and one-line messages, or nothing when ``enabled`` is False (library use, tests)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def info(self, message: str) -> None:
+        """Print one status line."""
+        if self.enabled:
+            self.console.print(message)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar; yields ``advance(n)``. Bars only draw on a terminal or when work takes over ~1 s."""
+        if not self.enabled or total <= 0:
+            yield lambda n: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("[bold]{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=not sys.stderr.isatty(),
+            disable=not self.enabled,
+        ) as bar:
+            tid = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(tid, n)
+
+    def wrap(self, iterable: Iterable[T], total: int, description: str) -> Iterator[T]:
+        """Iterate with a progress bar."""
+        with self.task(description, total) as advance:
+            for item in iterable:
+                yield item
+                advance(1)

@@ -1,0 +1,49 @@
+"""Process-level settings that must happen before heavy libraries start working."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Stop glibc from returning large activation buffers to the OS after every batch.
+
+    A CNN forward pass at batch 32 allocates tens of MB per layer, above glibc's mmap threshold, so by default
+    every batch maps and unmaps that memory and about half of the CPU time goes to the kernel. Disabling mmap for
+    large blocks and raising the trim threshold roughly doubled MobileNetV2 throughput on our 2-core machines
+    (see BENCHMARKS.md). ``MALLOC_*`` environment variables only work at process start, so we use ``mallopt``.
+
+    Returns
+    -------
+    bool
+        True when the allocator was tuned (glibc found), False elsewhere (macOS, musl, Windows).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("TRANSFERLAB_NO_MALLOPT"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
+def hub_offline_unless_asked(download: bool) -> None:
+    """Make Hugging Face hub access offline unless the user asked to download weights.
+
+    Without this, a missing weights file makes timm retry the network for ~46 s before failing. It must run
+    before ``huggingface_hub`` is imported to take effect, so the CLI calls it first thing.
+    """
+    if download:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,551 @@
+"""Python API: ``Classifier`` (fit / predict / evaluate / save) and ``train`` (the whole train-and-report job).
+
+The CLI only wraps these. Example::
+
+    >>> import transferlab                                                      # doctest: +SKIP
+    >>> clf = transferlab.Classifier(backbone="mobilenet_v2", head="logreg")    # doctest: +SKIP
+    >>> clf.fit("photos/")                                                      # doctest: +SKIP
+    >>> clf.predict(["a.jpg"])                                                  # doctest: +SKIP
+    >>> clf.save("model/"); clf = transferlab.load("model/")                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._progress import Reporter
+from .errors import TransferlabError
+from .intake import Intake, attach_manifest, intake
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_HEAD = "logreg"
+
+
+@dataclass
+class Prediction:
+    """One prediction for one input: a label and probabilities, or an error."""
+
+    path: str
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        """The ``predict --json`` line for this input."""
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        probs = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+        if top_k is not None:
+            probs = probs[:top_k]
+        return {"path": self.path, "label": self.label, "probabilities": {k: round(v, 6) for k, v in probs}}
+
+
+class Classifier:
+    """A frozen pretrained backbone with a small trainable head.
+
+    Parameters
+    ----------
+    backbone
+        Registered backbone name (``transferlab backbones`` lists them).
+    head
+        ``"logreg"``, ``"svm"`` or ``"mlp"`` (the seed's head).
+    pool
+        ``"avg"``: global-average-pooled features; ``"flatten"``: the flattened feature map (the seed's input).
+    head_params
+        Keyword arguments for the head (e.g. ``{"epochs": 30}`` for ``mlp``).
+    weights
+        Local weights file for the backbone (needed offline for vgg16/resnet50/inception_v3).
+    download
+        Allow downloading hub weights.
+    cache_dir, use_cache
+        Feature cache location (default: the user's cache directory) and whether to use it.
+    batch_size, num_workers
+        Featurization batch size and decoding worker processes.
+    verbose
+        Show progress bars and status lines on stderr.
+
+    Examples
+    --------
+    >>> clf = Classifier(backbone="mobilenet_v2", head="logreg")   # doctest: +SKIP
+    >>> clf.fit("data/presidents").predict(["photo.jpg"])           # doctest: +SKIP
+    array(['obama'], dtype='<U7')
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        head: str = DEFAULT_HEAD,
+        *,
+        pool: str = "avg",
+        head_params: dict[str, Any] | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        download: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        from .backbones import get_backbone_cfg
+        from .heads import make_head
+
+        if pool not in ("avg", "flatten"):
+            raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
+        if batch_size < 1:
+            raise TransferlabError(f"batch size {batch_size}: must be at least 1")
+        get_backbone_cfg(backbone)  # validate early, with the list of choices
+        self.backbone = backbone
+        self.head = head
+        self.pool = pool
+        self.head_params = dict(head_params or {})
+        self.weights = weights
+        self.download = download
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.verbose = verbose
+        self.head_ = make_head(head, **self.head_params)
+        self._backbone: Any = None
+        self._reporter = Reporter(verbose)
+        self.last_feature_stats: dict[str, int] = {}
+        self.meta_: dict[str, Any] = {}
+
+    # -- stages -------------------------------------------------------------------------------------------------
+    def backbone_(self) -> Any:
+        """The built backbone (created on first use)."""
+        if self._backbone is None:
+            from .backbones import create_backbone
+
+            t = time.perf_counter()
+            bb = create_backbone(self.backbone, weights=self.weights, download=self.download)
+            expected = getattr(self, "_expected_weights", None)
+            if expected and bb.weights_hash != expected:
+                raise TransferlabError(
+                    f"the {self.backbone} weights here ({bb.weights_file}, sha256 {bb.weights_hash[:12]}) differ from "
+                    f"those the model was trained with ({expected[:12]}); pass the original file with --weights"
+                )
+            self._backbone = bb
+            self.backbone_load_seconds = time.perf_counter() - t
+        return self._backbone
+
+    def featurize(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> Any:
+        """Features for images (paths, bytes or PIL images); returns a :class:`~transferlab.features.FeatureResult`."""
+        from .features import featurize, open_cache
+
+        bb = self.backbone_()
+        cache = open_cache(bb, self.pool, self.cache_dir, self.use_cache)
+        with self._reporter.task("features", len(sources)) as advance:
+            res = featurize(
+                sources,
+                bb,
+                pool=self.pool,
+                content_hashes=content_hashes,
+                cache=cache,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                progress=advance,
+            )
+        self.last_feature_stats = {"cached": res.n_cached, "computed": res.n_computed, "failed": len(res.errors)}
+        return res
+
+    def _intake(self, data: Any, manifest: Any = None) -> Intake:
+        from .cache import default_cache_dir
+
+        cache_root = None
+        if self.use_cache:
+            cache_root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        got = intake(data, cache_dir=cache_root, progress=self._reporter.wrap)
+        if manifest is not None:
+            got.table = attach_manifest(got.table, manifest, got.root)
+        return got
+
+    # -- estimator API ------------------------------------------------------------------------------------------
+    def fit(self, data: Any, labels: Sequence[str] | None = None) -> Classifier:
+        """Train the head on every usable image of ``data``.
+
+        Parameters
+        ----------
+        data
+            A folder with one subfolder per class, a CSV with ``path,label``, or a list of images (paths, bytes
+            or PIL images) together with ``labels``.
+        labels
+            Labels for a list of images.
+
+        Returns
+        -------
+        Classifier
+            self, fitted.
+        """
+        if labels is not None:
+            if len(labels) != len(data):
+                raise TransferlabError(f"{len(data)} images but {len(labels)} labels")
+            res = self.featurize(list(data))
+            y = np.asarray(labels).astype(str)
+            ok = res.ok
+            self._fit_arrays(res.features[ok], y[ok])
+            return self
+        got = self._intake(data)
+        return self.fit_table(got.table)
+
+    def fit_table(self, table: pd.DataFrame) -> Classifier:
+        """Train on rows of an intake table (``path``, ``label``, ``content_hash``)."""
+        res = self.featurize(table["path"].tolist(), table["content_hash"].tolist())
+        ok = res.ok
+        self._fit_arrays(res.features[ok], table["label"].to_numpy()[ok])
+        self.meta_["training_data"] = {
+            "n_images": int(ok.sum()),
+            "per_class": {str(k): int(v) for k, v in Counter(table["label"].to_numpy()[ok]).items()},
+            "featurize_failed": len(res.errors),
+        }
+        return self
+
+    def _fit_arrays(self, X: np.ndarray, y: np.ndarray) -> None:
+        from .heads import MLPHead
+
+        t = time.perf_counter()
+        if isinstance(self.head_, MLPHead):
+            with self._reporter.task("head", self.head_.epochs) as advance:
+                self.head_.fit(X, y, progress=advance)
+        else:
+            self._reporter.info(f"training {self.head} head on {len(X)} images")
+            self.head_.fit(X, y)
+        self.head_seconds = time.perf_counter() - t
+        self.classes_ = np.asarray(self.head_.classes_).astype(str)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise TransferlabError("this classifier is not trained yet; call fit() or load a saved model")
+
+    def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
+        """Class probabilities per image (columns in ``classes_`` order); NaN rows for unusable images."""
+        self._check_fitted()
+        res = self.featurize(list(images))
+        proba = np.full((len(images), len(self.classes_)), np.nan)
+        ok = res.ok
+        if ok.any():
+            proba[ok] = self.head_.predict_proba(res.features[ok])
+        return proba
+
+    def predict(self, images: Sequence[Any]) -> np.ndarray:
+        """Predicted label per image (``None`` for unusable images)."""
+        return np.array([p.label for p in self.predict_images(images)], dtype=object)
+
+    def predict_images(self, images: Sequence[Any], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Predictions with probabilities, or an error message, for each image (paths, bytes or PIL images)."""
+        self._check_fitted()
+        images = list(images)
+        names = (
+            list(names)
+            if names is not None
+            else [str(x) if isinstance(x, str | os.PathLike) else f"<image {i}>" for i, x in enumerate(images)]
+        )
+        res = self.featurize(images)
+        ok = res.ok
+        out = [Prediction(path=n) for n in names]
+        if ok.any():
+            proba = self.head_.predict_proba(res.features[ok])
+            for row, i in enumerate(np.flatnonzero(ok)):
+                p = proba[row]
+                out[i].label = str(self.classes_[int(np.argmax(p))])
+                out[i].probabilities = {str(c): float(v) for c, v in zip(self.classes_, p, strict=True)}
+        for i, (reason, detail) in res.errors.items():
+            out[i].error = f"{reason}: {detail}" if detail else reason
+        return out
+
+    def score(self, images: Sequence[Any], labels: Sequence[str]) -> float:
+        """Accuracy on labelled images (scikit-learn's ``score``)."""
+        pred = self.predict(images)
+        return float(np.mean(pred == np.asarray(labels).astype(str)))
+
+    def evaluate(
+        self,
+        data: Any,
+        *,
+        manifest: str | os.PathLike[str] | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate on every usable image of a labelled folder or CSV; the ``evaluate --json`` object."""
+        got = self._intake(data, manifest)
+        metrics, _ = self.evaluate_table(got.table, group_by=group_by, skipped=got.report.skipped_counts())
+        return metrics
+
+    def evaluate_table(
+        self, table: pd.DataFrame, *, group_by: str | None = None, skipped: dict[str, int] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Metrics on intake-table rows, and the per-row details (probabilities) for reports."""
+        from .evaluate import compute_metrics
+
+        self._check_fitted()
+        skipped = dict(skipped or {})
+        if group_by is not None and group_by not in table.columns:
+            cols = [c for c in table.columns if c not in ("path", "label", "content_hash", "width", "height", "group")]
+            raise TransferlabError(
+                f"--group-by {group_by}: no such column; available: {', '.join(cols) or 'none (pass --manifest CSV)'}"
+            )
+        known = table["label"].isin(set(self.classes_))
+        if not known.all():
+            skipped["label not in model"] = skipped.get("label not in model", 0) + int((~known).sum())
+            table = table[known].reset_index(drop=True)
+        res = self.featurize(table["path"].tolist(), table["content_hash"].tolist())
+        for reason, _ in res.errors.values():
+            skipped[reason] = skipped.get(reason, 0) + 1
+        ok = res.ok
+        rows = table[ok].reset_index(drop=True)
+        proba = self.head_.predict_proba(res.features[ok]) if ok.any() else np.zeros((0, len(self.classes_)))
+        groups = rows[group_by].tolist() if group_by is not None else None
+        metrics = compute_metrics(rows["label"].tolist(), proba, list(self.classes_), groups=groups, skipped=skipped)
+        return metrics, {"rows": rows, "proba": proba}
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model directory (``model.json`` + ``head.safetensors``)."""
+        from .artifact import save_artifact
+        from .features import feature_spec
+
+        self._check_fitted()
+        bb = self.backbone_()
+        arrays, params = self.head_.to_state()
+        arrays.pop("classes_", None)
+        meta = {
+            "transferlab_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "classes": [str(c) for c in self.classes_],
+            "backbone": {
+                "name": self.backbone,
+                "architecture": bb.cfg.architecture,
+                "weights_sha256": bb.weights_hash,
+                "weights_source": str(self.weights) if self.weights else bb.cfg.weights.describe(),
+                "preprocessing": bb.cfg.preprocessing(),
+                "num_params": bb.cfg.num_params,
+            },
+            "features": feature_spec(bb, self.pool),
+            "pool": self.pool,
+            "head": {"name": self.head, "params": params},
+            **self.meta_,
+        }
+        return save_artifact(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Classifier:
+        """Load a saved model directory (JSON + safetensors only; nothing is unpickled).
+
+        ``kwargs`` override runtime options such as ``weights``, ``cache_dir`` or ``verbose``.
+        """
+        from .artifact import load_artifact
+        from .heads import HEADS
+
+        meta, arrays = load_artifact(path)
+        head_name = meta["head"]["name"]
+        if head_name not in HEADS:
+            raise TransferlabError(f"{path}: unknown head {head_name!r} in model.json")
+        clf = cls(
+            backbone=meta["backbone"]["name"],
+            head=head_name,
+            pool=meta.get("pool", "avg"),
+            head_params=meta["head"].get("params", {}),
+            **kwargs,
+        )
+        arrays = dict(arrays)
+        arrays["classes_"] = np.asarray(meta["classes"])
+        try:
+            clf.head_ = HEADS[head_name].from_state(arrays, meta["head"].get("params", {}))
+        except KeyError as exc:
+            raise TransferlabError(f"{path}: head weights lack array {exc}; the model is damaged, retrain it") from None
+        clf.classes_ = np.asarray(meta["classes"]).astype(str)
+        clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
+        clf.model_meta = meta
+        clf._expected_weights = meta["backbone"].get("weights_sha256")
+        return clf
+
+
+def load(path: str | os.PathLike[str], **kwargs: Any) -> Classifier:
+    """Load a model directory saved by :meth:`Classifier.save` (see :meth:`Classifier.load`)."""
+    return Classifier.load(path, **kwargs)
+
+
+def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Files as given, and every non-hidden file under given folders (sorted)."""
+    out: list[str] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+                out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+        else:
+            out.append(str(p))
+    return out
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    classifier: Classifier
+    metrics: dict[str, Any]
+    intake: Intake
+    split: Any
+    out: Path
+    report_path: Path
+    timings: dict[str, float]
+    feature_stats: dict[str, int]
+
+
+def train(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    head: str = DEFAULT_HEAD,
+    pool: str = "avg",
+    head_params: dict[str, Any] | None = None,
+    test_size: float = 0.25,
+    per_class: int | None = None,
+    seed: int = 0,
+    manifest: str | os.PathLike[str] | None = None,
+    group_by: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    verbose: bool = False,
+) -> TrainResult:
+    """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
+
+    Parameters mirror ``transferlab train`` (see :class:`Classifier` for the model options).
+
+    Returns
+    -------
+    TrainResult
+    """
+    from .heads import HEADS
+    from .split import split_table
+
+    timings: dict[str, float] = {}
+    params = dict(head_params or {})
+    if head in HEADS and "random_state" in HEADS[head]().get_params():  # type: ignore[call-arg,attr-defined]
+        params.setdefault("random_state", seed)
+    clf = Classifier(
+        backbone,
+        head,
+        pool=pool,
+        head_params=params,
+        weights=weights,
+        download=download,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        verbose=verbose,
+    )
+    rep = clf._reporter
+    t = time.perf_counter()
+    got = clf._intake(data, manifest)
+    timings["intake"] = time.perf_counter() - t
+    table = got.table
+    if group_by is not None and group_by not in table.columns:
+        raise TransferlabError(
+            f"--group-by {group_by}: no such column in the data; pass --manifest CSV with that column"
+        )
+    split = split_table(table, test_size=test_size, seed=seed, per_class=per_class)
+    skipped = got.report.skipped_counts()
+    rep.info(
+        f"intake: {sum(got.report.found.values())} files, {len(table)} usable"
+        + (
+            f", skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})"
+            if skipped
+            else ""
+        )
+        + f"; split {len(split.train)} train / {len(split.test)} test"
+    )
+    rows = np.concatenate([split.train, split.test])
+    t = time.perf_counter()
+    clf.backbone_()
+    timings["backbone load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res = clf.featurize(table["path"].to_numpy()[rows].tolist(), table["content_hash"].to_numpy()[rows].tolist())
+    timings["features"] = time.perf_counter() - t
+    stats = dict(clf.last_feature_stats)
+    rep.info(f"features: {stats['computed']} computed, {stats['cached']} from cache ({timings['features']:.1f} s)")
+    feats = np.full((len(table), res.features.shape[1]), np.nan, dtype=np.float32)
+    feats[rows] = res.features
+    failed = {int(rows[i]): err for i, err in res.errors.items()}
+    for reason, _ in failed.values():
+        skipped[reason] = skipped.get(reason, 0) + 1
+    train_rows = np.array([i for i in split.train if i not in failed], dtype=int)
+    test_rows = np.array([i for i in split.test if i not in failed], dtype=int)
+    labels = table["label"].to_numpy().astype(str)
+    t = time.perf_counter()
+    clf._fit_arrays(feats[train_rows], labels[train_rows])
+    timings["head"] = time.perf_counter() - t
+    from .evaluate import compute_metrics
+
+    proba = clf.head_.predict_proba(feats[test_rows]) if len(test_rows) else np.zeros((0, len(clf.classes_)))
+    test_table = table.iloc[test_rows].reset_index(drop=True)
+    metrics = compute_metrics(
+        test_table["label"].tolist(),
+        proba,
+        list(clf.classes_),
+        groups=test_table[group_by].tolist() if group_by else None,
+        skipped=skipped,
+    )
+    out = Path(out)
+    split_info = {**split.params(), "n_train": len(train_rows), "n_test": len(test_rows)}
+    clf.meta_.update(
+        training_data={
+            "data": str(data),
+            "n_images": len(train_rows),
+            "per_class": {str(k): int(v) for k, v in Counter(labels[train_rows]).items()},
+        },
+        split=split_info,
+        evaluation={k: metrics[k] for k in ("accuracy", "accuracy_ci95", "n", "log_loss") if k in metrics}
+        | (
+            {
+                "groups": {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in metrics["groups"].items()},
+                "group_by": group_by,
+            }
+            if group_by
+            else {}
+        ),
+    )
+    clf.save(out)
+    side = np.full(len(table), "", dtype=object)
+    side[train_rows] = "train"
+    side[test_rows] = "test"
+    for i in failed:
+        side[i] = "failed"
+    table.assign(side=side)[lambda d: d["side"] != ""].to_csv(out / "split.csv", index=False)
+    import json
+
+    (out / "intake.json").write_text(json.dumps(got.report.to_dict(), indent=2, default=str))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from .report import write_report
+
+    config = {"backbone": backbone, "head": head, "pool": pool, "data": str(data)}
+    report_path = write_report(
+        out,
+        metrics=metrics,
+        intake_report=got.report,
+        config=config,
+        split_info=split_info,
+        timings=timings,
+        feature_stats=stats,
+        rows=test_table,
+        proba=proba,
+        group_by=group_by,
+    )
+    return TrainResult(clf, metrics, got, split, out, report_path, timings, stats)

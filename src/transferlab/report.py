@@ -1,0 +1,216 @@
+"""Report: ``report.md`` with the data report and metrics, plus PNG plots (confusion, per class, worst mistakes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .intake import IntakeReport
+
+
+def _fmt(x: float) -> str:
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+
+
+def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
+    """Confusion matrix heat map with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = metrics["labels"]
+    cm = np.asarray(metrics["confusion"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
+    ax.set_title(f"accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(metrics: dict[str, Any], path: Path) -> None:
+    """Precision, recall and F1 bars per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = metrics["labels"]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(labels), 3.2))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, [metrics["per_class"][c][key] for c in labels], 0.27, label=key)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("per-class precision, recall, F1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def worst_mistakes(rows: pd.DataFrame, proba: np.ndarray, labels: list[str], k: int = 12) -> pd.DataFrame:
+    """The ``k`` most confident wrong predictions, most confident first."""
+    if len(rows) == 0:
+        return rows.assign(pred=[], confidence=[])
+    pred_idx = np.argmax(proba, axis=1)
+    pred = np.asarray(labels)[pred_idx]
+    conf = proba[np.arange(len(proba)), pred_idx]
+    df = rows.assign(pred=pred, confidence=conf)
+    wrong = df[df["pred"] != df["label"]].sort_values("confidence", ascending=False)
+    return wrong.head(k)
+
+
+def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
+    """Gallery of mistakes with true and predicted labels; returns False when there are none."""
+    if len(mistakes) == 0:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .intake import ImageRejected, read_rgb
+
+    cols = min(4, len(mistakes))
+    nrows = int(np.ceil(len(mistakes) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 3.3 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.ravel(), mistakes.iterrows(), strict=False):
+        try:
+            img = read_rgb(r["path"])
+            img.thumbnail((256, 256))
+            ax.imshow(img)
+        except ImageRejected:
+            ax.text(0.5, 0.5, "unavailable", ha="center")
+        ax.set_title(f"true {r['label']}\npred {r['pred']} ({r['confidence']:.2f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def intake_table_md(report: IntakeReport) -> str:
+    """Markdown table: per class found, used and skipped by reason."""
+    by = report.skipped_by_class()
+    reasons = sorted({r for c in by.values() for r in c})
+    header = ["class", "found", "used", *(f"skipped: {r}" for r in reasons)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for c in sorted(report.found):
+        cells = [c, str(report.found[c]), str(report.used.get(c, 0)), *(str(by.get(c, {}).get(r, 0)) for r in reasons)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metrics_md(metrics: dict[str, Any], group_by: str | None) -> str:
+    """Markdown for overall, per-class and per-group results."""
+    lo, hi = metrics.get("accuracy_ci95", [float("nan")] * 2)
+    out = [
+        f"**Accuracy {_fmt(metrics['accuracy'])}** (95% CI {_fmt(lo)}–{_fmt(hi)}, n = {metrics['n']}); "
+        f"log loss {_fmt(metrics['log_loss'])}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in metrics["labels"]:
+        m = metrics["per_class"].get(c)
+        if m:
+            out.append(f"| {c} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
+    if group_by and metrics.get("groups"):
+        out += [
+            "",
+            f"Accuracy per `{group_by}`:",
+            "",
+            f"| {group_by} | accuracy | n | per class |",
+            "|---|---:|---:|---|",
+        ]
+        for v, g in metrics["groups"].items():
+            pc = ", ".join(f"{c} {_fmt(x['accuracy'])} ({x['n']})" for c, x in g.get("per_class", {}).items())
+            out.append(f"| {v} | {_fmt(g['accuracy'])} | {g['n']} | {pc} |")
+    return "\n".join(out)
+
+
+def write_report(
+    out: Path,
+    *,
+    metrics: dict[str, Any],
+    intake_report: IntakeReport,
+    config: dict[str, Any],
+    split_info: dict[str, Any],
+    timings: dict[str, float],
+    feature_stats: dict[str, int],
+    rows: pd.DataFrame,
+    proba: np.ndarray,
+    group_by: str | None,
+) -> Path:
+    """Write ``report.md`` and its plots into ``out``; returns the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(metrics, out / "confusion.png")
+    plot_per_class(metrics, out / "per_class.png")
+    mistakes = worst_mistakes(rows, proba, metrics["labels"])
+    has_gallery = plot_mistakes(mistakes, out / "mistakes.png")
+    skipped = intake_report.skipped
+    lines = [
+        "# transferlab training report",
+        "",
+        f"Backbone **{config['backbone']}**, head **{config['head']}** (pool {config['pool']}); "
+        f"data `{config['data']}`.",
+        "",
+        "## Data",
+        "",
+        intake_table_md(intake_report),
+        "",
+        f"Near-duplicate groups kept together across the split: {intake_report.near_duplicate_groups}. "
+        f"Label conflicts: {len(intake_report.conflicts)}.",
+    ]
+    if skipped:
+        lines += ["", "Skipped files:", "", "| file | class | reason | detail |", "|---|---|---|---|"]
+        lines += [f"| `{s.path}` | {s.label} | {s.reason} | {s.detail[:80]} |" for s in skipped[:200]]
+        if len(skipped) > 200:
+            lines.append(f"| … {len(skipped) - 200} more in intake.json | | | |")
+    for c in intake_report.conflicts:
+        members = "; ".join(f"`{p}` ({lab})" for p, lab in c["members"])
+        lines.append(f"- label conflict ({c['kind']}): {members}")
+    lines += [
+        "",
+        "## Split",
+        "",
+        f"Stratified by class, duplicate groups never split, seed {split_info['seed']}, test size "
+        f"{split_info['test_size']}"
+        + (f", {split_info['per_class']} training images per class" if split_info.get("per_class") else "")
+        + f": {split_info['n_train']} train / {split_info['n_test']} test (`split.csv`).",
+        "",
+        "## Held-out results",
+        "",
+        metrics_md(metrics, group_by),
+        "",
+        "![confusion](confusion.png) ![per class](per_class.png)",
+        "",
+        "## Worst mistakes",
+        "",
+        "![mistakes](mistakes.png)" if has_gallery else "No mistakes on the held-out images.",
+        "",
+        "## Time",
+        "",
+        f"Features: {feature_stats.get('computed', 0)} computed, {feature_stats.get('cached', 0)} from cache. "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + ".",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

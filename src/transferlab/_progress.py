@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -32,8 +31,8 @@ class Reporter:
 
     @contextlib.contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A progress bar; yields ``advance(n)``. Bars only draw on a terminal or when work takes over ~1 s."""
-        if not self.enabled or total <= 0:
+        """A progress bar; yields ``advance(n)``. Bars draw only on a terminal (logs get the status lines)."""
+        if not self.enabled or total <= 0 or not self.console.is_terminal:
             yield lambda n: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,8 +43,7 @@ class Reporter:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.console,
-            transient=not sys.stderr.isatty(),
-            disable=not self.enabled,
+            transient=True,
         ) as bar:
             tid = bar.add_task(description, total=total)
             yield lambda n: bar.advance(tid, n)

@@ -454,6 +454,9 @@ def train(
     )
     rep = clf._reporter
     t = time.perf_counter()
+    clf.backbone_()  # fail fast on missing weights, before any long work
+    timings["backbone load"] = time.perf_counter() - t
+    t = time.perf_counter()
     got = clf._intake(data, manifest)
     timings["intake"] = time.perf_counter() - t
     table = got.table
@@ -473,9 +476,6 @@ def train(
         + f"; split {len(split.train)} train / {len(split.test)} test"
     )
     rows = np.concatenate([split.train, split.test])
-    t = time.perf_counter()
-    clf.backbone_()
-    timings["backbone load"] = time.perf_counter() - t
     t = time.perf_counter()
     res = clf.featurize(table["path"].to_numpy()[rows].tolist(), table["content_hash"].to_numpy()[rows].tolist())
     timings["features"] = time.perf_counter() - t

@@ -42,6 +42,13 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+def _console() -> Any:
+    """Console for tables: terminal width on a terminal, never truncated when piped."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=True)
+
+
 def _summary(metrics: dict[str, Any], group_by: str | None) -> str:
     lo, hi = metrics.get("accuracy_ci95", [float("nan"), float("nan")])
     lines = [
@@ -168,7 +175,6 @@ def predict(
         for p in preds:
             _out(json.dumps(p.to_dict(top_k)))
     else:
-        from rich.console import Console
         from rich.table import Table
 
         k = top_k or len(clf.classes_)
@@ -179,7 +185,7 @@ def predict(
             else:
                 top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:k]
                 table.add_row(p.path, p.label or "", "  ".join(f"{c} {v:.2f}" for c, v in top))
-        Console(soft_wrap=True).print(table)
+        _console().print(table)
     if all(p.error for p in preds):
         raise typer.Exit(1)
 
@@ -207,7 +213,6 @@ def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
     if as_json:
         _out(json.dumps(rows))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("backbone", "params", "features (C×h×w)", "input", "weights here", "source", box=None)
@@ -220,7 +225,7 @@ def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
             "[green]yes[/green]" if r["weights_available"] else "[yellow]no[/yellow] (--weights FILE or --download)",
             r["weights_source"],
         )
-    Console(soft_wrap=True).print(table)
+    _console().print(table)
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ class _ImageDataset:
             return i, self.transform(img), ""
         except ImageRejected as exc:
             return i, exc.reason, exc.detail
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops a batch
             return i, "unreadable", f"{type(exc).__name__}: {exc}"
 
 
@@ -137,8 +137,6 @@ def featurize(
     -------
     FeatureResult
     """
-    import torch
-
     tune_allocator()
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
@@ -164,6 +162,8 @@ def featurize(
         progress(n_cached + len(errors))
     if not todo:
         return FeatureResult(feats, errors, n_cached, 0)
+
+    import torch  # only now: a run served entirely from the cache never imports torch
 
     dataset = _ImageDataset(sources, todo, backbone.transform, backbone.draft_size)
     workers = default_num_workers() if num_workers is None else num_workers

@@ -117,16 +117,10 @@ def load_rgb(data: bytes, *, draft: tuple[int, int] | None = None, min_side: int
                 raise ImageRejected("decompression bomb", f"{img.width}x{img.height} pixels exceeds {MAX_PIXELS:,}")
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
-            try:
-                img.load()
-            except OSError as exc:
-                msg = str(exc)
-                if "truncated" in msg or "premature end" in msg.lower() or "broken data" in msg.lower():
-                    raise ImageRejected("truncated", msg) from None
-                raise ImageRejected("unreadable", msg) from None
+            img.load()
             try:
                 img = ImageOps.exif_transpose(img) or img
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good photo
                 pass
             img = _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -134,7 +128,10 @@ def load_rgb(data: bytes, *, draft: tuple[int, int] | None = None, min_side: int
     except ImageRejected:
         raise
     except (SyntaxError, ValueError, OSError, EOFError, struct.error, MemoryError) as exc:
-        raise ImageRejected("unreadable", f"{type(exc).__name__}: {exc}") from None
+        msg = str(exc)
+        if "truncat" in msg.lower() or "premature end" in msg.lower() or isinstance(exc, EOFError):
+            raise ImageRejected("truncated", msg) from None
+        raise ImageRejected("unreadable", f"corrupt or unreadable image data ({type(exc).__name__}: {msg})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if min(img.size) < min_side:

@@ -77,7 +77,7 @@ def _hub_download(hub_id: str) -> Path:
 
     try:
         return Path(hf_hub_download(_hub_repo(hub_id), "model.safetensors"))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any network or hub failure becomes one clear line
         raise TransferlabError(
             f"could not download {hub_id} weights from the Hugging Face hub ({type(exc).__name__}); "
             "check the network, or pass --weights FILE"
@@ -90,12 +90,13 @@ class BackboneCfg:
 
     ``build(weights_file)`` returns a module mapping a normalised image batch ``(N, 3, H, W)`` to the final
     feature map ``(N, C, h, w)``; ``num_params`` and ``feature_shape`` describe that module and are checked
-    against the built model by the test suite.
+    against the built model by the test suite. ``build(None)`` gives random weights: only tests and speed
+    benchmarks use it (throughput does not depend on weight values); :func:`create_backbone` never does.
     """
 
     name: str
     architecture: str
-    build: Callable[[Path], torch.nn.Module]
+    build: Callable[[Path | None], torch.nn.Module]
     weights: WeightsSource
     input_size: tuple[int, int, int]
     interpolation: str
@@ -167,20 +168,42 @@ def file_sha256(path: Path) -> str:
 
 
 class Backbone:
-    """A built backbone: frozen network in eval mode, its preprocessing and the identity of its weights.
+    """A backbone with pretrained weights: the frozen network (built on first use), its preprocessing and the
+    identity of its weights.
 
-    Use :func:`create_backbone` to make one.
+    Building the network imports torch, torchvision and timm (seconds), so it waits until a feature actually has
+    to be computed: a run whose features all come from the cache never pays for it. Use :func:`create_backbone`.
     """
 
-    def __init__(self, cfg: BackboneCfg, module: torch.nn.Module, weights_file: Path) -> None:
-        import torch
-
+    def __init__(self, cfg: BackboneCfg, weights_file: Path) -> None:
         self.cfg = cfg
         self.weights_file = weights_file
-        self.module = module.eval().requires_grad_(False)
+        self._device = "cpu"
+
+    @cached_property
+    def module(self) -> torch.nn.Module:
+        """The frozen network in eval mode (channels_last), mapping images to the final feature map."""
+        import torch
+
+        try:
+            module = self.cfg.build(self.weights_file)
+        except TransferlabError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad weights file is a user error, not a crash
+            raise TransferlabError(
+                f"{self.cfg.name}: cannot load weights from {self.weights_file} ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); the file must be a state dict for {self.cfg.architecture}"
+            ) from None
+        module = module.eval().requires_grad_(False)
         # channels_last lets oneDNN pick its fastest convolution kernels on CPU and tensor cores on GPU.
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self.device = torch.device("cpu")
+        return module.to(device=self._device, memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        import torch
+
+        return torch.device(self._device)
 
     @cached_property
     def weights_hash(self) -> str:
@@ -208,10 +231,9 @@ class Backbone:
 
     def to(self, device: str | torch.device) -> Backbone:
         """Move the network to a device."""
-        import torch
-
-        self.device = torch.device(device)
-        self.module = self.module.to(self.device)
+        self._device = str(device)
+        if "module" in self.__dict__:
+            self.__dict__["module"] = self.module.to(self._device)
         return self
 
     def forward(self, x: torch.Tensor, pool: str = "avg") -> torch.Tensor:
@@ -244,7 +266,8 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, do
     Returns
     -------
     Backbone
-        Never silently random: missing weights raise :class:`~transferlab.errors.TransferlabError`.
+        Never silently random: missing weights raise :class:`~transferlab.errors.TransferlabError` here, and a
+        file that is not a state dict for this architecture raises it when the network is first built.
     """
     cfg = get_backbone_cfg(name)
     if weights is not None:
@@ -266,13 +289,4 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, do
                 )
             found = _hub_download(cfg.weights.hub_id)
         wfile = found
-    try:
-        module = cfg.build(wfile)
-    except TransferlabError:
-        raise
-    except Exception as exc:
-        raise TransferlabError(
-            f"{name}: cannot load weights from {wfile} ({type(exc).__name__}: {str(exc)[:200]}); "
-            f"the file must be a state dict for {cfg.architecture}"
-        ) from None
-    return Backbone(cfg, module, wfile)
+    return Backbone(cfg, wfile)

@@ -34,9 +34,11 @@ class ForwardFeatures:
         return _ForwardFeatures(model)
 
 
-def _timm_from_file(arch: str, weights_file: Path) -> torch.nn.Module:
+def _timm_from_file(arch: str, weights_file: Path | None) -> torch.nn.Module:
     import timm
 
+    if weights_file is None:
+        return timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
     return timm.create_model(
         arch,
         pretrained=True,
@@ -46,12 +48,13 @@ def _timm_from_file(arch: str, weights_file: Path) -> torch.nn.Module:
     )
 
 
-def _build_mobilenet_v2(weights_file: Path) -> torch.nn.Module:
+def _build_mobilenet_v2(weights_file: Path | None) -> torch.nn.Module:
     import torch
     import torchvision
 
     model = torchvision.models.mobilenet_v2(weights=None)
-    model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True), strict=True)
+    if weights_file is not None:
+        model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True), strict=True)
     return model.features
 
 
@@ -86,28 +89,28 @@ def efficientnet_lite0_key(key: str) -> str:
     return f"blocks.{stage}.{block}.{table.get(layer, layer)}.{rest}"
 
 
-def _build_efficientnet_lite0(weights_file: Path) -> torch.nn.Module:
+def _build_efficientnet_lite0(weights_file: Path | None) -> torch.nn.Module:
     import timm
     import torch
 
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    mapped = {efficientnet_lite0_key(k): v for k, v in state.items()}
-    mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
-    model.load_state_dict(mapped, strict=True)
+    if weights_file is not None:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        mapped = {efficientnet_lite0_key(k): v for k, v in state.items()}
+        model.load_state_dict({k: v for k, v in mapped.items() if not k.startswith("classifier.")}, strict=True)
     return ForwardFeatures.wrap(model)
 
 
-def _build_vgg16(weights_file: Path) -> torch.nn.Module:
+def _build_vgg16(weights_file: Path | None) -> torch.nn.Module:
     # Only the convolutional base: the seed's "source model" (14,714,688 parameters); fc6/fc7 are not used.
     return _timm_from_file("vgg16", weights_file).features
 
 
-def _build_resnet50(weights_file: Path) -> torch.nn.Module:
+def _build_resnet50(weights_file: Path | None) -> torch.nn.Module:
     return ForwardFeatures.wrap(_timm_from_file("resnet50", weights_file))
 
 
-def _build_inception_v3(weights_file: Path) -> torch.nn.Module:
+def _build_inception_v3(weights_file: Path | None) -> torch.nn.Module:
     return ForwardFeatures.wrap(_timm_from_file("inception_v3", weights_file))
 
 

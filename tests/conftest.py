@@ -1,0 +1,52 @@
+"""Shared fixtures: small real photo sets copied from the bundled presidents data, and isolated caches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+REPO = Path(__file__).resolve().parents[1]
+PRESIDENTS = REPO / "data" / "presidents"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own default cache directory, so no test sees another's features."""
+    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+def copy_subset(dest: Path, per_class: int, offset: int = 0, kinds: bool = False) -> Path:
+    """Copy ``per_class`` photos of each class (web photos first where they exist) into ``dest/<class>/``."""
+    manifest = pd.read_csv(PRESIDENTS / "manifest.csv")
+    manifest = manifest.sort_values(["label", "kind", "file"], ascending=[True, False, True])
+    for label, rows in manifest.groupby("label"):
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        for f in rows["file"].iloc[offset : offset + per_class]:
+            shutil.copy(PRESIDENTS / f, dest / label / Path(f).name)
+    if kinds:
+        sub = manifest[manifest["file"].map(lambda f: (dest / f).exists())]
+        sub.to_csv(dest / "manifest.csv", index=False)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_photos(tmp_path_factory) -> Path:
+    """12 real photos per class with a manifest (kind column)."""
+    return copy_subset(tmp_path_factory.mktemp("small") / "photos", 12, kinds=True)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, small_photos) -> Path:
+    """A mobilenet_v2 + logreg model trained through the public API on ``small_photos``."""
+    import transferlab
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    cache = tmp_path_factory.mktemp("model-cache")
+    transferlab.train(small_photos, out, backbone="mobilenet_v2", head="logreg", cache_dir=cache, test_size=0.25)
+    return out

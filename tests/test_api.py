@@ -1,0 +1,99 @@
+"""Python API: Classifier follows the estimator contract, saves to JSON + safetensors, loads without pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import transferlab
+from transferlab.errors import TransferlabError
+
+
+def test_fit_predict_save_load_round_trip(tmp_path, small_photos):
+    paths = sorted(small_photos.glob("*/*.jpg"))
+    labels = [p.parent.name for p in paths]
+    clf = transferlab.Classifier(backbone="mobilenet_v2", head="logreg", cache_dir=tmp_path / "c")
+    clf.fit(paths, labels)
+    pil = Image.open(paths[0])
+    proba = clf.predict_proba([paths[0], pil])
+    np.testing.assert_allclose(proba[0], proba[1], atol=1e-6)  # a path and the same PIL image agree
+    clf.save(tmp_path / "m")
+    again = transferlab.load(tmp_path / "m", cache_dir=tmp_path / "c")
+    np.testing.assert_allclose(again.predict_proba(paths[:5]), clf.predict_proba(paths[:5]), atol=1e-6)
+    assert again.score(paths, labels) > 0.8
+    assert list(again.classes_) == ["bush", "clinton", "obama", "trump"]
+
+
+def test_fit_on_a_folder_and_evaluate(tmp_path, small_photos):
+    clf = transferlab.Classifier(backbone="mobilenet_v2", head="svm", cache_dir=tmp_path / "c").fit(small_photos)
+    metrics = clf.evaluate(small_photos, manifest=small_photos / "manifest.csv", group_by="kind")
+    assert metrics["n"] == 48 and metrics["accuracy"] > 0.8
+    assert set(metrics["groups"]) == {"web-photo", "aligned-face-crop"}
+
+
+def test_predictions_report_errors_per_image(trained_model, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    clf = transferlab.load(trained_model)
+    preds = clf.predict_images([bad])
+    assert preds[0].label is None and preds[0].error.startswith(("truncated", "unreadable", "not an image"))
+
+
+def test_loading_never_unpickles(trained_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    evil = model / "head.pkl"
+    evil.write_bytes(pickle.dumps({"boom": 1}))
+    meta = json.loads((model / "model.json").read_text())
+    meta["head_file"] = "head.pkl"
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferlabError, match="refused"):
+        transferlab.load(model)
+
+
+def test_models_from_other_format_versions_get_a_clear_message(trained_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["format_version"] = 99
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferlabError, match="retrain"):
+        transferlab.load(model)
+
+
+def test_other_weights_than_trained_with_are_refused(trained_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["backbone"]["weights_sha256"] = "0" * 64
+    (model / "model.json").write_text(json.dumps(meta))
+    clf = transferlab.load(model)
+    with pytest.raises(TransferlabError, match="differ"):
+        clf.predict([next(iter(sorted(tmp_path.glob("model/*.png"))))])
+
+
+def test_train_reports_per_kind_and_reconciles(tmp_path, small_photos):
+    res = transferlab.train(
+        small_photos,
+        tmp_path / "m",
+        backbone="mobilenet_v2",
+        head="mlp",
+        head_params={"epochs": 5},
+        manifest=small_photos / "manifest.csv",
+        group_by="kind",
+        per_class=6,
+        cache_dir=tmp_path / "c",
+    )
+    assert res.split.per_class == 6 and len(res.split.train) == 24
+    assert res.metrics["n"] == len(res.split.test)
+    assert res.intake.report.reconciles()

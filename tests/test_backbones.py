@@ -1,0 +1,100 @@
+"""Backbone registry: every entry is tested the moment it is registered."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transferlab.backbones import create_backbone, get_backbone_cfg, list_backbones
+from transferlab.errors import TransferlabError
+
+ALL = list_backbones()
+OFFLINE = ["mobilenet_v2", "efficientnet_lite0"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registered_facts_match_the_built_network(name):
+    cfg = get_backbone_cfg(name)
+    module = cfg.build(None).eval()
+    assert sum(p.numel() for p in module.parameters()) == cfg.num_params
+    with torch.inference_mode():
+        out = module(torch.zeros(1, *cfg.input_size))
+    assert tuple(out.shape[1:]) == cfg.feature_shape
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "inception_v3"])
+def test_seed_backbones_use_timms_preprocessing_for_their_weights(name):
+    import timm
+
+    cfg = get_backbone_cfg(name)
+    ref = timm.models.get_pretrained_cfg(cfg.weights.hub_id)
+    assert tuple(ref.input_size) == cfg.input_size
+    assert ref.interpolation == cfg.interpolation
+    assert ref.crop_pct == pytest.approx(cfg.crop_pct)
+    assert tuple(ref.mean) == pytest.approx(cfg.mean) and tuple(ref.std) == pytest.approx(cfg.std)
+
+
+def test_vgg16_convolutional_base_has_the_seeds_parameter_count():
+    assert get_backbone_cfg("vgg16").num_params == 14_714_688
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_backbones_have_weights_and_are_deterministic(name):
+    bb = create_backbone(name)
+    assert get_backbone_cfg(name).weights_available()
+    assert len(bb.weights_hash) == 64
+    x = torch.rand(2, *bb.cfg.input_size)
+    a, b = bb.forward(x), bb.forward(x)
+    assert a.shape == (2, bb.cfg.feature_shape[0])
+    assert torch.allclose(a, b)
+
+
+def test_pretrained_weights_are_really_loaded():
+    """Loaded weights replace the random initialisation (batch-norm statistics are not the defaults)."""
+    bb = create_backbone("mobilenet_v2")
+    bn = bb.module[0][1]
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_efficientnet_lite0_key_mapping_loads_every_tensor():
+    from transferlab.backbones.imagenet import efficientnet_lite0_key
+
+    assert efficientnet_lite0_key("_blocks.0._depthwise_conv.weight") == "blocks.0.0.conv_dw.weight"
+    assert efficientnet_lite0_key("_blocks.1._expand_conv.weight") == "blocks.1.0.conv_pw.weight"
+    assert efficientnet_lite0_key("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
+    assert efficientnet_lite0_key("_conv_head.weight") == "conv_head.weight"
+    create_backbone("efficientnet_lite0")  # strict load: raises if any key is unmapped
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "inception_v3"])
+def test_missing_hub_weights_offline_give_a_clear_error_naming_both_fixes(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    with pytest.raises(TransferlabError) as e:
+        create_backbone(name)
+    assert "--weights FILE" in str(e.value) and "--download" in str(e.value)
+
+
+def test_weights_file_is_loaded_for_a_hub_backbone(tmp_path):
+    import timm
+
+    ref = timm.create_model("resnet50", pretrained=False)
+    torch.nn.init.constant_(ref.conv1.weight, 0.01)
+    path = tmp_path / "resnet50.pth"
+    torch.save(ref.state_dict(), path)
+    bb = create_backbone("resnet50", weights=path)
+    assert torch.allclose(bb.module.body.conv1.weight, ref.conv1.weight)
+    assert bb.weights_file == path
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(TransferlabError, match="cannot load weights"):
+        _ = create_backbone("resnet50", weights=bad).module
+    with pytest.raises(TransferlabError, match="no such file"):
+        create_backbone("resnet50", weights=tmp_path / "missing.pth")
+
+
+def test_unknown_backbone_lists_the_choices():
+    with pytest.raises(TransferlabError, match="mobilenet_v2"):
+        get_backbone_cfg("alexnet")

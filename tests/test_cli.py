@@ -1,0 +1,143 @@
+"""The command line contract: commands, flags and --json shapes that users' scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+def run(*args: str, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    if cache is not None:
+        env["TRANSFERLAB_CACHE_DIR"] = str(cache)
+    proc = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, small_photos):
+    cache = tmp_path_factory.mktemp("cli-cache")
+    out = tmp_path_factory.mktemp("cli") / "model"
+    first = run(
+        "train",
+        str(small_photos),
+        "--out",
+        str(out),
+        "--backbone",
+        "mobilenet_v2",
+        "--manifest",
+        str(small_photos / "manifest.csv"),
+        "--group-by",
+        "kind",
+        cache=cache,
+    )
+    return out, cache, first
+
+
+def test_train_writes_model_report_and_plots_and_prints_accuracy_per_kind(cli_model):
+    out, _, first = cli_model
+    for f in (
+        "model.json",
+        "head.safetensors",
+        "report.md",
+        "confusion.png",
+        "per_class.png",
+        "split.csv",
+        "intake.json",
+        "metrics.json",
+    ):
+        assert (out / f).is_file(), f
+    meta = json.loads((out / "model.json").read_text())
+    for key in ("classes", "backbone", "head", "transferlab_version", "training_data", "split", "features"):
+        assert key in meta
+    assert meta["backbone"]["name"] == "mobilenet_v2" and len(meta["backbone"]["weights_sha256"]) == 64
+    assert meta["split"]["seed"] == 0 and meta["classes"] == ["bush", "clinton", "obama", "trump"]
+    assert "kind=web-photo" in first.stdout and "accuracy" in first.stdout
+    assert "48 computed, 0 from cache" in first.stderr + first.stdout
+    report = (out / "report.md").read_text()
+    assert "Accuracy per `kind`" in report and "| bush | 12 | 12 |" in report
+
+
+def test_second_train_computes_no_features(cli_model, small_photos, tmp_path):
+    _, cache, _ = cli_model
+    again = run("train", str(small_photos), "--out", str(tmp_path / "m2"), "--backbone", "mobilenet_v2", cache=cache)
+    assert "features: 0 computed, 48 from cache" in again.stdout
+
+
+def test_evaluate_json_shape(cli_model, small_photos):
+    out, cache, _ = cli_model
+    proc = run(
+        "evaluate",
+        str(out),
+        str(small_photos),
+        "--json",
+        "--manifest",
+        str(small_photos / "manifest.csv"),
+        "--group-by",
+        "kind",
+        cache=cache,
+    )
+    obj = json.loads(proc.stdout)
+    for key in ("accuracy", "n", "labels", "per_class", "confusion", "log_loss", "skipped", "groups"):
+        assert key in obj
+    assert obj["n"] == 48
+    assert set(obj["per_class"]["bush"]) >= {"precision", "recall", "f1", "support"}
+    assert set(obj["groups"]) == {"web-photo", "aligned-face-crop"}
+    assert all(set(g) >= {"accuracy", "n"} for g in obj["groups"].values())
+    assert len(obj["confusion"]) == 4 and obj["accuracy"] > 0.5
+
+
+def test_predict_json_lines_with_errors_for_unusable_files(cli_model, small_photos, tmp_path):
+    out, cache, _ = cli_model
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    proc = run("predict", str(out), str(small_photos / "obama"), str(bad), "--json", "--top-k", "2", cache=cache)
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(lines) == 13
+    good = [x for x in lines if "label" in x]
+    assert len(good) == 12
+    assert all(set(x) == {"path", "label", "probabilities"} and len(x["probabilities"]) == 2 for x in good)
+    err = [x for x in lines if "error" in x]
+    assert err == [{"path": str(bad), "error": "not an image: no image format recognised"}]
+
+
+def test_predict_table(cli_model, small_photos):
+    out, cache, _ = cli_model
+    photo = sorted((small_photos / "trump").iterdir())[0]
+    proc = run("predict", str(out), str(photo), cache=cache)
+    assert photo.name[:20] in proc.stdout and "trump" in proc.stdout
+
+
+def test_backbones_lists_every_entry():
+    proc = run("backbones", "--json")
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert {"mobilenet_v2", "efficientnet_lite0", "vgg16", "resnet50", "inception_v3"} <= set(rows)
+    assert rows["vgg16"]["params"] == 14_714_688 and rows["vgg16"]["feature_shape"] == [512, 7, 7]
+    assert rows["mobilenet_v2"]["weights_available"] is True
+    text = run("backbones").stdout
+    assert "14,714,688" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "/no/such/folder", "--out", "x"], "no such file or folder"),
+        (["predict", "/no/such/model", "a.jpg"], "not a transferlab model"),
+        (["train", "data/presidents", "--out", "x", "--backbone", "alexnet"], "unknown backbone"),
+        (["train", "data/presidents", "--out", "x", "--head", "forest"], "unknown head"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

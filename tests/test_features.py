@@ -1,0 +1,135 @@
+"""Features: computed once, cached by content, resumed after a crash, identical across runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab.backbones import create_backbone
+from transferlab.features import featurize, open_cache
+from transferlab.intake import intake
+
+from .conftest import REPO, copy_subset
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return create_backbone("mobilenet_v2")
+
+
+def test_second_run_computes_nothing_and_superset_computes_only_new(tmp_path, small_photos, mobilenet):
+    table = intake(small_photos).table
+    cache = open_cache(mobilenet, "avg", tmp_path / "c", True)
+    half = table.iloc[: len(table) // 2]
+    first = featurize(half["path"].tolist(), mobilenet, content_hashes=half["content_hash"].tolist(), cache=cache)
+    assert (first.n_computed, first.n_cached) == (len(half), 0)
+    again = featurize(half["path"].tolist(), mobilenet, content_hashes=half["content_hash"].tolist(), cache=cache)
+    assert (again.n_computed, again.n_cached) == (0, len(half))
+    np.testing.assert_array_equal(first.features, again.features)
+    full = featurize(table["path"].tolist(), mobilenet, content_hashes=table["content_hash"].tolist(), cache=cache)
+    assert (full.n_computed, full.n_cached) == (len(table) - len(half), len(half))
+
+
+def test_cache_is_keyed_by_content_not_by_path(tmp_path, small_photos, mobilenet):
+    src = next((small_photos / "obama").iterdir())
+    renamed = tmp_path / "renamed.png"
+    Image.open(src).save(renamed)  # same pixels, other name and format
+    cache = open_cache(mobilenet, "avg", tmp_path / "c", True)
+    a = featurize([src], mobilenet, cache=cache)
+    b = featurize([renamed], mobilenet, cache=cache)
+    assert b.n_cached == 1 and b.n_computed == 0
+    # the cache holds features only: no image files
+    files = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert all(p.suffix in {".npy", ".json", ".sqlite"} for p in files)
+    assert a.features.shape == (1, 1280)
+
+
+def test_pool_and_backbone_get_separate_cache_spaces(tmp_path, mobilenet):
+    a = open_cache(mobilenet, "avg", tmp_path, True)
+    b = open_cache(mobilenet, "flatten", tmp_path, True)
+    assert a.dir != b.dir
+
+
+def test_bad_images_do_not_stop_a_batch(tmp_path, small_photos, mobilenet):
+    good = sorted((small_photos / "trump").iterdir())[:3]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    res = featurize([good[0], bad, good[1], tmp_path / "vanished.jpg", good[2]], mobilenet, batch_size=2)
+    assert set(res.errors) == {1, 3}
+    assert res.errors[1][0] == "not an image" and res.errors[3][0] == "unreadable"
+    assert np.isfinite(res.features[[0, 2, 4]]).all()
+
+
+def test_flatten_gives_the_seed_head_input(mobilenet, small_photos):
+    p = next((small_photos / "bush").iterdir())
+    res = featurize([p], mobilenet, pool="flatten")
+    assert res.features.shape == (1, 1280 * 7 * 7)
+
+
+def test_batched_and_single_image_features_agree(mobilenet, small_photos):
+    paths = sorted((small_photos / "clinton").iterdir())[:5]
+    batched = featurize(paths, mobilenet, batch_size=5).features
+    single = np.stack([featurize([p], mobilenet, batch_size=1).features[0] for p in paths])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+
+
+KILL_SCRIPT = """
+import sys
+from transferlab.backbones import create_backbone
+from transferlab.features import featurize, open_cache
+from transferlab.intake import intake
+t = intake(sys.argv[1]).table
+bb = create_backbone("mobilenet_v2")
+featurize(t["path"].tolist(), bb, content_hashes=t["content_hash"].tolist(),
+          cache=open_cache(bb, "avg", sys.argv[2], True), batch_size=4, num_workers=1)
+"""
+
+
+def _entries(cache_root: Path) -> list[Path]:
+    return [p for p in cache_root.rglob("*.npy")]
+
+
+def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    photos = copy_subset(tmp_path / "photos", 30)  # 120 photos
+    killed_cache, clean_cache = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(photos), str(killed_cache)], env=env)
+    deadline = time.monotonic() + 120
+    while len(_entries(killed_cache)) < 12 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "featurization finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(_entries(killed_cache))
+    assert 12 <= n_before < 120
+    # every entry left behind is complete and loadable (no temp files are mistaken for entries)
+    for p in _entries(killed_cache):
+        assert np.load(p).shape == (1280,)
+
+    table = intake(photos).table
+    bb = create_backbone("mobilenet_v2")
+    resumed = featurize(
+        table["path"].tolist(),
+        bb,
+        content_hashes=table["content_hash"].tolist(),
+        cache=open_cache(bb, "avg", killed_cache, True),
+    )
+    assert resumed.n_cached == n_before and resumed.n_computed == 120 - resumed.n_cached
+    clean = featurize(
+        table["path"].tolist(),
+        bb,
+        content_hashes=table["content_hash"].tolist(),
+        cache=open_cache(bb, "avg", clean_cache, True),
+    )
+    # Batches differ between the two runs; oneDNN results may differ in the last bits with batch composition.
+    np.testing.assert_allclose(resumed.features, clean.features, rtol=1e-4, atol=1e-5)
+    shutil.rmtree(photos)

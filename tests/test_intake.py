@@ -1,0 +1,148 @@
+"""Intake: every file found is used or skipped with its reason, and the counts reconcile."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab.errors import TransferlabError
+from transferlab.intake import ImageRejected, attach_manifest, intake, load_rgb
+
+from .conftest import PRESIDENTS
+from .corpus import make_corpus
+
+GOOD = PRESIDENTS / "obama" / sorted(p.name for p in (PRESIDENTS / "obama").iterdir())[0]
+OTHER = PRESIDENTS / "trump" / sorted(p.name for p in (PRESIDENTS / "trump").iterdir())[0]
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "photos"
+    expected = make_corpus(root / "mixed", GOOD, OTHER)
+    # a second class of ordinary photos, plus clutter that is not a photo and must be ignored
+    (root / "trump").mkdir()
+    for p in sorted((PRESIDENTS / "trump").iterdir())[1:6]:
+        shutil.copy(p, root / "trump" / p.name)
+    (root / "trump" / ".DS_Store").write_bytes(b"\x00\x01junk")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._x.jpg").write_bytes(b"junk")
+    (root / ".hidden").mkdir()
+    return root, expected
+
+
+def test_corpus_has_at_least_15_kinds_of_bad_file(corpus):
+    _, expected = corpus
+    bad = [k for k, v in expected.items() if v != "used"]
+    assert len(bad) >= 15
+    assert len({v for v in expected.values() if v != "used"}) >= 7
+
+
+def test_every_bad_file_is_reported_with_its_reason_and_counts_reconcile(corpus):
+    root, expected = corpus
+    got = intake(root)
+    reasons = {Path(s.path).name: s.reason for s in got.report.skipped}
+    used = set(got.table["path"].map(lambda p: Path(p).name))
+    for name, outcome in expected.items():
+        if outcome == "used":
+            assert name in used, f"{name} should be used, got {reasons.get(name)}"
+        else:
+            assert reasons.get(name) == outcome, f"{name}: expected {outcome}, got {reasons.get(name)}"
+    assert got.report.found == {"mixed": len(expected), "trump": 5}
+    assert got.report.reconciles()
+    per_class = got.report.to_dict()["classes"]
+    for c, d in per_class.items():
+        assert d["found"] == d["used"] + sum(d["skipped"].values()), c
+    # hidden clutter is not counted as a found photo
+    assert not any(".DS_Store" in s.path or "__MACOSX" in s.path for s in got.report.skipped)
+
+
+def test_usable_images_are_upright_rgb(corpus):
+    root, _ = corpus
+    got = intake(root)
+    rows = got.table.set_index(got.table["path"].map(lambda p: Path(p).name))
+    for name in ("cmyk.jpg", "sixteen_bit.png", "palette_transparent.png", "gray_alpha.png", "animated.gif"):
+        img = load_rgb((root / "mixed" / name).read_bytes())
+        assert img.mode == "RGB"
+    # EXIF orientation 6 swaps width and height
+    src = Image.open(OTHER)
+    assert (rows.loc["exif_rotated.jpg", "width"], rows.loc["exif_rotated.jpg", "height"]) == (src.height, src.width)
+
+
+def test_sixteen_bit_png_keeps_its_contrast():
+    ramp = (np.arange(256 * 64, dtype=np.uint16).reshape(64, 256) * 4).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    arr = np.asarray(load_rgb(buf.getvalue()))
+    assert arr.min() < 5 and arr.max() > 250
+
+
+def test_intake_cache_gives_identical_results(tmp_path, corpus):
+    root, _ = corpus
+    first = intake(root, cache_dir=tmp_path / "c")
+    second = intake(root, cache_dir=tmp_path / "c")
+    assert first.table.equals(second.table)
+    assert [s.reason for s in first.report.skipped] == [s.reason for s in second.report.skipped]
+
+
+def test_near_duplicates_are_grouped_and_label_conflicts_reported(tmp_path):
+    root = tmp_path / "photos"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    img = Image.open(GOOD).convert("RGB")
+    img.save(root / "a" / "original.jpg", quality=95)
+    img.resize((img.width // 2, img.height // 2)).save(root / "b" / "resized_copy.jpg", quality=70)
+    for i, p in enumerate(sorted((PRESIDENTS / "trump").iterdir())[:3]):
+        shutil.copy(p, root / "a" / f"t{i}.jpg")
+    got = intake(root)
+    t = got.table.set_index(got.table["path"].map(lambda p: Path(p).name))
+    assert t.loc["original.jpg", "group"] == t.loc["resized_copy.jpg", "group"]
+    assert t.loc["t0.jpg", "group"] != t.loc["original.jpg", "group"]
+    assert got.report.near_duplicate_groups == 1
+    assert len(got.report.conflicts) == 1
+    assert {lab for _, lab in got.report.conflicts[0]["members"]} == {"a", "b"}
+
+
+def test_csv_input_keeps_extra_columns(tmp_path):
+    rows = ["path,label,kind"]
+    for label in ("obama", "trump"):
+        for p in sorted((PRESIDENTS / label).iterdir())[:3]:
+            rows.append(f"{p},{label},web")
+    csv = tmp_path / "list.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    got = intake(csv)
+    assert len(got.table) == 6
+    assert set(got.table["kind"]) == {"web"}
+
+
+def test_manifest_columns_are_attached_by_path(small_photos):
+    got = intake(small_photos)
+    t = attach_manifest(got.table, small_photos / "manifest.csv", got.root)
+    assert set(t["kind"]) <= {"web-photo", "aligned-face-crop"}
+    assert (t["kind"] != "").all()
+
+
+def test_clear_errors_for_bad_sources(tmp_path):
+    with pytest.raises(TransferlabError, match="no such file or folder"):
+        intake(tmp_path / "nope")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.jpg").write_bytes(GOOD.read_bytes())
+    with pytest.raises(TransferlabError, match="no class subfolders"):
+        intake(tmp_path / "flat")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("filename,klass\nx.jpg,a\n")
+    with pytest.raises(TransferlabError, match="needs columns 'path'"):
+        intake(bad_csv)
+
+
+def test_load_rgb_rejects_with_reason():
+    with pytest.raises(ImageRejected) as e:
+        load_rgb(b"")
+    assert e.value.reason == "zero-byte"
+    with pytest.raises(ImageRejected) as e:
+        load_rgb(b"GIF89a" + b"\x00" * 10)
+    assert e.value.reason in {"truncated", "unreadable", "not an image"}

@@ -43,17 +43,22 @@ def test_offline_backbones_have_weights_and_are_deterministic(name):
     bb = create_backbone(name)
     assert get_backbone_cfg(name).weights_available()
     assert len(bb.weights_hash) == 64
-    x = torch.rand(2, *bb.cfg.input_size)
+    h, w = bb.cfg.input_size[1:]
+    x = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)
     a, b = bb.forward(x), bb.forward(x)
     assert a.shape == (2, bb.cfg.feature_shape[0])
     assert torch.allclose(a, b)
 
 
 def test_pretrained_weights_are_really_loaded():
-    """Loaded weights replace the random initialisation (batch-norm statistics are not the defaults)."""
+    """Features from the shipped weights differ from a randomly initialised network's."""
     bb = create_backbone("mobilenet_v2")
-    bn = bb.module[0][1]
-    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    random_net = get_backbone_cfg("mobilenet_v2").build(None).eval()
+    x = torch.randint(0, 256, (1, 224, 224, 3), dtype=torch.uint8)
+    ours = bb.forward(x)
+    with torch.inference_mode():
+        theirs = random_net((x.permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225).mean(dim=(2, 3))
+    assert not torch.allclose(ours, theirs, atol=1e-2)
 
 
 def test_efficientnet_lite0_key_mapping_loads_every_tensor():
@@ -98,3 +103,33 @@ def test_bad_weights_file_is_a_clear_error(tmp_path):
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(TransferlabError, match="mobilenet_v2"):
         get_backbone_cfg("alexnet")
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_fast_preprocessing_matches_timms_standard_transform(name):
+    """Our torch decode + uint8 resize + batched normalisation stays within a grey level of timm's PIL path."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    from transferlab.features import decode_pixels
+
+    from .conftest import PRESIDENTS
+
+    bb = create_backbone(name)
+    c = bb.cfg
+    ref_t = create_transform(
+        input_size=c.input_size,
+        interpolation=c.interpolation,
+        mean=c.mean,
+        std=c.std,
+        crop_pct=c.crop_pct,
+        use_prefetcher=True,
+    )
+    for label in ("trump", "bush"):
+        path = sorted((PRESIDENTS / label).iterdir())[0]
+        ref = ref_t(Image.open(path).convert("RGB")).float()  # uint8 CHW from Pillow
+        ours = bb.transform(decode_pixels(path, bb.draft_size)).permute(2, 0, 1).float()
+        assert ours.shape == ref.shape
+        assert (ours - ref).abs().mean() < 1.0
+    feats = bb.forward(bb.transform(decode_pixels(path, bb.draft_size)).unsqueeze(0))
+    assert torch.isfinite(feats).all()

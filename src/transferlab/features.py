@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 
 from ._runtime import tune_allocator
 from .cache import FeatureCache
-from .intake import ImageRejected, content_hash, load_rgb, read_rgb
+from .intake import MAX_PIXELS, MIN_SIDE, ImageRejected, content_hash, load_rgb, read_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -21,7 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone
 
 ImageSource = "str | os.PathLike[str] | Image.Image | bytes"
-FEATURES_VERSION = "1"  # bump when feature computation changes, so caches are not reused across versions
+# Bump when feature computation changes, so caches are never reused across versions.
+# 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize.
+FEATURES_VERSION = "4"
 
 
 def feature_spec(backbone: Backbone, pool: str) -> dict[str, Any]:
@@ -65,6 +69,70 @@ def _decode(source: Any, draft: tuple[int, int] | None) -> Image.Image:
     return read_rgb(source, draft=draft)
 
 
+def _read_bytes(source: Any) -> bytes:
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ImageRejected("unreadable", exc.strerror or str(exc)) from None
+
+
+def decode_pixels(source: Any, draft: tuple[int, int]) -> torch.Tensor:
+    """Decode a path, bytes or PIL image to an upright ``uint8`` RGB tensor ``(3, H, W)``.
+
+    JPEGs of ordinary size go through libjpeg-turbo in ``torchvision.io.decode_jpeg`` (EXIF orientation applied),
+    about 25% faster than Pillow here. Every other case goes through :func:`transferlab.intake.load_rgb`, the one
+    place that knows formats, conversions and limits: other formats, JPEGs torchvision cannot decode (CMYK, broken
+    EXIF), and large JPEGs, where Pillow's draft mode decodes at a reduced scale (much faster for camera photos).
+    Limits (size, decompression bombs) are checked from the header before decoding.
+    """
+    import numpy as np
+    import torch
+
+    if not isinstance(source, bytes | bytearray | str | os.PathLike):
+        return torch.from_numpy(np.array(_decode(source, None))).permute(2, 0, 1)
+    data = bytes(source) if isinstance(source, bytes | bytearray) else _read_bytes(source)
+    if data[:3] == b"\xff\xd8\xff":
+        size = _jpeg_header_size(data)
+        if (
+            size is not None
+            and min(size) >= MIN_SIDE
+            and size[0] * size[1] <= MAX_PIXELS
+            and min(size) < 2 * min(draft)
+        ):
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            _quiet_torchvision_io_deprecation()
+
+            try:
+                return decode_jpeg(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                    mode=ImageReadMode.RGB,
+                    apply_exif_orientation=True,
+                )
+            except (RuntimeError, ValueError):
+                pass  # Pillow below decodes it or says why not
+    return torch.from_numpy(np.array(load_rgb(data, draft=draft))).permute(2, 0, 1)
+
+
+@functools.cache
+def _quiet_torchvision_io_deprecation() -> None:
+    # torchvision 0.29 deprecates its decoders in favour of TorchCodec (which needs FFmpeg libraries) and warns on
+    # every call. They still work and are pinned here; silence only that message, once per process.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+
+
+def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+    except Exception:  # noqa: BLE001 - anything odd goes the Pillow route, which reports it properly
+        return None
+
+
 class _ImageDataset:
     """Map-style dataset: index → (index, tensor) or (index, reason, detail). Runs in DataLoader workers."""
 
@@ -80,8 +148,7 @@ class _ImageDataset:
     def __getitem__(self, k: int) -> tuple[int, Any, str]:
         i = self.indices[k]
         try:
-            img = _decode(self.sources[i], self.draft)
-            return i, self.transform(img), ""
+            return i, self.transform(decode_pixels(self.sources[i], self.draft)), ""
         except ImageRejected as exc:
             return i, exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - one bad file never stops a batch
@@ -98,9 +165,13 @@ def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], torch.Tensor
 
 
 def default_num_workers() -> int:
-    """Decode workers: one on small machines (more oversubscribes the cores the forward pass uses)."""
+    """Decoding processes for the DataLoader.
+
+    On 2 cores a decoding process competes with the two threads of the forward pass, and decoding in the main
+    process between batches measured faster (BENCHMARKS.md); larger machines get worker processes.
+    """
     n = os.cpu_count() or 1
-    return 1 if n <= 4 else min(4, n // 4)
+    return 0 if n <= 2 else min(8, max(1, n // 4))
 
 
 def featurize(

@@ -28,7 +28,7 @@ from ._progress import Reporter
 from .errors import TransferlabError
 from .intake import Intake, attach_manifest, intake
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = "sface"
 DEFAULT_HEAD = "logreg"
 
 
@@ -40,15 +40,39 @@ class Prediction:
     label: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    box: list[float] | None = None
+    face_score: float | None = None
+    faces: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
-        """The ``predict --json`` line for this input."""
+        """The ``predict --json`` line for this input (face models add ``box`` and ``face_score``)."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        probs = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
-        if top_k is not None:
-            probs = probs[:top_k]
-        return {"path": self.path, "label": self.label, "probabilities": {k: round(v, 6) for k, v in probs}}
+        out = {"path": self.path, "label": self.label, "probabilities": _top(self.probabilities, top_k)}
+        if self.box is not None:
+            out.update(box=self.box, face_score=self.face_score, n_faces=len(self.faces))
+        return out
+
+    def face_dicts(self, top_k: int | None = None) -> list[dict[str, Any]]:
+        """One ``predict --faces all`` line per face (a single line without faces or on error)."""
+        if self.error is not None or not self.faces:
+            return [self.to_dict(top_k)]
+        return [
+            {
+                "path": self.path,
+                "face": k,
+                "label": f["label"],
+                "probabilities": _top(f["probabilities"], top_k),
+                "box": f["box"],
+                "face_score": f["face_score"],
+            }
+            for k, f in enumerate(self.faces)
+        ]
+
+
+def _top(probabilities: dict[str, float], top_k: int | None) -> dict[str, float]:
+    probs = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    return {k: round(v, 6) for k, v in (probs[:top_k] if top_k is not None else probs)}
 
 
 class Classifier:
@@ -72,6 +96,9 @@ class Classifier:
         Feature cache location (default: the user's cache directory) and whether to use it.
     batch_size, num_workers
         Featurization batch size and decoding worker processes.
+    face_choice
+        Face backbones only: ``"mil"`` picks the face that carries the label in training and the most confident
+        known face in prediction; ``"largest"`` always uses the largest face (the simple baseline).
     verbose
         Show progress bars and status lines on stderr.
 
@@ -95,6 +122,7 @@ class Classifier:
         use_cache: bool = True,
         batch_size: int = 32,
         num_workers: int | None = None,
+        face_choice: str = "mil",
         verbose: bool = False,
     ) -> None:
         from .backbones import get_backbone_cfg
@@ -115,6 +143,9 @@ class Classifier:
         self.use_cache = use_cache
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if face_choice not in ("mil", "largest"):
+            raise TransferlabError(f"face choice {face_choice!r}: choose 'mil' or 'largest'")
+        self.face_choice = face_choice
         self.verbose = verbose
         self.head_ = make_head(head, **self.head_params)
         self._backbone: Any = None
@@ -172,6 +203,111 @@ class Classifier:
         return got
 
     # -- estimator API ------------------------------------------------------------------------------------------
+    @property
+    def is_face_model(self) -> bool:
+        """True when the backbone embeds detected faces rather than whole images."""
+        from .backbones import get_backbone_cfg
+
+        return get_backbone_cfg(self.backbone).family == "face"
+
+    def featurize_faces(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> Any:
+        """Face rows per image (see :mod:`transferlab.faces`), cached like any feature."""
+        from .features import featurize_faces, open_cache
+
+        bb = self.backbone_()
+        cache = open_cache(bb, "faces", self.cache_dir, self.use_cache)
+        with self._reporter.task("faces", len(sources)) as advance:
+            res = featurize_faces(sources, bb, content_hashes=content_hashes, cache=cache, progress=advance)
+        self.last_feature_stats = {"cached": res.n_cached, "computed": res.n_computed, "failed": len(res.errors)}
+        return res
+
+    # -- the two primitives every path goes through -------------------------------------------------------------
+    def _train_matrix(
+        self, sources: Sequence[Any], hashes: Sequence[str | None] | None, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, str]]]:
+        """Training features: one row per usable image, the row indices used, and errors for the others.
+
+        Face models choose, per image, the face that carries its label (:func:`transferlab.faces.choose_faces`).
+        """
+        if not self.is_face_model:
+            res = self.featurize(list(sources), hashes)
+            ok = np.flatnonzero(res.ok)
+            return res.features[ok], ok, dict(res.errors)
+        from .faces import choose_faces, face_areas
+
+        res = self.featurize_faces(list(sources), hashes)
+        errors = dict(res.errors)
+        for i, rows in enumerate(res.faces):
+            if rows is not None and len(rows) == 0:
+                errors[i] = ("no face", "no face found by the detector")
+        ok = np.array([i for i in range(len(sources)) if i not in errors], dtype=int)
+        sets = [res.faces[i] for i in ok]
+        dim = self.backbone_().cfg.feature_shape[0]
+        iterations = 3 if self.face_choice == "mil" else 0
+        chosen = choose_faces(sets, np.asarray(labels)[ok], dim, iterations=iterations) if len(ok) else np.zeros(0, int)
+        self.face_stats_ = {
+            "images_with_faces": len(ok),
+            "images_with_several_faces": int(sum(len(f) > 1 for f in sets)),
+            "several_faces_not_largest_chosen": int(
+                sum(len(f) > 1 and c != int(np.argmax(face_areas(f))) for f, c in zip(sets, chosen, strict=True))
+            ),
+        }
+        X = np.stack([f[c, :dim] for f, c in zip(sets, chosen, strict=True)]) if len(ok) else np.zeros((0, dim))
+        return X.astype(np.float32), ok, errors
+
+    def _analyse(self, sources: Sequence[Any], hashes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+        """Per image: ``{"proba"}`` of the answer (and ``"faces"`` for face models) or ``{"error"}``.
+
+        Face models answer with the face that most confidently matches a known class; each face carries its own
+        probabilities, its similarity to the predicted class and whether it clears the unknown threshold.
+        """
+        self._check_fitted()
+        out: list[dict[str, Any]] = []
+        if not self.is_face_model:
+            res = self.featurize(list(sources), hashes)
+            ok = res.ok
+            proba = self.head_.predict_proba(res.features[ok]) if ok.any() else None
+            rows = iter(range(int(ok.sum())))
+            for i in range(len(sources)):
+                if i in res.errors:
+                    out.append({"error": res.errors[i]})
+                else:
+                    out.append({"proba": proba[next(rows)]})
+            return out
+        from .faces import BOX, LANDMARKS, SCORE, face_areas
+
+        res = self.featurize_faces(list(sources), hashes)
+        dim = self.backbone_().cfg.feature_shape[0]
+        for i, rows in enumerate(res.faces):
+            if i in res.errors:
+                out.append({"error": res.errors[i]})
+                continue
+            if rows is None or len(rows) == 0:
+                out.append({"error": ("no face", "no face found")})
+                continue
+            emb = rows[:, :dim]
+            proba = self.head_.predict_proba(emb)
+            best = np.argmax(proba, axis=1)
+            sims = np.sum(emb * self.centroids_[best], axis=1)
+            known = sims >= self.unknown_threshold_
+            faces = [
+                {
+                    "box": [round(float(v), 1) for v in rows[k, BOX]],
+                    "landmarks": rows[k, LANDMARKS].reshape(5, 2).round(1).tolist(),
+                    "face_score": round(float(rows[k, SCORE]), 4),
+                    "proba": proba[k],
+                    "similarity": float(sims[k]),
+                    "known": bool(known[k]),
+                }
+                for k in range(len(rows))
+            ]
+            # The answer: among faces that clear the threshold, the most confident; else the closest to a class.
+            conf = np.where(known, proba.max(axis=1), -1.0 + sims)
+            answer = int(np.argmax(conf)) if self.face_choice == "mil" else int(np.argmax(face_areas(rows)))
+            out.append({"proba": proba[answer], "faces": faces, "answer": answer, "known": bool(known[answer])})
+        return out
+
+    # -- estimator API ------------------------------------------------------------------------------------------
     def fit(self, data: Any, labels: Sequence[str] | None = None) -> Classifier:
         """Train the head on every usable image of ``data``.
 
@@ -191,29 +327,30 @@ class Classifier:
         if labels is not None:
             if len(labels) != len(data):
                 raise TransferlabError(f"{len(data)} images but {len(labels)} labels")
-            res = self.featurize(list(data))
             y = np.asarray(labels).astype(str)
-            ok = res.ok
-            self._fit_arrays(res.features[ok], y[ok])
+            X, ok, _ = self._train_matrix(list(data), None, y)
+            self._fit_arrays(X, y[ok])
             return self
         got = self._intake(data)
         return self.fit_table(got.table)
 
     def fit_table(self, table: pd.DataFrame) -> Classifier:
         """Train on rows of an intake table (``path``, ``label``, ``content_hash``)."""
-        res = self.featurize(table["path"].tolist(), table["content_hash"].tolist())
-        ok = res.ok
-        self._fit_arrays(res.features[ok], table["label"].to_numpy()[ok])
+        y = table["label"].to_numpy().astype(str)
+        X, ok, errors = self._train_matrix(table["path"].tolist(), table["content_hash"].tolist(), y)
+        self._fit_arrays(X, y[ok])
         self.meta_["training_data"] = {
-            "n_images": int(ok.sum()),
-            "per_class": {str(k): int(v) for k, v in Counter(table["label"].to_numpy()[ok]).items()},
-            "featurize_failed": len(res.errors),
+            "n_images": len(ok),
+            "per_class": {str(k): int(v) for k, v in Counter(y[ok]).items()},
+            "skipped": dict(Counter(r for r, _ in errors.values())),
         }
         return self
 
     def _fit_arrays(self, X: np.ndarray, y: np.ndarray) -> None:
         from .heads import MLPHead
 
+        if len(X) == 0:
+            raise TransferlabError("no usable training images (all were skipped); see the intake report")
         t = time.perf_counter()
         if isinstance(self.head_, MLPHead):
             with self._reporter.task("head", self.head_.epochs) as advance:
@@ -223,6 +360,11 @@ class Classifier:
             self.head_.fit(X, y)
         self.head_seconds = time.perf_counter() - t
         self.classes_ = np.asarray(self.head_.classes_).astype(str)
+        if self.is_face_model:
+            from .faces import calibrate_unknown_threshold, class_centroids
+
+            self.centroids_ = class_centroids(X, y, self.classes_)
+            self.unknown_threshold_ = calibrate_unknown_threshold(X, y, self.classes_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
@@ -230,38 +372,59 @@ class Classifier:
 
     def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
         """Class probabilities per image (columns in ``classes_`` order); NaN rows for unusable images."""
-        self._check_fitted()
-        res = self.featurize(list(images))
-        proba = np.full((len(images), len(self.classes_)), np.nan)
-        ok = res.ok
-        if ok.any():
-            proba[ok] = self.head_.predict_proba(res.features[ok])
+        proba = np.full((len(images), len(self.classes_) if hasattr(self, "classes_") else 0), np.nan)
+        for i, r in enumerate(self._analyse(list(images))):
+            if "proba" in r:
+                proba[i] = r["proba"]
         return proba
 
     def predict(self, images: Sequence[Any]) -> np.ndarray:
-        """Predicted label per image (``None`` for unusable images)."""
+        """Predicted label per image (``None`` for unusable images, ``"unknown"`` for unknown faces)."""
         return np.array([p.label for p in self.predict_images(images)], dtype=object)
 
-    def predict_images(self, images: Sequence[Any], names: Sequence[str] | None = None) -> list[Prediction]:
-        """Predictions with probabilities, or an error message, for each image (paths, bytes or PIL images)."""
-        self._check_fitted()
+    def predict_images(
+        self,
+        images: Sequence[Any],
+        names: Sequence[str] | None = None,
+        *,
+        unknown_threshold: float | None = None,
+    ) -> list[Prediction]:
+        """Predictions with probabilities, or an error message, for each image (paths, bytes or PIL images).
+
+        For face models each prediction also lists every face (box, score, label) in ``faces``; faces whose
+        similarity to their best class is below ``unknown_threshold`` (default: calibrated at training) are
+        ``"unknown"``.
+        """
         images = list(images)
         names = (
             list(names)
             if names is not None
             else [str(x) if isinstance(x, str | os.PathLike) else f"<image {i}>" for i, x in enumerate(images)]
         )
-        res = self.featurize(images)
-        ok = res.ok
         out = [Prediction(path=n) for n in names]
-        if ok.any():
-            proba = self.head_.predict_proba(res.features[ok])
-            for row, i in enumerate(np.flatnonzero(ok)):
-                p = proba[row]
-                out[i].label = str(self.classes_[int(np.argmax(p))])
-                out[i].probabilities = {str(c): float(v) for c, v in zip(self.classes_, p, strict=True)}
-        for i, (reason, detail) in res.errors.items():
-            out[i].error = f"{reason}: {detail}" if detail else reason
+        thr = unknown_threshold if unknown_threshold is not None else getattr(self, "unknown_threshold_", None)
+        for p, r in zip(out, self._analyse(images), strict=True):
+            if "error" in r:
+                reason, detail = r["error"]
+                p.error = "no face found" if reason == "no face" else (f"{reason}: {detail}" if detail else reason)
+                continue
+            p.probabilities = {str(c): float(v) for c, v in zip(self.classes_, r["proba"], strict=True)}
+            p.label = str(self.classes_[int(np.argmax(r["proba"]))])
+            if "faces" in r:
+                for k, f in enumerate(r["faces"]):
+                    known = f["similarity"] >= thr
+                    p.faces.append(
+                        {
+                            "box": f["box"],
+                            "face_score": f["face_score"],
+                            "label": str(self.classes_[int(np.argmax(f["proba"]))]) if known else "unknown",
+                            "similarity": round(f["similarity"], 4),
+                            "probabilities": {str(c): float(v) for c, v in zip(self.classes_, f["proba"], strict=True)},
+                            "answer": k == r["answer"],
+                        }
+                    )
+                answer = p.faces[r["answer"]]
+                p.label, p.box, p.face_score = answer["label"], answer["box"], answer["face_score"]
         return out
 
     def score(self, images: Sequence[Any], labels: Sequence[str]) -> float:
@@ -284,7 +447,11 @@ class Classifier:
     def evaluate_table(
         self, table: pd.DataFrame, *, group_by: str | None = None, skipped: dict[str, int] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Metrics on intake-table rows, and the per-row details (probabilities) for reports."""
+        """Metrics on intake-table rows, and the per-row details (probabilities) for reports.
+
+        Accuracy is over the classes (the answer face's most probable class); for face models
+        ``unknown_rate`` adds how many of these images the unknown threshold would have answered ``unknown``.
+        """
         from .evaluate import compute_metrics
 
         self._check_fitted()
@@ -298,14 +465,20 @@ class Classifier:
         if not known.all():
             skipped["label not in model"] = skipped.get("label not in model", 0) + int((~known).sum())
             table = table[known].reset_index(drop=True)
-        res = self.featurize(table["path"].tolist(), table["content_hash"].tolist())
-        for reason, _ in res.errors.values():
-            skipped[reason] = skipped.get(reason, 0) + 1
-        ok = res.ok
+        results = self._analyse(table["path"].tolist(), table["content_hash"].tolist())
+        ok = np.array(["proba" in r for r in results], dtype=bool)
+        for r in results:
+            if "error" in r:
+                skipped[r["error"][0]] = skipped.get(r["error"][0], 0) + 1
         rows = table[ok].reset_index(drop=True)
-        proba = self.head_.predict_proba(res.features[ok]) if ok.any() else np.zeros((0, len(self.classes_)))
+        k = len(self.classes_)
+        proba = np.stack([r["proba"] for r in results if "proba" in r]) if ok.any() else np.zeros((0, k))
         groups = rows[group_by].tolist() if group_by is not None else None
         metrics = compute_metrics(rows["label"].tolist(), proba, list(self.classes_), groups=groups, skipped=skipped)
+        if self.is_face_model:
+            answered_known = [r.get("known", True) for r in results if "proba" in r]
+            metrics["unknown_rate"] = float(1 - np.mean(answered_known)) if answered_known else float("nan")
+            metrics["several_faces"] = int(sum(len(r["faces"]) > 1 for r in results if "faces" in r))
         return metrics, {"rows": rows, "proba": proba}
 
     # -- persistence --------------------------------------------------------------------------------------------
@@ -333,8 +506,20 @@ class Classifier:
             "features": feature_spec(bb, self.pool),
             "pool": self.pool,
             "head": {"name": self.head, "params": params},
+            "face_choice": self.face_choice,
             **self.meta_,
         }
+        if self.is_face_model:
+            arrays["open_set.centroids"] = self.centroids_.astype(np.float32)
+            meta["faces"] = {
+                "unknown_threshold": float(self.unknown_threshold_),
+                "similarity": "cosine between the face embedding and its predicted class's mean embedding",
+                "calibration": "higher of: keeps 98% of training faces of their own class (leave-one-out); "
+                "admits 1% of training faces of the other classes",
+                "several_faces": "answer with the face that most confidently matches a known class",
+                "no_face": "skipped in training and evaluation; predict says 'no face found'",
+                **getattr(self, "face_stats_", {}),
+            }
         return save_artifact(path, meta, arrays)
 
     @classmethod
@@ -355,6 +540,7 @@ class Classifier:
             head=head_name,
             pool=meta.get("pool", "avg"),
             head_params=meta["head"].get("params", {}),
+            face_choice=meta.get("face_choice", "mil"),
             **kwargs,
         )
         arrays = dict(arrays)
@@ -364,6 +550,11 @@ class Classifier:
         except KeyError as exc:
             raise TransferlabError(f"{path}: head weights lack array {exc}; the model is damaged, retrain it") from None
         clf.classes_ = np.asarray(meta["classes"]).astype(str)
+        if clf.is_face_model:
+            if "open_set.centroids" not in arrays or "faces" not in meta:
+                raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
+            clf.centroids_ = np.asarray(arrays["open_set.centroids"], dtype=np.float32)
+            clf.unknown_threshold_ = float(meta["faces"]["unknown_threshold"])
         clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
         clf.model_meta = meta
         clf._expected_weights = meta["backbone"].get("weights_sha256")
@@ -422,6 +613,7 @@ def train(
     use_cache: bool = True,
     batch_size: int = 32,
     num_workers: int | None = None,
+    face_choice: str = "mil",
     verbose: bool = False,
 ) -> TrainResult:
     """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
@@ -450,6 +642,7 @@ def train(
         use_cache=use_cache,
         batch_size=batch_size,
         num_workers=num_workers,
+        face_choice=face_choice,
         verbose=verbose,
     )
     rep = clf._reporter
@@ -475,34 +668,32 @@ def train(
         )
         + f"; split {len(split.train)} train / {len(split.test)} test"
     )
-    rows = np.concatenate([split.train, split.test])
-    t = time.perf_counter()
-    res = clf.featurize(table["path"].to_numpy()[rows].tolist(), table["content_hash"].to_numpy()[rows].tolist())
-    timings["features"] = time.perf_counter() - t
-    stats = dict(clf.last_feature_stats)
-    rep.info(f"features: {stats['computed']} computed, {stats['cached']} from cache ({timings['features']:.1f} s)")
-    feats = np.full((len(table), res.features.shape[1]), np.nan, dtype=np.float32)
-    feats[rows] = res.features
-    failed = {int(rows[i]): err for i, err in res.errors.items()}
-    for reason, _ in failed.values():
-        skipped[reason] = skipped.get(reason, 0) + 1
-    train_rows = np.array([i for i in split.train if i not in failed], dtype=int)
-    test_rows = np.array([i for i in split.test if i not in failed], dtype=int)
     labels = table["label"].to_numpy().astype(str)
     t = time.perf_counter()
-    clf._fit_arrays(feats[train_rows], labels[train_rows])
-    timings["head"] = time.perf_counter() - t
-    from .evaluate import compute_metrics
-
-    proba = clf.head_.predict_proba(feats[test_rows]) if len(test_rows) else np.zeros((0, len(clf.classes_)))
-    test_table = table.iloc[test_rows].reset_index(drop=True)
-    metrics = compute_metrics(
-        test_table["label"].tolist(),
-        proba,
-        list(clf.classes_),
-        groups=test_table[group_by].tolist() if group_by else None,
-        skipped=skipped,
+    X, used, errors = clf._train_matrix(
+        table["path"].to_numpy()[split.train].tolist(),
+        table["content_hash"].to_numpy()[split.train].tolist(),
+        labels[split.train],
     )
+    timings["features (train)"] = time.perf_counter() - t
+    stats = dict(clf.last_feature_stats)
+    failed = {int(split.train[i]): err for i, err in errors.items()}
+    train_rows = split.train[used]
+    t = time.perf_counter()
+    clf._fit_arrays(X, labels[train_rows])
+    timings["head"] = time.perf_counter() - t
+    # The held-out side goes through the prediction path: no label is used to pick its faces or features.
+    t = time.perf_counter()
+    test_table = table.iloc[split.test].reset_index(drop=True)
+    metrics, detail = clf.evaluate_table(test_table, group_by=group_by, skipped=skipped)
+    timings["features + evaluation (test)"] = time.perf_counter() - t
+    for key in ("cached", "computed", "failed"):
+        stats[key] += clf.last_feature_stats[key]
+    for reason, _ in failed.values():
+        metrics["skipped"][reason] = metrics["skipped"].get(reason, 0) + 1
+    test_paths = set(detail["rows"]["path"])
+    test_rows = np.array([i for i in split.test if table.at[i, "path"] in test_paths], dtype=int)
+    rep.info(f"features: {stats['computed']} computed, {stats['cached']} from cache")
     out = Path(out)
     split_info = {**split.params(), "n_train": len(train_rows), "n_test": len(test_rows)}
     clf.meta_.update(
@@ -524,10 +715,10 @@ def train(
     )
     clf.save(out)
     side = np.full(len(table), "", dtype=object)
+    side[split.train] = "skipped"
+    side[split.test] = "skipped"
     side[train_rows] = "train"
     side[test_rows] = "test"
-    for i in failed:
-        side[i] = "failed"
     table.assign(side=side)[lambda d: d["side"] != ""].to_csv(out / "split.csv", index=False)
     import json
 
@@ -536,6 +727,8 @@ def train(
     from .report import write_report
 
     config = {"backbone": backbone, "head": head, "pool": pool, "data": str(data)}
+    if clf.is_face_model:
+        config["faces"] = {**clf.face_stats_, "unknown_threshold": clf.unknown_threshold_}
     report_path = write_report(
         out,
         metrics=metrics,
@@ -544,8 +737,8 @@ def train(
         split_info=split_info,
         timings=timings,
         feature_stats=stats,
-        rows=test_table,
-        proba=proba,
+        rows=detail["rows"],
+        proba=detail["proba"],
         group_by=group_by,
     )
     return TrainResult(clf, metrics, got, split, out, report_path, timings, stats)

@@ -70,7 +70,9 @@ def _summary(metrics: dict[str, Any], group_by: str | None) -> str:
 def train(
     data: Annotated[Path, typer.Argument(help="Folder with one subfolder per class, or a CSV with path,label.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.json, report.md, plots).")],
-    backbone: Annotated[str, typer.Option(help="Backbone name; see `transferlab backbones`.")] = "efficientnet_lite0",
+    backbone: Annotated[
+        str, typer.Option(help="Backbone name; see `transferlab backbones`. sface: detected, aligned faces.")
+    ] = "sface",
     head: Annotated[str, typer.Option(help="Head: logreg, svm or mlp (the seed's).")] = "logreg",
     pool: Annotated[str, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")] = "avg",
     epochs: Annotated[int | None, typer.Option(help="Epochs for the mlp head (default 30).")] = None,
@@ -87,10 +89,22 @@ def train(
     no_cache: NoCache = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Featurization batch size.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Image decoding processes (default: automatic).")] = None,
+    face_choice: Annotated[
+        str,
+        typer.Option(
+            "--face-choice",
+            help="Face backbones: 'mil' trains on the face that carries the label and answers with the most "
+            "confident known face; 'largest' always uses the largest face.",
+        ),
+    ] = "mil",
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train on the training side of DATA, evaluate on the held-out side, and save the model with report.md."""
+    """Train on the training side of DATA, evaluate on the held-out side, and save the model with report.md.
+
+    With a face backbone (the default, sface) every photo goes through face detection: photos without a face are
+    skipped with the reason 'no face', and with several faces the one that carries the label is learned.
+    """
     hub_offline_unless_asked(download)
     from .api import train as api_train
 
@@ -116,6 +130,7 @@ def train(
         use_cache=not no_cache,
         batch_size=batch_size,
         num_workers=workers,
+        face_choice=face_choice,
         verbose=not quiet,
     )
     if as_json:
@@ -157,12 +172,27 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Show only the K most probable classes.")] = None,
+    faces: Annotated[
+        str, typer.Option("--faces", help="Face models: 'best' (one answer per image) or 'all' (one per face).")
+    ] = "best",
+    unknown_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--unknown-threshold",
+            help="Face models: similarity to the best class below which a face is 'unknown' "
+            "(default: calibrated on the training data, stored in model.json).",
+        ),
+    ] = None,
     weights: Weights = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     quiet: Quiet = False,
 ) -> None:
-    """Predict the class of each image; unusable files get an error line and the run continues."""
+    """Predict the class of each image; unusable files get an error line and the run continues.
+
+    Face models answer with the face that most confidently matches a known class (other faces are 'unknown'
+    unless --faces all), 'unknown' when no face is close enough to a class, and 'no face found' without a face.
+    """
     hub_offline_unless_asked(False)
     from .api import expand_paths, load
 
@@ -170,21 +200,26 @@ def predict(
     if not files:
         raise TransferlabError("no files found in the given paths")
     clf = load(model, weights=weights, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet and not as_json)
-    preds = clf.predict_images(files)
+    if faces not in ("best", "all"):
+        raise TransferlabError(f"--faces {faces}: choose 'best' or 'all'")
+    preds = clf.predict_images(files, unknown_threshold=unknown_threshold)
     if as_json:
         for p in preds:
-            _out(json.dumps(p.to_dict(top_k)))
+            for line in p.face_dicts(top_k) if faces == "all" else [p.to_dict(top_k)]:
+                _out(json.dumps(line))
     else:
         from rich.table import Table
 
         k = top_k or len(clf.classes_)
-        table = Table("file", "label", "probabilities", box=None, pad_edge=False)
+        table = Table("file", "label", "probabilities", "face box (x, y, w, h)", box=None, pad_edge=False)
         for p in preds:
             if p.error:
-                table.add_row(p.path, "[red]error[/red]", p.error)
-            else:
-                top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:k]
-                table.add_row(p.path, p.label or "", "  ".join(f"{c} {v:.2f}" for c, v in top))
+                table.add_row(p.path, "[red]error[/red]", p.error, "")
+                continue
+            for line in p.face_dicts(k) if faces == "all" else [p.to_dict(k)]:
+                probs = "  ".join(f"{c} {v:.2f}" for c, v in line["probabilities"].items())
+                box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""
+                table.add_row(p.path, line["label"] or "", probs, box)
         _console().print(table)
     if all(p.error for p in preds):
         raise typer.Exit(1)
@@ -219,7 +254,7 @@ def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
     for r in rows:
         table.add_row(
             r["name"],
-            f"{r['params']:,}",
+            f"{r['params']:,}" if r["params"] else "n/a",
             "×".join(map(str, r["feature_shape"])),
             f"{r['input_size'][-1]} px",
             "[green]yes[/green]" if r["weights_available"] else "[yellow]no[/yellow] (--weights FILE or --download)",

@@ -28,8 +28,17 @@ ImageSource = "str | os.PathLike[str] | Image.Image | bytes"
 FEATURES_VERSION = "4"
 
 
-def feature_spec(backbone: Backbone, pool: str) -> dict[str, Any]:
+def feature_spec(backbone: Any, pool: str) -> dict[str, Any]:
     """Everything that determines a feature vector; the cache key and part of model.json."""
+    if backbone.cfg.family == "face":
+        return {
+            "backbone": backbone.cfg.name,
+            "architecture": backbone.cfg.architecture,
+            "weights_sha256": backbone.weights_hash,
+            "preprocessing": backbone.cfg.preprocessing(),
+            "decode_draft": list(FACE_DECODE_DRAFT),
+            "version": FEATURES_VERSION,
+        }
     return {
         "backbone": backbone.cfg.name,
         "architecture": backbone.cfg.architecture,
@@ -281,3 +290,72 @@ def open_cache(
         raise TransferlabError(
             f"--cache-dir {root}: cannot write there ({exc.strerror}); pass another --cache-dir or --no-cache"
         ) from None
+
+
+@dataclass
+class FaceFeatureResult:
+    """Per image, its face rows (:mod:`transferlab.faces` layout), or an entry in ``errors``."""
+
+    faces: list[np.ndarray | None]
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+    n_cached: int = 0
+    n_computed: int = 0
+
+
+FACE_DECODE_DRAFT = (1280, 1280)  # big camera JPEGs are decoded at reduced scale; faces keep plenty of pixels
+
+
+def featurize_faces(
+    sources: Sequence[Any],
+    backbone: Any,
+    *,
+    content_hashes: Sequence[str | None] | None = None,
+    cache: FeatureCache | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FaceFeatureResult:
+    """Detect, align and embed every face of every image (or fetch the rows from the cache).
+
+    Parameters
+    ----------
+    sources
+        File paths, raw bytes or PIL images.
+    backbone
+        A face backbone (:class:`transferlab.faces.FaceBackbone`).
+    content_hashes, cache, progress
+        As for :func:`featurize`.
+
+    Returns
+    -------
+    FaceFeatureResult
+        An image without a face has an empty ``(0, D + 15)`` array, not an error: the caller decides the policy.
+    """
+    import numpy as np
+
+    width = backbone.cfg.feature_shape[0] + 15
+    out: list[np.ndarray | None] = [None] * len(sources)
+    errors: dict[int, tuple[str, str]] = {}
+    hashes = list(content_hashes) if content_hashes is not None else [None] * len(sources)
+    n_cached = n_computed = 0
+    for i, src in enumerate(sources):
+        try:
+            if hashes[i] is None and cache is not None:
+                img = _decode(src, None)
+                hashes[i] = content_hash(img)
+            hit = cache.get(hashes[i]) if cache is not None and hashes[i] is not None else None
+            if hit is not None and hit.ndim == 2 and hit.shape[1] == width:
+                out[i] = hit
+                n_cached += 1
+            else:
+                rgb = np.asarray(_decode(src, FACE_DECODE_DRAFT))
+                rows = backbone.module.faces(rgb)
+                out[i] = rows
+                n_computed += 1
+                if cache is not None and hashes[i] is not None:
+                    cache.put(hashes[i], rows)
+        except ImageRejected as exc:
+            errors[i] = (exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+            errors[i] = ("unreadable", f"{type(exc).__name__}: {exc}")
+        if progress is not None:
+            progress(1)
+    return FaceFeatureResult(out, errors, n_cached, n_computed)

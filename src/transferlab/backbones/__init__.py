@@ -1,5 +1,6 @@
 """Backbone registry. Importing this package registers every built-in backbone."""
 
+from . import faces as _faces  # noqa: F401  (registers the face backbones)
 from . import imagenet as _imagenet  # noqa: F401  (registers the ImageNet backbones)
 from ._registry import (
     Backbone,

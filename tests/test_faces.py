@@ -1,0 +1,125 @@
+"""Face-aware classification: detection, several faces, no face, unknown people."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import transferlab
+from transferlab.faces import YuNetDetector
+
+from .conftest import PRESIDENTS, copy_subset
+from .test_cli import run
+
+MANIFEST = pd.read_csv(PRESIDENTS / "manifest.csv")
+
+
+def crops(label: str, kind: str = "aligned-face-crop", skip: int = 0, n: int = 1) -> list:
+    files = MANIFEST[(MANIFEST.label == label) & (MANIFEST.kind == kind)]["file"]
+    return [PRESIDENTS / f for f in sorted(files)[skip : skip + n]]
+
+
+@pytest.fixture(scope="module")
+def face_model(tmp_path_factory):
+    photos = copy_subset(tmp_path_factory.mktemp("faces") / "photos", 15)
+    out = tmp_path_factory.mktemp("face-model") / "model"
+    res = transferlab.train(photos, out, backbone="sface", cache_dir=tmp_path_factory.mktemp("fc"), test_size=0.2)
+    return out, photos, res
+
+
+def test_face_model_trains_and_states_its_policy(face_model):
+    out, _, res = face_model
+    assert res.metrics["accuracy"] >= 0.9
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["backbone"]["name"] == "sface"
+    assert 0.0 < meta["faces"]["unknown_threshold"] < 1.0
+    assert "images_with_several_faces" in meta["faces"]
+    assert "face" in (out / "report.md").read_text().lower()
+
+
+def test_two_known_faces_give_two_predictions_with_correct_boxes(face_model, tmp_path):
+    out, photos, _ = face_model
+    used = {p.name for p in photos.rglob("*.jpg")}
+    obama = next(p for p in crops("obama", n=30, skip=0) if p.name not in used)
+    bush = next(p for p in crops("bush", n=30, skip=0) if p.name not in used)
+    canvas = Image.new("RGB", (720, 400), (128, 128, 128))
+    canvas.paste(Image.open(obama).convert("RGB").resize((250, 250)), (60, 75))
+    canvas.paste(Image.open(bush).convert("RGB").resize((250, 250)), (410, 75))
+    path = tmp_path / "two_presidents.jpg"
+    canvas.save(path, quality=95)
+    proc = run("predict", str(out), str(path), "--faces", "all", "--json")
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(lines) == 2
+    by_label = {x["label"]: x for x in lines}
+    assert set(by_label) == {"obama", "bush"}
+    x, _, w, _ = by_label["obama"]["box"]
+    assert 60 <= x + w / 2 <= 310  # centre of the box inside the left crop
+    x, _, w, _ = by_label["bush"]["box"]
+    assert 410 <= x + w / 2 <= 660
+    assert all(0 < line["face_score"] <= 1 for line in lines)
+    single = json.loads(run("predict", str(out), str(path), "--json").stdout)
+    assert single["label"] in {"obama", "bush"} and single["n_faces"] == 2
+
+
+def test_no_face_is_reported_and_does_not_stop_a_batch(face_model, tmp_path):
+    out, photos, _ = face_model
+    gradient = np.tile(np.linspace(0, 255, 400, dtype=np.uint8), (300, 1))
+    blank = tmp_path / "landscape.png"
+    Image.fromarray(np.stack([gradient, gradient[::-1], gradient], axis=2)).save(blank)
+    good = sorted((photos / "trump").iterdir())[0]
+    clf = transferlab.load(out)
+    preds = clf.predict_images([good, blank, good])
+    assert preds[1].error == "no face found"
+    assert preds[0].label == preds[2].label == "trump"
+
+
+def test_training_skips_photos_without_a_face_and_counts_reconcile(tmp_path):
+    photos = copy_subset(tmp_path / "photos", 6)
+    Image.new("RGB", (300, 300), (30, 120, 200)).save(photos / "obama" / "sky.jpg")
+    res = transferlab.train(photos, tmp_path / "m", backbone="sface", test_size=0.3, seed=1)
+    split = pd.read_csv(tmp_path / "m" / "split.csv")
+    sky = split[split["path"].str.endswith("sky.jpg")]
+    assert sky["side"].tolist() == ["skipped"]
+    assert res.metrics["skipped"].get("no face") == 1
+    assert res.intake.report.reconciles()
+
+
+def test_people_outside_the_classes_are_mostly_unknown(tmp_path):
+    """Train without Trump: his photos should be answered 'unknown', the others' held-out photos mostly not."""
+    photos = copy_subset(tmp_path / "photos", 40)
+    shutil.move(photos / "trump", tmp_path / "outsiders")
+    trump = sorted((tmp_path / "outsiders").iterdir())
+    held = {c: sorted((photos / c).iterdir())[-8:] for c in ("bush", "clinton", "obama")}
+    for files in held.values():
+        for f in files:
+            f.rename(tmp_path / f"{f.parent.name}_{f.name}")
+    clf = transferlab.Classifier(backbone="sface", cache_dir=tmp_path / "c").fit(photos)
+    unknown_rate = np.mean([p.label == "unknown" for p in clf.predict_images(trump) if not p.error])
+    known_files = sorted(tmp_path.glob("*_*.jpg"))
+    known_preds = clf.predict_images(known_files)
+    false_unknown = np.mean([p.label == "unknown" for p in known_preds])
+    correct = np.mean([p.label == f.name.split("_")[0] for p, f in zip(known_preds, known_files, strict=True)])
+    assert unknown_rate >= 0.8, unknown_rate
+    assert false_unknown <= 0.2, false_unknown
+    assert correct >= 0.75, correct
+
+
+def test_detector_maps_boxes_back_to_full_resolution():
+    """A photo larger than the detector's 640 px is downscaled for detection; boxes come back in its own pixels."""
+    import cv2
+
+    face = np.asarray(Image.open(crops("bush")[0]).convert("RGB").resize((400, 400)))
+    big = np.full((1280, 1280, 3), 128, np.uint8)
+    big[300:700, 500:900] = face
+    seen_by_detector = cv2.resize(big, (640, 640), interpolation=cv2.INTER_AREA)
+    det = YuNetDetector()
+    a, b = det.detect(big), det.detect(seen_by_detector)
+    assert len(a) == len(b) == 1
+    np.testing.assert_allclose(a[0, :14], b[0, :14] * 2.0, atol=1e-3)
+    x, y, w, h = a[0, :4]
+    assert 500 <= x + w / 2 <= 900 and 300 <= y + h / 2 <= 700

@@ -141,3 +141,24 @@ def test_user_errors_are_one_line_without_traceback(args, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_completes_over_a_folder_full_of_bad_files(tmp_path):
+    """Good photos mixed with every kind of bad file: the run completes and reports each bad file by reason."""
+    from .conftest import copy_subset
+    from .corpus import make_corpus
+
+    photos = copy_subset(tmp_path / "photos", 8)
+    good, other = sorted((photos / "obama").iterdir())[:2]
+    expected = make_corpus(photos / "obama", good, other)
+    out = tmp_path / "model"
+    run("train", str(photos), "--out", str(out), "--backbone", "mobilenet_v2", cache=tmp_path / "c")
+    report = json.loads((out / "intake.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    for name, outcome in expected.items():
+        if outcome != "used":
+            assert reasons.get(name) == outcome, name
+    for c, d in report["classes"].items():
+        assert d["found"] == d["used"] + sum(d["skipped"].values()), c
+    md = (out / "report.md").read_text()
+    assert "bad_crc.png" in md and "decompression bomb" in md

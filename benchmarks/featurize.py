@@ -95,7 +95,7 @@ def main() -> None:
         from PIL import Image
 
         img = Image.open(p).convert("RGB")
-        bb.forward(bb.transform(torch.from_numpy(np.asarray(img)).permute(2, 0, 1)).unsqueeze(0))
+        bb.forward(bb.transform(torch.from_numpy(np.array(img)).permute(2, 0, 1)).unsqueeze(0))
     naive = len(naive_paths) / (time.perf_counter() - t)
 
     # The seed's protocol vs featurize-once, on the same training images and epochs.

@@ -185,6 +185,24 @@ def write_report(
     for c in intake_report.conflicts:
         members = "; ".join(f"`{p}` ({lab})" for p, lab in c["members"])
         lines.append(f"- label conflict ({c['kind']}): {members}")
+    if "faces" in config:
+        f = config["faces"]
+        lines += [
+            "",
+            "## Faces",
+            "",
+            "Every photo went through face detection (YuNet), alignment and a face embedding. Photos without a face "
+            "are skipped with reason `no face`. In a photo with several faces, training used the face that agrees "
+            "best with the rest of its class (multiple-instance learning) and prediction answers with the face that "
+            "most confidently matches a known class.",
+            "",
+            f"- training photos with a face: {f['images_with_faces']}, with several faces: "
+            f"{f['images_with_several_faces']} (labelled person not the largest face in "
+            f"{f['several_faces_not_largest_chosen']})",
+            f"- held-out photos with several faces: {metrics.get('several_faces', 0)}",
+            f"- unknown threshold (cosine similarity to the class mean): {f['unknown_threshold']:.3f}; held-out "
+            f"photos of known people it would answer `unknown`: {metrics.get('unknown_rate', float('nan')):.1%}",
+        ]
     lines += [
         "",
         "## Split",

@@ -123,3 +123,33 @@ def test_detector_maps_boxes_back_to_full_resolution():
     np.testing.assert_allclose(a[0, :14], b[0, :14] * 2.0, atol=1e-3)
     x, y, w, h = a[0, :4]
     assert 500 <= x + w / 2 <= 900 and 300 <= y + h / 2 <= 700
+
+
+def test_fallback_answers_photos_without_a_face_and_survives_save_and_load(tmp_path):
+    photos = copy_subset(tmp_path / "photos", 6)
+    sky = tmp_path / "sky.jpg"
+    Image.new("RGB", (300, 300), (30, 120, 200)).save(sky)
+    out = tmp_path / "m"
+    run(
+        "train",
+        str(photos),
+        "--out",
+        str(out),
+        "--fallback",
+        "mobilenet_v2",
+        "--test-size",
+        "0.3",
+        cache=tmp_path / "c",
+    )
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["fallback"]["backbone"]["name"] == "mobilenet_v2"
+    assert "fallback" in meta["faces"]["no_face"]
+    face = sorted((photos / "obama").iterdir())[0]
+    lines = [
+        json.loads(x)
+        for x in run("predict", str(out), str(sky), str(face), "--json", cache=tmp_path / "c").stdout.splitlines()
+    ]
+    assert lines[0]["fallback"] is True and lines[0]["label"] in {"bush", "clinton", "obama", "trump"}
+    assert "box" in lines[1] and "fallback" not in lines[1]
+    with pytest.raises(transferlab.TransferlabError, match="face backbones only"):
+        transferlab.Classifier(backbone="mobilenet_v2", fallback="efficientnet_lite0")

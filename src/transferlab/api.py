@@ -43,6 +43,7 @@ class Prediction:
     box: list[float] | None = None
     face_score: float | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
+    fallback: bool = False
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """The ``predict --json`` line for this input (face models add ``box`` and ``face_score``)."""
@@ -51,6 +52,8 @@ class Prediction:
         out = {"path": self.path, "label": self.label, "probabilities": _top(self.probabilities, top_k)}
         if self.box is not None:
             out.update(box=self.box, face_score=self.face_score, n_faces=len(self.faces))
+        if self.fallback:
+            out.update(n_faces=0, fallback=True)
         return out
 
     def face_dicts(self, top_k: int | None = None) -> list[dict[str, Any]]:
@@ -99,6 +102,9 @@ class Classifier:
     face_choice
         Face backbones only: ``"mil"`` picks the face that carries the label in training and the most confident
         known face in prediction; ``"largest"`` always uses the largest face (the simple baseline).
+    fallback
+        Face backbones only: a whole-image backbone whose logistic-regression head answers for photos in which no
+        face is found (otherwise they get "no face found").
     verbose
         Show progress bars and status lines on stderr.
 
@@ -123,6 +129,7 @@ class Classifier:
         batch_size: int = 32,
         num_workers: int | None = None,
         face_choice: str = "mil",
+        fallback: str | None = None,
         verbose: bool = False,
     ) -> None:
         from .backbones import get_backbone_cfg
@@ -146,6 +153,12 @@ class Classifier:
         if face_choice not in ("mil", "largest"):
             raise TransferlabError(f"face choice {face_choice!r}: choose 'mil' or 'largest'")
         self.face_choice = face_choice
+        if fallback is not None:
+            if get_backbone_cfg(backbone).family != "face":
+                raise TransferlabError(f"--fallback applies to face backbones only, not {backbone!r}")
+            if get_backbone_cfg(fallback).family == "face":
+                raise TransferlabError(f"--fallback {fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
+        self.fallback = fallback
         self.verbose = verbose
         self.head_ = make_head(head, **self.head_params)
         self._backbone: Any = None
@@ -283,7 +296,7 @@ class Classifier:
                 out.append({"error": res.errors[i]})
                 continue
             if rows is None or len(rows) == 0:
-                out.append({"error": ("no face", "no face found")})
+                out.append({"error": ("no face", "no face found"), "no_face": True})
                 continue
             emb = rows[:, :dim]
             proba = self.head_.predict_proba(emb)
@@ -305,6 +318,16 @@ class Classifier:
             conf = np.where(known, proba.max(axis=1), -1.0 + sims)
             answer = int(np.argmax(conf)) if self.face_choice == "mil" else int(np.argmax(face_areas(rows)))
             out.append({"proba": proba[answer], "faces": faces, "answer": answer, "known": bool(known[answer])})
+        no_face = [i for i, r in enumerate(out) if r.get("no_face")]
+        fallback = getattr(self, "fallback_", None)
+        if fallback is not None and no_face:
+            hs = [hashes[i] for i in no_face] if hashes is not None else None
+            for i, r in zip(no_face, fallback._analyse([sources[i] for i in no_face], hs), strict=True):
+                if "proba" in r:
+                    # Align the fallback's classes with ours (a class can lack faces entirely).
+                    col = {c: k for k, c in enumerate(fallback.classes_)}
+                    p = np.array([r["proba"][col[c]] if c in col else 0.0 for c in self.classes_])
+                    out[i] = {"proba": p / max(p.sum(), 1e-12), "fallback": True, "known": True}
         return out
 
     # -- estimator API ------------------------------------------------------------------------------------------
@@ -330,6 +353,7 @@ class Classifier:
             y = np.asarray(labels).astype(str)
             X, ok, _ = self._train_matrix(list(data), None, y)
             self._fit_arrays(X, y[ok])
+            self._fit_fallback(list(data), None, y)
             return self
         got = self._intake(data)
         return self.fit_table(got.table)
@@ -339,12 +363,29 @@ class Classifier:
         y = table["label"].to_numpy().astype(str)
         X, ok, errors = self._train_matrix(table["path"].tolist(), table["content_hash"].tolist(), y)
         self._fit_arrays(X, y[ok])
+        self._fit_fallback(table["path"].tolist(), table["content_hash"].tolist(), y)
         self.meta_["training_data"] = {
             "n_images": len(ok),
             "per_class": {str(k): int(v) for k, v in Counter(y[ok]).items()},
             "skipped": dict(Counter(r for r, _ in errors.values())),
         }
         return self
+
+    def _fit_fallback(self, sources: Sequence[Any], hashes: Sequence[str | None] | None, labels: np.ndarray) -> None:
+        """Train the whole-image model that answers for photos without a detectable face."""
+        if self.fallback is None:
+            return
+        self.fallback_ = Classifier(
+            self.fallback,
+            "logreg",
+            cache_dir=self.cache_dir,
+            use_cache=self.use_cache,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            verbose=self.verbose,
+        )
+        X, ok, _ = self.fallback_._train_matrix(sources, hashes, labels)
+        self.fallback_._fit_arrays(X, np.asarray(labels)[ok])
 
     def _fit_arrays(self, X: np.ndarray, y: np.ndarray) -> None:
         from .heads import MLPHead
@@ -410,6 +451,7 @@ class Classifier:
                 continue
             p.probabilities = {str(c): float(v) for c, v in zip(self.classes_, r["proba"], strict=True)}
             p.label = str(self.classes_[int(np.argmax(r["proba"]))])
+            p.fallback = bool(r.get("fallback"))
             if "faces" in r:
                 for k, f in enumerate(r["faces"]):
                     known = f["similarity"] >= thr
@@ -485,15 +527,24 @@ class Classifier:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model directory (``model.json`` + ``head.safetensors``)."""
         from .artifact import save_artifact
+
+        meta, arrays = self._state()
+        meta = {
+            "transferlab_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **meta,
+        }
+        return save_artifact(path, meta, arrays)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON description and arrays of this fitted model (a fallback model is nested under ``fallback``)."""
         from .features import feature_spec
 
         self._check_fitted()
         bb = self.backbone_()
         arrays, params = self.head_.to_state()
         arrays.pop("classes_", None)
-        meta = {
-            "transferlab_version": __version__,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        meta: dict[str, Any] = {
             "classes": [str(c) for c in self.classes_],
             "backbone": {
                 "name": self.backbone,
@@ -517,10 +568,19 @@ class Classifier:
                 "calibration": "higher of: keeps 98% of training faces of their own class (leave-one-out); "
                 "admits 1% of training faces of the other classes",
                 "several_faces": "answer with the face that most confidently matches a known class",
-                "no_face": "skipped in training and evaluation; predict says 'no face found'",
+                "no_face": (
+                    f"answered by the whole-image fallback model ({self.fallback})"
+                    if getattr(self, "fallback_", None) is not None
+                    else "skipped in training and evaluation; predict says 'no face found'"
+                ),
                 **getattr(self, "face_stats_", {}),
             }
-        return save_artifact(path, meta, arrays)
+        fallback = getattr(self, "fallback_", None)
+        if fallback is not None:
+            fmeta, farrays = fallback._state()
+            meta["fallback"] = fmeta
+            arrays.update({f"fallback.{k}": v for k, v in farrays.items()})
+        return meta, arrays
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Classifier:
@@ -529,9 +589,14 @@ class Classifier:
         ``kwargs`` override runtime options such as ``weights``, ``cache_dir`` or ``verbose``.
         """
         from .artifact import load_artifact
-        from .heads import HEADS
 
         meta, arrays = load_artifact(path)
+        return cls._from_state(meta, dict(arrays), str(path), **kwargs)
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, Any], path: str, **kwargs: Any) -> Classifier:
+        from .heads import HEADS
+
         head_name = meta["head"]["name"]
         if head_name not in HEADS:
             raise TransferlabError(f"{path}: unknown head {head_name!r} in model.json")
@@ -541,20 +606,25 @@ class Classifier:
             pool=meta.get("pool", "avg"),
             head_params=meta["head"].get("params", {}),
             face_choice=meta.get("face_choice", "mil"),
+            fallback=meta["fallback"]["backbone"]["name"] if "fallback" in meta else None,
             **kwargs,
         )
-        arrays = dict(arrays)
-        arrays["classes_"] = np.asarray(meta["classes"])
+        own = {k: v for k, v in arrays.items() if not k.startswith("fallback.")}
+        own["classes_"] = np.asarray(meta["classes"])
         try:
-            clf.head_ = HEADS[head_name].from_state(arrays, meta["head"].get("params", {}))
+            clf.head_ = HEADS[head_name].from_state(own, meta["head"].get("params", {}))
         except KeyError as exc:
             raise TransferlabError(f"{path}: head weights lack array {exc}; the model is damaged, retrain it") from None
         clf.classes_ = np.asarray(meta["classes"]).astype(str)
         if clf.is_face_model:
-            if "open_set.centroids" not in arrays or "faces" not in meta:
+            if "open_set.centroids" not in own or "faces" not in meta:
                 raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
-            clf.centroids_ = np.asarray(arrays["open_set.centroids"], dtype=np.float32)
+            clf.centroids_ = np.asarray(own["open_set.centroids"], dtype=np.float32)
             clf.unknown_threshold_ = float(meta["faces"]["unknown_threshold"])
+        if "fallback" in meta:
+            sub = {k.removeprefix("fallback."): v for k, v in arrays.items() if k.startswith("fallback.")}
+            runtime = {k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose")}
+            clf.fallback_ = cls._from_state(meta["fallback"], sub, path, **runtime)
         clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
         clf.model_meta = meta
         clf._expected_weights = meta["backbone"].get("weights_sha256")
@@ -614,6 +684,7 @@ def train(
     batch_size: int = 32,
     num_workers: int | None = None,
     face_choice: str = "mil",
+    fallback: str | None = None,
     verbose: bool = False,
 ) -> TrainResult:
     """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
@@ -643,6 +714,7 @@ def train(
         batch_size=batch_size,
         num_workers=num_workers,
         face_choice=face_choice,
+        fallback=fallback,
         verbose=verbose,
     )
     rep = clf._reporter
@@ -681,6 +753,11 @@ def train(
     train_rows = split.train[used]
     t = time.perf_counter()
     clf._fit_arrays(X, labels[train_rows])
+    clf._fit_fallback(
+        table["path"].to_numpy()[split.train].tolist(),
+        table["content_hash"].to_numpy()[split.train].tolist(),
+        labels[split.train],
+    )
     timings["head"] = time.perf_counter() - t
     # The held-out side goes through the prediction path: no label is used to pick its faces or features.
     t = time.perf_counter()

@@ -97,6 +97,14 @@ def train(
             "confident known face; 'largest' always uses the largest face.",
         ),
     ] = "mil",
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback",
+            help="Face backbones: a whole-image backbone (e.g. mobilenet_v2) that answers for photos without a "
+            "detectable face, instead of skipping them.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -131,6 +139,7 @@ def train(
         batch_size=batch_size,
         num_workers=workers,
         face_choice=face_choice,
+        fallback=fallback,
         verbose=not quiet,
     )
     if as_json:

@@ -43,43 +43,36 @@ def test_predictions_report_errors_per_image(trained_model, tmp_path):
     assert preds[0].label is None and preds[0].error.startswith(("truncated", "unreadable", "not an image"))
 
 
-def test_loading_never_unpickles(trained_model, tmp_path):
+def tampered_copy(trained_model, tmp_path, edit):
+    """A copy of the trained model whose model.json was changed by ``edit(meta)``."""
     import shutil
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
-    evil = model / "head.pkl"
-    evil.write_bytes(pickle.dumps({"boom": 1}))
     meta = json.loads((model / "model.json").read_text())
-    meta["head_file"] = "head.pkl"
+    edit(meta)
     (model / "model.json").write_text(json.dumps(meta))
+    return model
+
+
+def test_loading_never_unpickles(trained_model, tmp_path):
+    model = tampered_copy(trained_model, tmp_path, lambda m: m.update(head_file="head.pkl"))
+    (model / "head.pkl").write_bytes(pickle.dumps({"boom": 1}))
     with pytest.raises(TransferlabError, match="refused"):
         transferlab.load(model)
 
 
 def test_models_from_other_format_versions_get_a_clear_message(trained_model, tmp_path):
-    import shutil
-
-    model = tmp_path / "model"
-    shutil.copytree(trained_model, model)
-    meta = json.loads((model / "model.json").read_text())
-    meta["format_version"] = 99
-    (model / "model.json").write_text(json.dumps(meta))
+    model = tampered_copy(trained_model, tmp_path, lambda m: m.update(format_version=99))
     with pytest.raises(TransferlabError, match="retrain"):
         transferlab.load(model)
 
 
-def test_other_weights_than_trained_with_are_refused(trained_model, tmp_path):
-    import shutil
-
-    model = tmp_path / "model"
-    shutil.copytree(trained_model, model)
-    meta = json.loads((model / "model.json").read_text())
-    meta["backbone"]["weights_sha256"] = "0" * 64
-    (model / "model.json").write_text(json.dumps(meta))
+def test_other_weights_than_trained_with_are_refused(trained_model, tmp_path, small_photos):
+    model = tampered_copy(trained_model, tmp_path, lambda m: m["backbone"].update(weights_sha256="0" * 64))
     clf = transferlab.load(model)
     with pytest.raises(TransferlabError, match="differ"):
-        clf.predict([next(iter(sorted(tmp_path.glob("model/*.png"))))])
+        clf.predict([next((small_photos / "bush").iterdir())])
 
 
 def test_train_reports_per_kind_and_reconciles(tmp_path, small_photos):

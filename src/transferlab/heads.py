@@ -61,7 +61,29 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-class LogRegHead(_StateMixin, ClassifierMixin, BaseEstimator):
+def _one_row_per_class(coef: np.ndarray, intercept: np.ndarray, n_classes: int, scale: float) -> tuple:
+    """scikit-learn stores one row for binary problems; expand to one row per class, ``(-scale·w, scale·w)``."""
+    if n_classes == 2:
+        coef, intercept = np.r_[-coef * scale, coef * scale], np.r_[-intercept * scale, intercept * scale]
+    return coef.astype(np.float32), intercept.astype(np.float32)
+
+
+class _StandardisedLinear:
+    """Shared by the linear heads: standardise features, then class scores ``x·Wᵀ + b``."""
+
+    def _fit_scaler(self, X: np.ndarray) -> np.ndarray:
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+        return (X - self.mean_) / self.scale_
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Class scores, one column per class."""
+        check_is_fitted(self)
+        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_  # type: ignore[attr-defined]
+
+
+class LogRegHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimator):
     """Standardised features → multinomial logistic regression.
 
     Parameters
@@ -90,30 +112,18 @@ class LogRegHead(_StateMixin, ClassifierMixin, BaseEstimator):
         from sklearn.linear_model import LogisticRegression
 
         X, y = _check_xy(X, y)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        clf.fit((X - self.mean_) / self.scale_, y)
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._fit_scaler(X), y)
         self.classes_ = clf.classes_.astype(str)
-        coef, intercept = clf.coef_, clf.intercept_
-        if len(self.classes_) == 2:  # sklearn stores one row for binary problems; keep one per class
-            coef, intercept = np.r_[-coef / 2, coef / 2], np.r_[-intercept / 2, intercept / 2]
-        self.coef_ = coef.astype(np.float32)
-        self.intercept_ = intercept.astype(np.float32)
+        # Binary: logits ±z/2 give softmax = sigmoid(z), the same probabilities as scikit-learn.
+        self.coef_, self.intercept_ = _one_row_per_class(clf.coef_, clf.intercept_, len(self.classes_), 0.5)
         return self
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Class scores (logits)."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
         return _softmax(self.decision_function(X))
 
 
-class SVMHead(_StateMixin, ClassifierMixin, BaseEstimator):
+class SVMHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimator):
     """Standardised features → linear SVM, with probabilities calibrated on held-out folds.
 
     scikit-learn's ``SVC(probability=True)`` and ``CalibratedClassifierCV`` cannot be saved without pickle, so the
@@ -144,9 +154,7 @@ class SVMHead(_StateMixin, ClassifierMixin, BaseEstimator):
         from sklearn.svm import LinearSVC
 
         X, y = _check_xy(X, y)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
-        Xs = (X - self.mean_) / self.scale_
+        Xs = self._fit_scaler(X)
         svm = LinearSVC(C=self.C, max_iter=20000, random_state=self.random_state)
         _, counts = np.unique(y, return_counts=True)
         folds = int(min(self.cv, counts.min()))
@@ -157,25 +165,13 @@ class SVMHead(_StateMixin, ClassifierMixin, BaseEstimator):
             scores = svm.fit(Xs, y).decision_function(Xs)
         svm.fit(Xs, y)
         self.classes_ = svm.classes_.astype(str)
-        coef, intercept = svm.coef_, svm.intercept_
-        if len(self.classes_) == 2:
-            coef, intercept = np.r_[-coef, coef], np.r_[-intercept, intercept]
+        k = len(self.classes_)
+        self.coef_, self.intercept_ = _one_row_per_class(svm.coef_, svm.intercept_, k, 1.0)
+        if k == 2:
             scores = np.c_[-scores, scores]
-        self.coef_ = coef.astype(np.float32)
-        self.intercept_ = intercept.astype(np.float32)
         cal = LogisticRegression(C=1.0, max_iter=1000).fit(scores, y)
-        cal_coef, cal_int = cal.coef_, cal.intercept_
-        if len(self.classes_) == 2:
-            cal_coef, cal_int = np.r_[-cal_coef / 2, cal_coef / 2], np.r_[-cal_int / 2, cal_int / 2]
-        self.cal_coef_ = cal_coef.astype(np.float32)
-        self.cal_intercept_ = cal_int.astype(np.float32)
+        self.cal_coef_, self.cal_intercept_ = _one_row_per_class(cal.coef_, cal.intercept_, k, 0.5)
         return self
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Raw SVM scores, one column per class."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities."""

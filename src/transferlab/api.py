@@ -651,6 +651,65 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 @dataclass
+class FitEvaluation:
+    """Result of :func:`fit_evaluate`."""
+
+    metrics: dict[str, Any]
+    detail: dict[str, Any]
+    stats: dict[str, int]
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    timings: dict[str, float]
+
+
+def fit_evaluate(
+    clf: Classifier,
+    table: pd.DataFrame,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    group_by: str | None = None,
+    skipped: dict[str, int] | None = None,
+    extra_train: tuple[Sequence[Any], Sequence[str], Sequence[str]] | None = None,
+) -> FitEvaluation:
+    """Fit ``clf`` on the training rows of an intake table and evaluate it on the test rows.
+
+    The test side goes through the prediction path: no label is used to pick its faces or features.
+    ``extra_train`` adds ``(sources, cache_keys, labels)`` to the training side (augmented copies, for studies).
+    """
+    timings: dict[str, float] = {}
+    labels = table["label"].to_numpy().astype(str)
+    sources = table["path"].to_numpy()[train_idx].tolist()
+    hashes = table["content_hash"].to_numpy()[train_idx].tolist()
+    t = time.perf_counter()
+    X, used, errors = clf._train_matrix(sources, hashes, labels[train_idx])
+    y = labels[train_idx][used]
+    stats = dict(clf.last_feature_stats)
+    if extra_train is not None:
+        Xa, used_a, _ = clf._train_matrix(list(extra_train[0]), list(extra_train[1]), np.asarray(extra_train[2]))
+        X, y = np.concatenate([X, Xa]), np.concatenate([y, np.asarray(extra_train[2])[used_a]])
+        for key in stats:
+            stats[key] += clf.last_feature_stats[key]
+    timings["features (train)"] = time.perf_counter() - t
+    train_rows = train_idx[used]
+    t = time.perf_counter()
+    clf._fit_arrays(X, y)
+    clf._fit_fallback(sources, hashes, labels[train_idx])
+    timings["head"] = time.perf_counter() - t
+    t = time.perf_counter()
+    test_table = table.iloc[test_idx].reset_index(drop=True)
+    metrics, detail = clf.evaluate_table(test_table, group_by=group_by, skipped=skipped)
+    timings["features + evaluation (test)"] = time.perf_counter() - t
+    for key in ("cached", "computed", "failed"):
+        stats[key] += clf.last_feature_stats[key]
+    for reason, _ in errors.values():
+        metrics["skipped"][reason] = metrics["skipped"].get(reason, 0) + 1
+    test_paths = set(detail["rows"]["path"])
+    test_rows = np.array([i for i in test_idx if table.at[i, "path"] in test_paths], dtype=int)
+    return FitEvaluation(metrics, detail, stats, train_rows, test_rows, timings)
+
+
+@dataclass
 class TrainResult:
     """What :func:`train` produced."""
 
@@ -741,35 +800,9 @@ def train(
         + f"; split {len(split.train)} train / {len(split.test)} test"
     )
     labels = table["label"].to_numpy().astype(str)
-    t = time.perf_counter()
-    X, used, errors = clf._train_matrix(
-        table["path"].to_numpy()[split.train].tolist(),
-        table["content_hash"].to_numpy()[split.train].tolist(),
-        labels[split.train],
-    )
-    timings["features (train)"] = time.perf_counter() - t
-    stats = dict(clf.last_feature_stats)
-    failed = {int(split.train[i]): err for i, err in errors.items()}
-    train_rows = split.train[used]
-    t = time.perf_counter()
-    clf._fit_arrays(X, labels[train_rows])
-    clf._fit_fallback(
-        table["path"].to_numpy()[split.train].tolist(),
-        table["content_hash"].to_numpy()[split.train].tolist(),
-        labels[split.train],
-    )
-    timings["head"] = time.perf_counter() - t
-    # The held-out side goes through the prediction path: no label is used to pick its faces or features.
-    t = time.perf_counter()
-    test_table = table.iloc[split.test].reset_index(drop=True)
-    metrics, detail = clf.evaluate_table(test_table, group_by=group_by, skipped=skipped)
-    timings["features + evaluation (test)"] = time.perf_counter() - t
-    for key in ("cached", "computed", "failed"):
-        stats[key] += clf.last_feature_stats[key]
-    for reason, _ in failed.values():
-        metrics["skipped"][reason] = metrics["skipped"].get(reason, 0) + 1
-    test_paths = set(detail["rows"]["path"])
-    test_rows = np.array([i for i in split.test if table.at[i, "path"] in test_paths], dtype=int)
+    fe = fit_evaluate(clf, table, split.train, split.test, group_by=group_by, skipped=skipped)
+    metrics, detail, stats, train_rows, test_rows = fe.metrics, fe.detail, fe.stats, fe.train_rows, fe.test_rows
+    timings.update(fe.timings)
     rep.info(f"features: {stats['computed']} computed, {stats['cached']} from cache")
     out = Path(out)
     split_info = {**split.params(), "n_train": len(train_rows), "n_test": len(test_rows)}

@@ -235,6 +235,25 @@ def predict(
 
 
 @app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="Study config (TOML), e.g. studies/seed.toml.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (runs.csv, report.md, plots); resumed if present.")],
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run the seed's study — Table 1 (source models × heads) and Table 2 (images per class × augmentation) —
+    with repeated seeds and 95% intervals. Rerunning after an interruption skips finished runs."""
+    hub_offline_unless_asked(False)
+    from .study import run_study
+
+    res = run_study(config, out, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet)
+    _out(f"study: {len(res.runs)} runs in {res.seconds:.0f} s; report: {res.report}")
+    if res.skipped_backbones:
+        _out("skipped backbones: " + ", ".join(res.skipped_backbones))
+
+
+@app.command()
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
     """List registered backbones: parameters, feature shape, and whether weights are available here."""
     hub_offline_unless_asked(False)

@@ -71,7 +71,7 @@ def _plot_table1(runs: pd.DataFrame, path: Path) -> None:
     backbones = sorted({b for b, _ in cells.index})
     x = np.arange(len(backbones))
     width = 0.8 / max(1, len(heads))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(backbones), 3.8))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(backbones), 4.4))
     for j, h in enumerate(heads):
         stats = [mean_ci(cells.get((b, h), [np.nan])) for b in backbones]
         means = [s[0] for s in stats]
@@ -81,7 +81,7 @@ def _plot_table1(runs: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(x, backbones, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("held-out accuracy (95% CI)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(heads) + 1, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -119,8 +119,9 @@ def write_study_report(
     for (b, h), rows in t1.groupby(["backbone", "head"]):
         f = facts.get(b, {})
         seed = SEED_TABLE1.get(b)
+        params = f"{f['params']:,}" if f.get("params") else "n/a"
         lines.append(
-            f"| {b} | {h} | {f.get('params', 0):,} | {trainable_params(h, f.get('feature_dim', 0), k):,} | "
+            f"| {b} | {h} | {params} | {trainable_params(h, f.get('feature_dim', 0), k):,} | "
             f"{f.get('load_s', float('nan')):.2f} | {f.get('featurize_s', float('nan')):.1f} "
             f"({f.get('computed', 0)} computed) | {rows['head_s'].mean():.2f} | {_fmt_ci(rows['accuracy'])} | "
             f"{_fmt_ci(rows['log_loss'])} | {_groups_ci(rows)} | {seed['acc'] if seed else '—'} |"

@@ -1,0 +1,112 @@
+"""`transferlab study`: the seed's two tables with repeated seeds, intervals, augmentation and resumption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transferlab.augment import AugmentConfig, AugmentedImages
+from transferlab.errors import TransferlabError
+from transferlab.study import StudyConfig, mean_ci, run_study
+
+from .conftest import PRESIDENTS, REPO
+
+QUICK = REPO / "studies" / "quick.toml"
+TIMING = ["features_s", "head_s"]
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "quick"
+    res = run_study(QUICK, out, cache_dir=tmp_path_factory.mktemp("study-cache"))
+    return out, res
+
+
+def test_quick_study_writes_both_tables_with_intervals(quick_study):
+    out, _ = quick_study
+    cfg = StudyConfig.from_toml(QUICK)
+    runs = pd.read_csv(out / "runs.csv")
+    t1_cells = len(cfg.backbones) * len(cfg.heads)
+    t2_cells = len(cfg.per_class) * len(cfg.augment_modes)
+    assert len(runs) == (t1_cells + t2_cells) * cfg.seeds
+    assert runs.groupby("cell")["seed"].nunique().eq(cfg.seeds).all()
+    for _, rows in runs.groupby("cell"):
+        m, lo, hi = mean_ci(rows["accuracy"])
+        assert lo <= m <= hi and 0.0 <= m <= 1.0
+    report = (out / "report.md").read_text()
+    for b in cfg.backbones:
+        for h in cfg.heads:
+            assert f"| {b} | {h} |" in report
+    for n in cfg.per_class:
+        assert f"\n| {n} | " in report
+    assert "± " in report and "Where we differ from the seed" in report
+    for png in ("table1.png", "table2.png", "confusion_best.png", "augmentations.png"):
+        assert (out / png).stat().st_size > 1000, png
+    # few-shot faces: 3 photos per class already go a long way
+    fs = runs[(runs["table"] == "table2") & (runs["per_class"] == 3)]
+    assert fs["accuracy"].mean() >= 0.7
+
+
+def test_rerun_of_a_finished_study_runs_nothing(quick_study, tmp_path):
+    out, first = quick_study
+    before = pd.read_csv(out / "runs.csv")
+    again = run_study(QUICK, out, cache_dir=tmp_path / "c")
+    after = pd.read_csv(out / "runs.csv")
+    pd.testing.assert_frame_equal(before, after)
+    assert len(again.runs) == len(first.runs)
+
+
+def test_a_killed_study_resumes_with_the_same_finished_rows(tmp_path):
+    out = tmp_path / "study"
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-m", "transferlab", "study", str(QUICK), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + 180
+    runs_csv = out / "runs.csv"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if runs_csv.exists() and runs_csv.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = pd.read_csv(runs_csv)
+    assert 0 < len(killed) < 24
+    subprocess.run(cmd, env=env, check=True)
+    final = pd.read_csv(runs_csv)
+    assert len(final) == 24 and not final.duplicated(["cell", "seed"]).any()
+    merged = killed.merge(final, on=["cell", "seed"], suffixes=("_killed", "_final"))
+    assert len(merged) == len(killed)
+    for col in ("accuracy", "log_loss", "n_train", "n_test", "confusion"):
+        assert (merged[f"{col}_killed"] == merged[f"{col}_final"]).all(), col
+
+
+def test_augmented_copies_are_deterministic_and_keyed_by_config():
+    paths = [str(next((PRESIDENTS / "trump").iterdir()))]
+    a = AugmentedImages(paths, ["h0"], AugmentConfig(copies=3))
+    b = AugmentedImages(paths, ["h0"], AugmentConfig(copies=3))
+    assert len(a) == 3 and a.keys() == b.keys()
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+    other = AugmentConfig.from_dict({"copies": 3, "rotate": {"p": 1.0, "strength": 30}})
+    assert AugmentedImages(paths, ["h0"], other).keys() != a.keys()
+
+
+def test_study_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "x"\ncolour = "red"\n')
+    with pytest.raises(TransferlabError, match="colour"):
+        StudyConfig.from_toml(bad)
+    bad.write_text('data = "x"\n[augment]\nwobble = {p = 0.5}\n')
+    with pytest.raises(TransferlabError, match="wobble"):
+        StudyConfig.from_toml(bad)
+    with pytest.raises(TransferlabError, match="no such study config"):
+        StudyConfig.from_toml(tmp_path / "missing.toml")

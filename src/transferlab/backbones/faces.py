@@ -61,6 +61,7 @@ register_backbone(
         description="dlib's 128-d face descriptor of the detected face (5-point landmarks, 150 px chip)",
         extra={
             "embedder": "dlib_resnet",
+            "single_threaded": True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
             "files": FaceFiles((YUNET, DLIB_SHAPE5, DLIB_RECOGNITION)),
             "preprocessing": {**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
         },

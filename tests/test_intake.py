@@ -135,7 +135,7 @@ def test_clear_errors_for_bad_sources(tmp_path):
         intake(tmp_path / "flat")
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("filename,klass\nx.jpg,a\n")
-    with pytest.raises(TransferlabError, match="needs columns 'path'"):
+    with pytest.raises(TransferlabError, match="needs a 'path'"):
         intake(bad_csv)
 
 

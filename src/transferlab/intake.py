@@ -337,18 +337,28 @@ def scan_folder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _read_path_csv(path: Path, what: str) -> tuple[pd.DataFrame, str]:
+    """Read a CSV of strings that names files in a ``path`` or ``file`` column; returns it and that column."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise TransferlabError(f"{path}: cannot read {what} ({exc}); expected a path (or file) column") from None
+    col = "path" if "path" in df.columns else "file" if "file" in df.columns else None
+    if col is None:
+        raise TransferlabError(
+            f"{path}: needs a 'path' (or 'file') column naming the photos, found {', '.join(df.columns)}"
+        )
+    return df, col
+
+
 def scan_csv(csv_path: str | os.PathLike[str]) -> tuple[list[tuple[str, str]], pd.DataFrame]:
     """Read a CSV with ``path`` and ``label`` columns (relative paths are relative to the CSV's folder).
 
     Returns the ``(path, label)`` list and the other columns, row-aligned.
     """
     csv_path = Path(csv_path)
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TransferlabError(f"{csv_path}: cannot read CSV ({exc}); expected columns path,label") from None
-    path_col = "path" if "path" in df.columns else "file" if "file" in df.columns else None
-    if path_col is None or "label" not in df.columns:
+    df, path_col = _read_path_csv(csv_path, "CSV")
+    if "label" not in df.columns:
         raise TransferlabError(
             f"{csv_path}: needs columns 'path' (or 'file') and 'label', found {', '.join(df.columns)}"
         )
@@ -529,13 +539,7 @@ def attach_manifest(table: pd.DataFrame, manifest: str | os.PathLike[str], root:
     or absolute. Rows without a manifest entry get empty values.
     """
     manifest = Path(manifest)
-    try:
-        m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TransferlabError(f"{manifest}: cannot read manifest CSV ({exc})") from None
-    col = "file" if "file" in m.columns else "path" if "path" in m.columns else None
-    if col is None:
-        raise TransferlabError(f"{manifest}: needs a 'file' or 'path' column, found {', '.join(m.columns)}")
+    m, col = _read_path_csv(manifest, "manifest CSV")
 
     def norm(p: str, base: Path | None) -> str:
         q = Path(p)

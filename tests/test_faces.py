@@ -153,3 +153,38 @@ def test_fallback_answers_photos_without_a_face_and_survives_save_and_load(tmp_p
     assert "box" in lines[1] and "fallback" not in lines[1]
     with pytest.raises(transferlab.TransferlabError, match="face backbones only"):
         transferlab.Classifier(backbone="mobilenet_v2", fallback="efficientnet_lite0")
+
+
+PARALLEL_SCRIPT = """
+import sys, json
+import numpy as np
+from transferlab.backbones import create_backbone
+from transferlab.features import featurize, featurize_faces
+from transferlab.intake import intake
+paths = intake(sys.argv[1]).table["path"].tolist()[:10]
+featurize(paths[:2], create_backbone("mobilenet_v2"))          # torch/OpenMP threads running in this process
+featurize_faces(paths[:1], create_backbone("sface"))            # OpenCV threads too
+bb = create_backbone("dlib_resnet")
+pooled = featurize_faces(paths, bb)                             # single-threaded embedder: worker processes
+serial = [bb.module.faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
+diff = max(float(np.abs(a - b).max()) for a, b in zip(pooled.faces, serial) if len(a))
+print(json.dumps({"n": len(pooled.faces), "errors": len(pooled.errors), "diff": diff}))
+"""
+
+
+def test_single_threaded_embedders_run_in_worker_processes_without_deadlock(tmp_path):
+    """dlib featurizes in processes; starting them after torch and OpenCV threads exist must not hang."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    photos = copy_subset(tmp_path / "photos", 3)
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", PARALLEL_SCRIPT, str(photos)], capture_output=True, text=True, env=env, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["n"] == 10 and result["errors"] == 0
+    assert result["diff"] < 1e-3  # decoding differs only by draft mode (none at these sizes)

@@ -403,8 +403,8 @@ def _face_rows(backbone: Any, sources: Sequence[Any], todo: list[int]) -> Any:
     if backbone.cfg.extra.get("single_threaded") and workers > 1 and len(todo) >= 8:
         import multiprocessing as mp
 
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(method)
+        # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children.
+        ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_worker_init, initargs=(backbone.cfg.extra["embedder"],)) as pool:
             yield from pool.imap(_worker_faces, ((i, sources[i]) for i in todo), chunksize=2)
         return

@@ -188,3 +188,13 @@ def test_single_threaded_embedders_run_in_worker_processes_without_deadlock(tmp_
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 10 and result["errors"] == 0
     assert result["diff"] < 1e-3  # decoding differs only by draft mode (none at these sizes)
+
+
+def test_dlib_backbone_through_the_cli(tmp_path):
+    """The CLI with an embedder that featurizes in spawned worker processes completes and evaluates."""
+    photos = copy_subset(tmp_path / "photos", 5)
+    proc = run(
+        "train", str(photos), "--out", str(tmp_path / "m"), "--backbone", "dlib_resnet", "--json", cache=tmp_path / "c"
+    )
+    metrics = json.loads(proc.stdout)
+    assert metrics["n"] == 4 and metrics["accuracy"] >= 0.75

@@ -173,6 +173,36 @@ def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], torch.Tensor
     return [i for i, _ in good], x, bad
 
 
+def _cache_lookup(
+    sources: Sequence[Any],
+    content_hashes: Sequence[str | None] | None,
+    cache: FeatureCache | None,
+    valid: Callable[[np.ndarray], bool],
+) -> tuple[dict[int, np.ndarray], list[str | None], list[int], dict[int, tuple[str, str]]]:
+    """Split images into cache hits and work to do.
+
+    Images without a known content hash are decoded once to compute it (only when there is a cache to ask).
+    Returns the hits by index, the hashes, the indices still to compute, and images that could not be decoded.
+    """
+    hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(sources)
+    hits: dict[int, np.ndarray] = {}
+    todo: list[int] = []
+    errors: dict[int, tuple[str, str]] = {}
+    for i in range(len(sources)):
+        if hashes[i] is None and cache is not None:
+            try:
+                hashes[i] = content_hash(_decode(sources[i], None))
+            except ImageRejected as exc:
+                errors[i] = (exc.reason, exc.detail)
+                continue
+        hit = cache.get(hashes[i]) if cache is not None and hashes[i] is not None else None
+        if hit is not None and valid(hit):
+            hits[i] = hit
+        else:
+            todo.append(i)
+    return hits, hashes, todo, errors
+
+
 def default_num_workers() -> int:
     """Decoding processes for the DataLoader.
 
@@ -221,23 +251,10 @@ def featurize(
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
     feats = np.full((n, dim), np.nan, dtype=np.float32)
-    errors: dict[int, tuple[str, str]] = {}
-    hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * n
-    todo: list[int] = []
-    n_cached = 0
-    for i in range(n):
-        if hashes[i] is None and cache is not None:
-            try:
-                hashes[i] = content_hash(_decode(sources[i], None))
-            except ImageRejected as exc:
-                errors[i] = (exc.reason, exc.detail)
-                continue
-        hit = cache.get(hashes[i]) if cache is not None and hashes[i] is not None else None
-        if hit is not None and hit.shape == (dim,):
-            feats[i] = hit
-            n_cached += 1
-        else:
-            todo.append(i)
+    hits, hashes, todo, errors = _cache_lookup(sources, content_hashes, cache, lambda a: a.shape == (dim,))
+    for i, hit in hits.items():
+        feats[i] = hit
+    n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
     if not todo:
@@ -332,23 +349,12 @@ def featurize_faces(
 
     width = backbone.cfg.feature_shape[0] + 15
     out: list[np.ndarray | None] = [None] * len(sources)
-    errors: dict[int, tuple[str, str]] = {}
-    hashes = list(content_hashes) if content_hashes is not None else [None] * len(sources)
-    n_cached = 0
-    todo: list[int] = []
-    for i, src in enumerate(sources):
-        try:
-            if hashes[i] is None and cache is not None:
-                hashes[i] = content_hash(_decode(src, None))
-        except ImageRejected as exc:
-            errors[i] = (exc.reason, exc.detail)
-            continue
-        hit = cache.get(hashes[i]) if cache is not None and hashes[i] is not None else None
-        if hit is not None and hit.ndim == 2 and hit.shape[1] == width:
-            out[i] = hit
-            n_cached += 1
-        else:
-            todo.append(i)
+    hits, hashes, todo, errors = _cache_lookup(
+        sources, content_hashes, cache, lambda a: a.ndim == 2 and a.shape[1] == width
+    )
+    for i, hit in hits.items():
+        out[i] = hit
+    n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
     for i, result in _face_rows(backbone, sources, todo):

@@ -172,7 +172,6 @@ class Classifier:
         if self._backbone is None:
             from .backbones import create_backbone
 
-            t = time.perf_counter()
             bb = create_backbone(self.backbone, weights=self.weights, download=self.download)
             expected = getattr(self, "_expected_weights", None)
             if expected and bb.weights_hash != expected:
@@ -181,7 +180,6 @@ class Classifier:
                     f"those the model was trained with ({expected[:12]}); pass the original file with --weights"
                 )
             self._backbone = bb
-            self.backbone_load_seconds = time.perf_counter() - t
         return self._backbone
 
     def featurize(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> Any:
@@ -392,14 +390,12 @@ class Classifier:
 
         if len(X) == 0:
             raise TransferlabError("no usable training images (all were skipped); see the intake report")
-        t = time.perf_counter()
         if isinstance(self.head_, MLPHead):
             with self._reporter.task("head", self.head_.epochs) as advance:
                 self.head_.fit(X, y, progress=advance)
         else:
             self._reporter.info(f"training {self.head} head on {len(X)} images")
             self.head_.fit(X, y)
-        self.head_seconds = time.perf_counter() - t
         self.classes_ = np.asarray(self.head_.classes_).astype(str)
         if self.is_face_model:
             from .faces import calibrate_unknown_threshold, class_centroids
@@ -413,7 +409,8 @@ class Classifier:
 
     def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
         """Class probabilities per image (columns in ``classes_`` order); NaN rows for unusable images."""
-        proba = np.full((len(images), len(self.classes_) if hasattr(self, "classes_") else 0), np.nan)
+        self._check_fitted()
+        proba = np.full((len(images), len(self.classes_)), np.nan)
         for i, r in enumerate(self._analyse(list(images))):
             if "proba" in r:
                 proba[i] = r["proba"]
@@ -777,9 +774,7 @@ def train(
         verbose=verbose,
     )
     rep = clf._reporter
-    t = time.perf_counter()
-    clf.backbone_()  # fail fast on missing weights, before any long work
-    timings["backbone load"] = time.perf_counter() - t
+    clf.backbone_()  # fail fast on missing weights, before any long work (the network itself is built lazily)
     t = time.perf_counter()
     got = clf._intake(data, manifest)
     timings["intake"] = time.perf_counter() - t

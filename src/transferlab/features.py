@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .backbones import Backbone
 
-ImageSource = "str | os.PathLike[str] | Image.Image | bytes"
 # Bump when feature computation changes, so caches are never reused across versions.
 # 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize.
 FEATURES_VERSION = "4"

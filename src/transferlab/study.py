@@ -307,7 +307,7 @@ def run_study(
     log = RunLog(out / "runs.csv")
     facts: dict[str, dict[str, Any]] = {}
 
-    def classifier(backbone: str, head: str, seed: int) -> Classifier:
+    def classifier(backbone: str, head: str, seed: int, verbose: bool = False) -> Classifier:
         params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
         if head == "mlp":
             params["epochs"] = cfg.epochs
@@ -319,19 +319,17 @@ def run_study(
             weights=cfg.weights.get(backbone),
             cache_dir=cache_dir,
             use_cache=use_cache,
-            verbose=False,
+            verbose=verbose,
         )
 
     def backbone_facts(backbone: str) -> dict[str, Any]:
         if backbone not in facts:
-            clf = classifier(backbone, "logreg", 0)
+            clf = classifier(backbone, "logreg", 0, verbose=verbose)
             t = time.perf_counter()
             bb = clf.backbone_()
             _ = bb.module
             load_s = time.perf_counter() - t
             t = time.perf_counter()
-            clf.verbose = verbose
-            clf._reporter = rep
             if clf.is_face_model:
                 clf.featurize_faces(table["path"].tolist(), table["content_hash"].tolist())
             else:

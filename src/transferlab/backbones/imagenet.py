@@ -16,22 +16,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 
-class ForwardFeatures:
-    """Factory for a module that returns a timm model's final feature map (no pooling, no classifier)."""
+def _forward_features(model: torch.nn.Module) -> torch.nn.Module:
+    """Wrap a timm model so calling it returns its final feature map (no pooling, no classifier)."""
+    import torch
 
-    @staticmethod
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        import torch
+    class _ForwardFeatures(torch.nn.Module):
+        def __init__(self, body: torch.nn.Module) -> None:
+            super().__init__()
+            self.body = body
 
-        class _ForwardFeatures(torch.nn.Module):
-            def __init__(self, body: torch.nn.Module) -> None:
-                super().__init__()
-                self.body = body
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body.forward_features(x)
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.body.forward_features(x)
-
-        return _ForwardFeatures(model)
+    return _ForwardFeatures(model)
 
 
 def _timm_from_file(arch: str, weights_file: Path | None) -> torch.nn.Module:
@@ -98,7 +95,7 @@ def _build_efficientnet_lite0(weights_file: Path | None) -> torch.nn.Module:
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         mapped = {efficientnet_lite0_key(k): v for k, v in state.items()}
         model.load_state_dict({k: v for k, v in mapped.items() if not k.startswith("classifier.")}, strict=True)
-    return ForwardFeatures.wrap(model)
+    return _forward_features(model)
 
 
 def _build_vgg16(weights_file: Path | None) -> torch.nn.Module:
@@ -107,11 +104,11 @@ def _build_vgg16(weights_file: Path | None) -> torch.nn.Module:
 
 
 def _build_resnet50(weights_file: Path | None) -> torch.nn.Module:
-    return ForwardFeatures.wrap(_timm_from_file("resnet50", weights_file))
+    return _forward_features(_timm_from_file("resnet50", weights_file))
 
 
 def _build_inception_v3(weights_file: Path | None) -> torch.nn.Module:
-    return ForwardFeatures.wrap(_timm_from_file("inception_v3", weights_file))
+    return _forward_features(_timm_from_file("inception_v3", weights_file))
 
 
 register_backbone(

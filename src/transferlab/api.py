@@ -73,6 +73,11 @@ class Prediction:
         ]
 
 
+def _as_sequence(items: Any) -> Sequence[Any]:
+    """Indexable view of ``items`` without materialising lazy sequences (augmented copies decode on access)."""
+    return items if isinstance(items, Sequence) else list(items)
+
+
 def _top(probabilities: dict[str, float], top_k: int | None) -> dict[str, float]:
     probs = sorted(probabilities.items(), key=lambda kv: -kv[1])
     return {k: round(v, 6) for k, v in (probs[:top_k] if top_k is not None else probs)}
@@ -241,12 +246,12 @@ class Classifier:
         Face models choose, per image, the face that carries its label (:func:`transferlab.faces.choose_faces`).
         """
         if not self.is_face_model:
-            res = self.featurize(list(sources), hashes)
+            res = self.featurize(_as_sequence(sources), hashes)
             ok = np.flatnonzero(res.ok)
             return res.features[ok], ok, dict(res.errors)
         from .faces import choose_faces, face_areas
 
-        res = self.featurize_faces(list(sources), hashes)
+        res = self.featurize_faces(_as_sequence(sources), hashes)
         errors = dict(res.errors)
         for i, rows in enumerate(res.faces):
             if rows is not None and len(rows) == 0:
@@ -275,7 +280,7 @@ class Classifier:
         self._check_fitted()
         out: list[dict[str, Any]] = []
         if not self.is_face_model:
-            res = self.featurize(list(sources), hashes)
+            res = self.featurize(_as_sequence(sources), hashes)
             ok = res.ok
             proba = self.head_.predict_proba(res.features[ok]) if ok.any() else None
             rows = iter(range(int(ok.sum())))
@@ -287,7 +292,7 @@ class Classifier:
             return out
         from .faces import BOX, LANDMARKS, SCORE, face_areas
 
-        res = self.featurize_faces(list(sources), hashes)
+        res = self.featurize_faces(_as_sequence(sources), hashes)
         dim = self.backbone_().cfg.feature_shape[0]
         for i, rows in enumerate(res.faces):
             if i in res.errors:
@@ -683,7 +688,9 @@ def fit_evaluate(
     y = labels[train_idx][used]
     stats = dict(clf.last_feature_stats)
     if extra_train is not None:
-        Xa, used_a, _ = clf._train_matrix(list(extra_train[0]), list(extra_train[1]), np.asarray(extra_train[2]))
+        Xa, used_a, _ = clf._train_matrix(
+            _as_sequence(extra_train[0]), list(extra_train[1]), np.asarray(extra_train[2])
+        )
         X, y = np.concatenate([X, Xa]), np.concatenate([y, np.asarray(extra_train[2])[used_a]])
         for key in stats:
             stats[key] += clf.last_feature_stats[key]

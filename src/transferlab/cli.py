@@ -254,6 +254,39 @@ def study(
 
 
 @app.command()
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="Model directory written by `transferlab train` (whole-image backbone).")
+    ],
+    onnx: Annotated[
+        Path, typer.Option("--onnx", help="ONNX file to write: uint8 pixels (N, H, W, 3) → probabilities.")
+    ],
+    weights: Weights = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Export backbone + head as one ONNX graph, checked against the torch model with onnxruntime."""
+    hub_offline_unless_asked(False)
+    from .export import export_onnx
+
+    res = export_onnx(model, onnx, weights=weights)
+    info = {
+        "onnx": str(res.path),
+        "input": {"name": "pixels", "dtype": "uint8", "shape": list(res.input_shape), "layout": "NHWC RGB"},
+        "output": {"name": "probabilities", "classes": res.classes},
+        "max_abs_diff_vs_torch": res.max_abs_diff,
+        "bytes": res.bytes,
+    }
+    if as_json:
+        _out(json.dumps(info))
+        return
+    _out(
+        f"wrote {res.path} ({res.bytes / 1e6:.1f} MB): pixels uint8 {list(res.input_shape)} → probabilities "
+        f"over {', '.join(res.classes)}"
+    )
+    _out(f"onnxruntime vs torch: max |difference| {res.max_abs_diff:.1e}; preprocessing is in the file's metadata")
+
+
+@app.command()
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
     """List registered backbones: parameters, feature shape, and whether weights are available here."""
     hub_offline_unless_asked(False)

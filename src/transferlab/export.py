@@ -1,0 +1,229 @@
+"""Export: a saved whole-image model as one ONNX graph (normalisation → backbone → pooling → head → probabilities).
+
+The graph takes the batch a user gets from the model's documented preprocessing (``model.json`` → ``backbone`` →
+``preprocessing``: resize the shorter side, centre crop) as ``uint8`` RGB pixels ``(N, H, W, 3)`` and returns class
+probabilities ``(N, K)`` in ``classes`` order, so a deployment needs onnxruntime and an image library, not torch.
+Face models are not exported: their networks are OpenCV/dlib models, not torch modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import TransferlabError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .api import Classifier
+
+
+def head_module(head: Any) -> torch.nn.Module:
+    """A torch module computing ``head.predict_proba`` from a feature batch ``(N, D)``.
+
+    Parameters
+    ----------
+    head
+        A fitted :mod:`transferlab.heads` head (logreg, svm or mlp).
+
+    Returns
+    -------
+    torch.nn.Module
+        Frozen module; its output equals the head's probabilities up to float rounding.
+    """
+    import torch
+
+    from .heads import LogRegHead, MLPHead, SVMHead
+
+    def const(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    class _Linear(torch.nn.Module):
+        def __init__(self, mean: np.ndarray, scale: np.ndarray, w: np.ndarray, b: np.ndarray, cal: Any) -> None:
+            super().__init__()
+            self.register_buffer("mean", const(mean))
+            self.register_buffer("scale", const(scale))
+            self.register_buffer("w", const(w.T))
+            self.register_buffer("b", const(b))
+            self.calibrate = cal is not None
+            if cal is not None:
+                self.register_buffer("cw", const(cal[0].T))
+                self.register_buffer("cb", const(cal[1]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = ((x - self.mean) / self.scale) @ self.w + self.b
+            if self.calibrate:
+                z = z @ self.cw + self.cb
+            return torch.softmax(z, dim=1)
+
+    class _MLP(torch.nn.Module):
+        def __init__(self, h: MLPHead) -> None:
+            super().__init__()
+            self.register_buffer("w1", const(h.w1_.T))
+            self.register_buffer("b1", const(h.b1_))
+            self.register_buffer("w2", const(h.w2_.T))
+            self.register_buffer("b2", const(h.b2_))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2, dim=1)
+
+    if isinstance(head, SVMHead):
+        m: torch.nn.Module = _Linear(
+            head.mean_, head.scale_, head.coef_, head.intercept_, (head.cal_coef_, head.cal_intercept_)
+        )
+    elif isinstance(head, LogRegHead):
+        m = _Linear(head.mean_, head.scale_, head.coef_, head.intercept_, None)
+    elif isinstance(head, MLPHead):
+        m = _MLP(head)
+    else:
+        raise TransferlabError(f"cannot export a {type(head).__name__} head")
+    return m.eval().requires_grad_(False)
+
+
+def pipeline_module(clf: Classifier) -> torch.nn.Module:
+    """The whole model as one torch module: ``uint8`` pixels ``(N, H, W, 3)`` → probabilities ``(N, K)``."""
+    import torch
+
+    if clf.is_face_model:
+        raise TransferlabError(
+            f"{clf.backbone} is a face model: its detector and embedder are OpenCV/dlib networks, not torch, so it "
+            "cannot be exported as one graph; export a whole-image model (e.g. --backbone mobilenet_v2)"
+        )
+    bb = clf.backbone_()
+    cfg = bb.cfg
+    pool = clf.pool
+
+    class _Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = bb.module
+            self.head = head_module(clf.head_)
+            self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            # Same arithmetic as Backbone.forward, so features agree with the cached ones.
+            x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            fmap = self.backbone(x)
+            feats = fmap.mean(dim=(2, 3)) if pool == "avg" else fmap.permute(0, 2, 3, 1).flatten(1)
+            return self.head(feats)
+
+    return _Pipeline().eval().requires_grad_(False)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote, and how far the ONNX Runtime outputs are from torch's."""
+
+    path: Path
+    input_shape: tuple[int, ...]
+    classes: list[str]
+    max_abs_diff: float
+    bytes: int
+
+
+def export_onnx(
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    opset: int = 18,
+    check: bool = True,
+) -> ExportResult:
+    """Write a saved whole-image model as one ONNX file and check it against torch with onnxruntime.
+
+    Parameters
+    ----------
+    model_dir
+        Model directory from ``transferlab train``.
+    out
+        ONNX file to write (replaced atomically).
+    weights
+        Backbone weights file, when the model was trained with ``--weights``.
+    opset
+        ONNX opset version.
+    check
+        Run the exported graph with onnxruntime on a few random batches and record the largest difference from
+        the torch model (raises when it exceeds 1e-4).
+
+    Returns
+    -------
+    ExportResult
+    """
+    import torch
+
+    from .api import load
+
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export needs it
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise TransferlabError("ONNX export needs onnx and onnxscript; run `pip install onnx onnxscript`") from None
+    clf = load(model_dir, weights=weights, use_cache=False)
+    module = pipeline_module(clf)
+    size = tuple(clf.backbone_().cfg.input_size[1:])
+    example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        module,
+        (example,),
+        str(tmp),
+        input_names=["pixels"],
+        output_names=["probabilities"],
+        dynamic_shapes={"pixels": {0: batch}},
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    _add_metadata(tmp, clf)
+    diff = float("nan")
+    if check:
+        diff = _max_diff(tmp, module, size)
+        if not diff <= 1e-4:
+            tmp.unlink(missing_ok=True)
+            raise TransferlabError(f"exported graph differs from the torch model by {diff:.2e} (> 1e-4); not written")
+    os.replace(tmp, out)
+    return ExportResult(out, (-1, *size, 3), [str(c) for c in clf.classes_], diff, out.stat().st_size)
+
+
+def _add_metadata(path: Path, clf: Classifier) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    bb = clf.backbone_()
+    meta = {
+        "transferlab.classes": json.dumps([str(c) for c in clf.classes_]),
+        "transferlab.backbone": bb.cfg.name,
+        "transferlab.head": clf.head,
+        "transferlab.preprocessing": json.dumps(bb.cfg.preprocessing()),
+        "transferlab.input": "uint8 RGB pixels (N, H, W, 3) after the resize and centre crop in preprocessing",
+    }
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def _max_diff(path: Path, module: torch.nn.Module, size: tuple[int, ...]) -> float:
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for n in (1, 3):
+        x = torch.randint(0, 256, (n, *size, 3), dtype=torch.uint8, generator=gen)
+        with torch.inference_mode():
+            ref = module(x).numpy()
+        got = sess.run(None, {"pixels": x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst

@@ -198,3 +198,22 @@ def test_dlib_backbone_through_the_cli(tmp_path):
     )
     metrics = json.loads(proc.stdout)
     assert metrics["n"] == 4 and metrics["accuracy"] >= 0.75
+
+
+def test_sface_on_onnxruntime_equals_opencv():
+    """The float graph (weights dequantized once, faces batched) gives OpenCV's embeddings."""
+    pytest.importorskip("onnxruntime")
+    from transferlab.faces import SFaceEmbedder
+    from transferlab.intake import read_rgb
+
+    fast, ref = SFaceEmbedder("onnxruntime"), SFaceEmbedder("opencv")
+    assert (fast.runtime, ref.runtime) == ("onnxruntime", "opencv")
+    det = YuNetDetector()
+    paths = sorted(PRESIDENTS.glob("*/*.jpg"))[::97]
+    n = 0
+    for p in paths:
+        rgb = np.asarray(read_rgb(p))
+        faces = det.detect(rgb)
+        np.testing.assert_allclose(fast.embed(rgb, faces), ref.embed(rgb, faces), atol=1e-5)
+        n += len(faces)
+    assert n >= 5

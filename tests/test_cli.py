@@ -162,3 +162,24 @@ def test_train_completes_over_a_folder_full_of_bad_files(tmp_path):
         assert d["found"] == d["used"] + sum(d["skipped"].values()), c
     md = (out / "report.md").read_text()
     assert "bad_crc.png" in md and "decompression bomb" in md
+
+
+def test_device_cuda_without_a_gpu_is_one_clear_line(small_photos, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    proc = run(
+        "train",
+        str(small_photos),
+        "--out",
+        str(tmp_path / "m"),
+        "--backbone",
+        "mobilenet_v2",
+        "--device",
+        "cuda",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --device cuda:") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "m").exists()

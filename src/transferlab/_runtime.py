@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import sys
 
@@ -47,3 +48,30 @@ def hub_offline_unless_asked(download: bool) -> None:
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a CUDA GPU, else ``cpu``; ``cuda``/``cuda:N`` checked; ``cpu`` as is.
+
+    On a machine without NVIDIA device files ``auto`` answers ``cpu`` without importing torch (seconds), so a run
+    served from the feature cache stays fast.
+    """
+    from .errors import TransferlabError
+
+    if device == "cpu":
+        return "cpu"
+    if device != "auto" and device != "cuda" and not device.startswith("cuda:"):
+        raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+    if device == "auto" and "torch" not in sys.modules and not glob.glob("/dev/nvidia[0-9]*"):
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        if device.startswith("cuda:") and int(device.split(":", 1)[1] or 0) >= torch.cuda.device_count():
+            raise TransferlabError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return "cuda" if device == "auto" else device
+    if device == "auto":
+        return "cpu"
+    raise TransferlabError(
+        f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu"
+    )

@@ -103,7 +103,7 @@ class Classifier:
     cache_dir, use_cache
         Feature cache location (default: the user's cache directory) and whether to use it.
     batch_size, num_workers
-        Featurization batch size and decoding worker processes.
+        Featurization batch size (None: 32 on the CPU, sized from free memory on a GPU) and decoding processes.
     face_choice
         Face backbones only: ``"mil"`` picks the face that carries the label in training and the most confident
         known face in prediction; ``"largest"`` always uses the largest face (the simple baseline).
@@ -112,6 +112,9 @@ class Classifier:
         face is found (otherwise they get "no face found").
     verbose
         Show progress bars and status lines on stderr.
+    device
+        Where whole-image backbones run: ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``. On a GPU: bf16 autocast, channels-last, JPEGs decoded by nvJPEG in batches.
 
     Examples
     --------
@@ -131,18 +134,21 @@ class Classifier:
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         use_cache: bool = True,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         face_choice: str = "mil",
         fallback: str | None = None,
         verbose: bool = False,
+        device: str = "auto",
     ) -> None:
         from .backbones import get_backbone_cfg
         from .heads import make_head
 
         if pool not in ("avg", "flatten"):
             raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
-        if batch_size < 1:
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+        if batch_size is not None and batch_size < 1:
             raise TransferlabError(f"batch size {batch_size}: must be at least 1")
         get_backbone_cfg(backbone)  # validate early, with the list of choices
         self.backbone = backbone
@@ -155,6 +161,7 @@ class Classifier:
         self.use_cache = use_cache
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.device = device
         if face_choice not in ("mil", "largest"):
             raise TransferlabError(f"face choice {face_choice!r}: choose 'mil' or 'largest'")
         self.face_choice = face_choice
@@ -178,6 +185,10 @@ class Classifier:
             from .backbones import create_backbone
 
             bb = create_backbone(self.backbone, weights=self.weights, download=self.download)
+            if bb.cfg.family != "face":  # face detectors and embedders run on the CPU (OpenCV, dlib)
+                from ._runtime import resolve_device
+
+                bb.to(resolve_device(self.device))
             expected = getattr(self, "_expected_weights", None)
             if expected and bb.weights_hash != expected:
                 raise TransferlabError(
@@ -625,7 +636,7 @@ class Classifier:
             clf.unknown_threshold_ = float(meta["faces"]["unknown_threshold"])
         if "fallback" in meta:
             sub = {k.removeprefix("fallback."): v for k, v in arrays.items() if k.startswith("fallback.")}
-            runtime = {k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose")}
+            runtime = {k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose", "device")}
             clf.fallback_ = cls._from_state(meta["fallback"], sub, path, **runtime)
         clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
         clf.model_meta = meta
@@ -744,11 +755,12 @@ def train(
     download: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     face_choice: str = "mil",
     fallback: str | None = None,
     verbose: bool = False,
+    device: str = "auto",
 ) -> TrainResult:
     """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
 
@@ -779,6 +791,7 @@ def train(
         face_choice=face_choice,
         fallback=fallback,
         verbose=verbose,
+        device=device,
     )
     rep = clf._reporter
     clf.backbone_()  # fail fast on missing weights, before any long work (the network itself is built lazily)

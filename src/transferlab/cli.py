@@ -35,6 +35,14 @@ Manifest = Annotated[
 ]
 GroupBy = Annotated[str | None, typer.Option("--group-by", help="Also report accuracy per value of this column.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N. Whole-image backbones only; face models "
+        "run on the CPU.",
+    ),
+]
 
 
 def _out(text: str) -> None:
@@ -87,7 +95,11 @@ def train(
     download: Download = False,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Featurization batch size.")] = 32,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Featurization batch size (default: 32 on CPU, sized to GPU memory)."),
+    ] = None,
+    device: Device = "auto",
     workers: Annotated[int | None, typer.Option(help="Image decoding processes (default: automatic).")] = None,
     face_choice: Annotated[
         str,
@@ -141,6 +153,7 @@ def train(
         face_choice=face_choice,
         fallback=fallback,
         verbose=not quiet,
+        device=device,
     )
     if as_json:
         _out(json.dumps(res.metrics))
@@ -161,13 +174,21 @@ def evaluate(
     weights: Weights = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved model on every usable image under DATA."""
     hub_offline_unless_asked(False)
     from .api import load
 
-    clf = load(model, weights=weights, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet and not as_json)
+    clf = load(
+        model,
+        weights=weights,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        verbose=not quiet and not as_json,
+        device=device,
+    )
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
     if as_json:
         _out(json.dumps(metrics))
@@ -195,6 +216,7 @@ def predict(
     weights: Weights = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Predict the class of each image; unusable files get an error line and the run continues.
@@ -208,7 +230,14 @@ def predict(
     files = expand_paths(paths)
     if not files:
         raise TransferlabError("no files found in the given paths")
-    clf = load(model, weights=weights, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet and not as_json)
+    clf = load(
+        model,
+        weights=weights,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        verbose=not quiet and not as_json,
+        device=device,
+    )
     if faces not in ("best", "all"):
         raise TransferlabError(f"--faces {faces}: choose 'best' or 'all'")
     preds = clf.predict_images(files, unknown_threshold=unknown_threshold)

@@ -38,7 +38,7 @@ def feature_spec(backbone: Any, pool: str) -> dict[str, Any]:
             "decode_draft": list(FACE_DECODE_DRAFT),
             "version": FEATURES_VERSION,
         }
-    return {
+    spec = {
         "backbone": backbone.cfg.name,
         "architecture": backbone.cfg.architecture,
         "weights_sha256": backbone.weights_hash,
@@ -46,6 +46,9 @@ def feature_spec(backbone: Any, pool: str) -> dict[str, Any]:
         "pool": pool,
         "version": FEATURES_VERSION,
     }
+    if getattr(backbone, "precision", "fp32") != "fp32":  # GPU features (bf16) never mix with CPU ones (fp32)
+        spec["precision"] = backbone.precision
+    return spec
 
 
 @dataclass
@@ -163,6 +166,96 @@ class _ImageDataset:
             return i, "unreadable", f"{type(exc).__name__}: {exc}"
 
 
+def _exif_orientation(data: bytes) -> int:
+    """EXIF orientation tag (1–8) from a JPEG's header, without decoding pixels; 1 when absent or unreadable."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block means "upright", as Pillow's own transpose treats it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a decoded ``(C, H, W)`` image upright for an EXIF orientation (what Pillow's ``exif_transpose`` does).
+
+    nvJPEG does not apply EXIF orientation (torchvision does it on the CPU only), so GPU-decoded photos are turned
+    here, on the device.
+    """
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(1, 2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation)
+    return image.flip(flips) if flips else image
+
+
+class _RawJpegDataset(_ImageDataset):
+    """For decoding on the device: ordinary JPEGs pass through as raw bytes (decoded in batches by nvJPEG), every
+    other file is decoded and transformed here on the CPU, exactly as in :class:`_ImageDataset`."""
+
+    def __getitem__(self, k: int) -> tuple[int, Any, str]:
+        import torch
+
+        i = self.indices[k]
+        src = self.sources[i]
+        if isinstance(src, str | os.PathLike | bytes | bytearray):
+            try:
+                data = bytes(src) if isinstance(src, bytes | bytearray) else _read_bytes(src)
+            except ImageRejected as exc:
+                return i, exc.reason, exc.detail
+            size = _jpeg_header_size(data) if data[:3] == b"\xff\xd8\xff" else None
+            if size is not None and min(size) >= MIN_SIDE and size[0] * size[1] <= MAX_PIXELS:
+                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return i, ("jpeg", raw, _exif_orientation(data)), ""
+            src = data
+        try:
+            return i, ("pixels", self.transform(decode_pixels(src, self.draft)), 1), ""
+        except ImageRejected as exc:
+            return i, exc.reason, exc.detail
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops a batch
+            return i, "unreadable", f"{type(exc).__name__}: {exc}"
+
+
+def _collate_raw(batch: list[tuple[int, Any, str]]) -> list[tuple[int, Any, str]]:
+    return batch
+
+
+def _decode_on_device(
+    items: list[tuple[int, torch.Tensor, int]], device: Any, transform: Callable[..., Any]
+) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str, str]]]:
+    """Decode raw JPEGs on ``device`` in one batched call (nvJPEG on CUDA), upright them and transform them there.
+
+    A batch call fails as a whole when one file is bad, so on failure each file is retried alone, and files the
+    device decoder rejects go through the CPU decoder (which reports why a file is unusable).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    _quiet_torchvision_io_deprecation()
+    raws = [r for _, r, _ in items]
+    try:
+        decoded: list[Any] = decode_jpeg(raws, mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError):
+        decoded = []
+        for r in raws:
+            try:
+                decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
+            except (RuntimeError, ValueError):
+                decoded.append(None)
+    good, bad = [], []
+    for (i, raw, orientation), img in zip(items, decoded, strict=True):
+        try:
+            if img is None:  # the CPU decoder either manages or says why the file is unusable
+                img = decode_pixels(raw.numpy().tobytes(), (1 << 16, 1 << 16)).to(device)
+                orientation = 1  # decode_pixels already applied EXIF orientation
+            good.append((i, transform(apply_exif_orientation(img, orientation))))
+        except ImageRejected as exc:
+            bad.append((i, exc.reason, exc.detail))
+    return good, bad
+
+
 def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str, str]]]:
     import torch
 
@@ -219,9 +312,10 @@ def featurize(
     pool: str = "avg",
     content_hashes: Sequence[str | None] | None = None,
     cache: FeatureCache | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    decode_device: str | None = None,
 ) -> FeatureResult:
     """Compute (or fetch from the cache) one feature vector per image.
 
@@ -237,10 +331,15 @@ def featurize(
         Pixel hashes from intake, when known; otherwise images are decoded once to compute them.
     cache
         Feature cache for this backbone/pool, or None to compute everything.
-    batch_size, num_workers
-        Forward batch size and decoding processes (None: :func:`default_num_workers`).
+    batch_size
+        Forward batch size (None: 32 on the CPU; on a GPU, the largest that fits half the free memory).
+    num_workers
+        Decoding processes (None: :func:`default_num_workers`).
     progress
         Called with the number of images finished after each batch.
+    decode_device
+        Where JPEGs are decoded: None decodes on the backbone's device when that is a GPU (nvJPEG, batched),
+        otherwise in the loader on the CPU; ``"cpu"`` forces the batched raw-JPEG path on the CPU (used in tests).
 
     Returns
     -------
@@ -261,20 +360,27 @@ def featurize(
 
     import torch  # only now: a run served entirely from the cache never imports torch
 
-    dataset = _ImageDataset(sources, todo, backbone.transform, backbone.draft_size)
+    on_gpu = backbone.device.type == "cuda"
+    if decode_device is None and on_gpu:
+        decode_device = str(backbone.device)
+    if batch_size is None:
+        batch_size = auto_batch_size(backbone, pool) if on_gpu else 32
+    raw = decode_device is not None
+    dataset = (_RawJpegDataset if raw else _ImageDataset)(sources, todo, backbone.transform, backbone.draft_size)
     workers = default_num_workers() if num_workers is None else num_workers
     workers = min(workers, max(0, (len(todo) - 1) // batch_size))  # tiny jobs: worker start-up costs more
     loader = torch.utils.data.DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
+        collate_fn=_collate_raw if raw else _collate,
+        pin_memory=on_gpu and not raw,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
+    batches = (_device_batch(b, decode_device, backbone) for b in loader) if raw else iter(loader)
     n_computed = 0
-    for idx, x, bad in loader:
+    for idx, x, bad in batches:
         for i, reason, detail in bad:
             errors[i] = (reason, detail)
         if x is not None:
@@ -287,6 +393,44 @@ def featurize(
         if progress is not None:
             progress(len(idx) + len(bad))
     return FeatureResult(feats, errors, n_cached, n_computed)
+
+
+def _device_batch(
+    batch: list[tuple[int, Any, str]], device: Any, backbone: Any
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str, str]]]:
+    """Raw-JPEG batch → ``(indices, uint8 batch on the device, errors)``."""
+    import torch
+
+    bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
+    jpegs = [(i, t[1], t[2]) for i, t, _ in batch if not isinstance(t, str) and t[0] == "jpeg"]
+    pixels = [(i, t[1].to(device, non_blocking=True)) for i, t, _ in batch if not isinstance(t, str) and t[0] != "jpeg"]
+    good, failed = _decode_on_device(jpegs, device, backbone.transform) if jpegs else ([], [])
+    good += pixels
+    return [i for i, _ in good], (torch.stack([t for _, t in good]) if good else None), bad + failed
+
+
+def auto_batch_size(backbone: Any, pool: str = "avg", fraction: float = 0.5, limit: int = 1024) -> int:
+    """Largest power-of-two batch whose forward pass fits in ``fraction`` of the GPU's free memory.
+
+    Measured, not guessed: one forward pass at batch 8 gives the memory one image needs (activations, bf16), which
+    scales linearly with the batch. CPU backbones get 32 (larger batches gave nothing on CPU here).
+    """
+    import torch
+
+    if backbone.device.type != "cuda":
+        return 32
+    probe = 8
+    size = backbone.cfg.input_size
+    x = torch.zeros((probe, size[1], size[2], 3), dtype=torch.uint8, device=backbone.device)
+    torch.cuda.synchronize(backbone.device)
+    torch.cuda.reset_peak_memory_stats(backbone.device)
+    base = torch.cuda.memory_allocated(backbone.device)
+    backbone.forward(x, pool=pool)
+    torch.cuda.synchronize(backbone.device)
+    per_image = max(1, (torch.cuda.max_memory_allocated(backbone.device) - base) / probe)
+    free, _ = torch.cuda.mem_get_info(backbone.device)
+    n = int(fraction * free / per_image)
+    return max(8, min(limit, 1 << max(3, n.bit_length() - 1)))
 
 
 def open_cache(

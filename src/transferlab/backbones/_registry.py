@@ -250,6 +250,11 @@ class Backbone:
         s = self.cfg.resize_size
         return (s, s)
 
+    @property
+    def precision(self) -> str:
+        """``"bf16"`` (autocast) on a CUDA GPU, ``"fp32"`` elsewhere."""
+        return "bf16" if self._device.startswith("cuda") else "fp32"
+
     def to(self, device: str | torch.device) -> Backbone:
         """Move the network to a device."""
         self._device = str(device)
@@ -271,7 +276,14 @@ class Backbone:
             mean = torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1) * 255.0
             std = torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1) * 255.0
             x = (x.float() - mean) / std
-            fmap = self.module(x.contiguous(memory_format=torch.channels_last))
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.precision == "bf16":
+                # bf16 autocast on GPUs: tensor cores, half the memory traffic; features differ from fp32 at the
+                # 1e-2 level, so the precision is part of the cache key (feature_spec).
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    fmap = self.module(x)
+            else:
+                fmap = self.module(x)
             if pool == "avg":
                 return fmap.float().mean(dim=(2, 3))
             # Channels-last order (h, w, C) matches the seed's Keras flatten of an NHWC feature map.

@@ -77,3 +77,21 @@ def test_export_of_a_missing_model_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "no model.json" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_onnxruntime_backend_gives_torch_features_and_exports_once(tmp_path, small_photos, monkeypatch):
+    from transferlab.backbones import _onnx, create_backbone
+    from transferlab.features import featurize
+
+    paths = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:10]
+    ref = featurize(paths, create_backbone("mobilenet_v2"), batch_size=4)
+    fast = featurize(paths, create_backbone("mobilenet_v2").use_onnxruntime(tmp_path), batch_size=4)
+    np.testing.assert_allclose(fast.features, ref.features, atol=1e-5)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(_onnx, "export_module", no_export)
+    again = featurize(paths[:3], create_backbone("mobilenet_v2").use_onnxruntime(tmp_path))
+    np.testing.assert_allclose(again.features, ref.features[:3], atol=1e-5)

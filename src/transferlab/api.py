@@ -115,6 +115,9 @@ class Classifier:
     device
         Where whole-image backbones run: ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``. On a GPU: bf16 autocast, channels-last, JPEGs decoded by nvJPEG in batches.
+    runtime
+        ``"torch"`` or ``"onnxruntime"`` (CPU only: the network exported once to ONNX, 1.6–2.6× faster here;
+        the same features within 1e-5, so both share the cache).
 
     Examples
     --------
@@ -140,6 +143,7 @@ class Classifier:
         fallback: str | None = None,
         verbose: bool = False,
         device: str = "auto",
+        runtime: str = "torch",
     ) -> None:
         from .backbones import get_backbone_cfg
         from .heads import make_head
@@ -148,6 +152,8 @@ class Classifier:
             raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+        if runtime not in ("torch", "onnxruntime"):
+            raise TransferlabError(f"--runtime {runtime}: choose torch or onnxruntime")
         if batch_size is not None and batch_size < 1:
             raise TransferlabError(f"batch size {batch_size}: must be at least 1")
         get_backbone_cfg(backbone)  # validate early, with the list of choices
@@ -162,6 +168,7 @@ class Classifier:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
+        self.runtime = runtime
         if face_choice not in ("mil", "largest"):
             raise TransferlabError(f"face choice {face_choice!r}: choose 'mil' or 'largest'")
         self.face_choice = face_choice
@@ -189,6 +196,10 @@ class Classifier:
                 from ._runtime import resolve_device
 
                 bb.to(resolve_device(self.device))
+                if self.runtime == "onnxruntime":
+                    from .cache import default_cache_dir
+
+                    bb.use_onnxruntime(Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir())
             expected = getattr(self, "_expected_weights", None)
             if expected and bb.weights_hash != expected:
                 raise TransferlabError(
@@ -636,7 +647,9 @@ class Classifier:
             clf.unknown_threshold_ = float(meta["faces"]["unknown_threshold"])
         if "fallback" in meta:
             sub = {k.removeprefix("fallback."): v for k, v in arrays.items() if k.startswith("fallback.")}
-            runtime = {k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose", "device")}
+            runtime = {
+                k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose", "device", "runtime")
+            }
             clf.fallback_ = cls._from_state(meta["fallback"], sub, path, **runtime)
         clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
         clf.model_meta = meta
@@ -761,6 +774,7 @@ def train(
     fallback: str | None = None,
     verbose: bool = False,
     device: str = "auto",
+    runtime: str = "torch",
 ) -> TrainResult:
     """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
 
@@ -792,6 +806,7 @@ def train(
         fallback=fallback,
         verbose=verbose,
         device=device,
+        runtime=runtime,
     )
     rep = clf._reporter
     clf.backbone_()  # fail fast on missing weights, before any long work (the network itself is built lazily)

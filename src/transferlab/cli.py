@@ -35,6 +35,13 @@ Manifest = Annotated[
 ]
 GroupBy = Annotated[str | None, typer.Option("--group-by", help="Also report accuracy per value of this column.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="torch, or onnxruntime (CPU: the network exported once to ONNX; faster for large jobs, same features).",
+    ),
+]
 Device = Annotated[
     str,
     typer.Option(
@@ -100,6 +107,7 @@ def train(
         typer.Option("--batch-size", min=1, help="Featurization batch size (default: 32 on CPU, sized to GPU memory)."),
     ] = None,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     workers: Annotated[int | None, typer.Option(help="Image decoding processes (default: automatic).")] = None,
     face_choice: Annotated[
         str,
@@ -154,6 +162,7 @@ def train(
         fallback=fallback,
         verbose=not quiet,
         device=device,
+        runtime=runtime,
     )
     if as_json:
         _out(json.dumps(res.metrics))
@@ -175,6 +184,7 @@ def evaluate(
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved model on every usable image under DATA."""
@@ -188,6 +198,7 @@ def evaluate(
         use_cache=not no_cache,
         verbose=not quiet and not as_json,
         device=device,
+        runtime=runtime,
     )
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
     if as_json:
@@ -217,6 +228,7 @@ def predict(
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     quiet: Quiet = False,
 ) -> None:
     """Predict the class of each image; unusable files get an error line and the run continues.
@@ -237,6 +249,7 @@ def predict(
         use_cache=not no_cache,
         verbose=not quiet and not as_json,
         device=device,
+        runtime=runtime,
     )
     if faces not in ("best", "all"):
         raise TransferlabError(f"--faces {faces}: choose 'best' or 'all'")

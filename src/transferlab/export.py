@@ -95,24 +95,18 @@ def pipeline_module(clf: Classifier) -> torch.nn.Module:
             f"{clf.backbone} is a face model: its detector and embedder are OpenCV/dlib networks, not torch, so it "
             "cannot be exported as one graph; export a whole-image model (e.g. --backbone mobilenet_v2)"
         )
-    bb = clf.backbone_()
-    cfg = bb.cfg
-    pool = clf.pool
+    from .backbones._onnx import features_module
+
+    features = features_module(clf.backbone_(), clf.pool)
 
     class _Pipeline(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = bb.module
+            self.features = features
             self.head = head_module(clf.head_)
-            self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0)
-            self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0)
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            # Same arithmetic as Backbone.forward, so features agree with the cached ones.
-            x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            fmap = self.backbone(x)
-            feats = fmap.mean(dim=(2, 3)) if pool == "avg" else fmap.permute(0, 2, 3, 1).flatten(1)
-            return self.head(feats)
+            return self.head(self.features(pixels))
 
     return _Pipeline().eval().requires_grad_(False)
 
@@ -159,32 +153,15 @@ def export_onnx(
     import torch
 
     from .api import load
+    from .backbones._onnx import export_module
 
-    try:
-        import onnx  # noqa: F401 - torch.onnx.export needs it
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise TransferlabError("ONNX export needs onnx and onnxscript; run `pip install onnx onnxscript`") from None
-    clf = load(model_dir, weights=weights, use_cache=False)
+    clf = load(model_dir, weights=weights, use_cache=False, device="cpu")
     module = pipeline_module(clf)
     size = tuple(clf.backbone_().cfg.input_size[1:])
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        module,
-        (example,),
-        str(tmp),
-        input_names=["pixels"],
-        output_names=["probabilities"],
-        dynamic_shapes={"pixels": {0: batch}},
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    export_module(module, example, tmp, "probabilities", opset=opset)
     _add_metadata(tmp, clf)
     diff = float("nan")
     if check:

@@ -197,6 +197,17 @@ class Backbone:
         self.cfg = cfg
         self.weights_file = weights_file
         self._device = "cpu"
+        self.runtime = "torch"
+        self._onnx_root: Path | None = None
+        self._sessions: dict[str, Any] = {}
+
+    def use_onnxruntime(self, cache_root: str | os.PathLike[str]) -> Backbone:
+        """Run the network with onnxruntime on the CPU (exported once into ``cache_root/onnx``)."""
+        if self._device != "cpu":
+            raise TransferlabError(f"--runtime onnxruntime runs on the CPU, not {self._device}; use --device cpu")
+        self.runtime = "onnxruntime"
+        self._onnx_root = Path(cache_root)
+        return self
 
     @cached_property
     def module(self) -> torch.nn.Module:
@@ -271,6 +282,14 @@ class Backbone:
 
         if pool not in ("avg", "flatten"):
             raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
+        if self.runtime == "onnxruntime":
+            if pool not in self._sessions:
+                from ._onnx import onnx_session
+
+                assert self._onnx_root is not None
+                self._sessions[pool] = onnx_session(self, pool, self._onnx_root)
+            out = self._sessions[pool].run(None, {"pixels": x.contiguous().numpy()})[0]
+            return torch.from_numpy(out)
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
             mean = torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1) * 255.0

@@ -338,8 +338,9 @@ def featurize(
     progress
         Called with the number of images finished after each batch.
     decode_device
-        Where JPEGs are decoded: None decodes on the backbone's device when that is a GPU (nvJPEG, batched),
-        otherwise in the loader on the CPU; ``"cpu"`` forces the batched raw-JPEG path on the CPU (used in tests).
+        Where JPEGs are decoded: ``"loader"`` on the CPU in the data loader (decode workers); a device name
+        (``"cuda"``, ``"cpu"``) decodes raw JPEG bytes there in batches (nvJPEG on a GPU). None: the backbone's
+        device when that is a GPU, else ``"loader"``.
 
     Returns
     -------
@@ -361,11 +362,11 @@ def featurize(
     import torch  # only now: a run served entirely from the cache never imports torch
 
     on_gpu = backbone.device.type == "cuda"
-    if decode_device is None and on_gpu:
-        decode_device = str(backbone.device)
+    if decode_device is None:
+        decode_device = str(backbone.device) if on_gpu else "loader"
     if batch_size is None:
         batch_size = auto_batch_size(backbone, pool) if on_gpu else 32
-    raw = decode_device is not None
+    raw = decode_device != "loader"
     dataset = (_RawJpegDataset if raw else _ImageDataset)(sources, todo, backbone.transform, backbone.draft_size)
     workers = default_num_workers() if num_workers is None else num_workers
     workers = min(workers, max(0, (len(todo) - 1) // batch_size))  # tiny jobs: worker start-up costs more

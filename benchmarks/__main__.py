@@ -1,0 +1,386 @@
+"""transferlab's benchmarks in one run: every figure a ratio measured side by side on this machine.
+
+    python -m benchmarks                 # CPU sections (and GPU ones when torch sees a CUDA GPU)
+    python -m benchmarks --quick         # fewer images, for a smoke run
+    python -m benchmarks --only gpu      # sections: cpu, onnx, faces, predict, gpu (comma-separated)
+
+Sections
+  cpu      mobilenet_v2 (real weights): forward-only ceiling on pre-decoded tensors, transferlab's pipeline
+           (files → features), the naive per-image loop, and the seed's protocol (every image through the network
+           every epoch) against featurize-once.
+  onnx     torch vs onnxruntime on the CPU, forward-only, for mobilenet_v2 (real weights) and resnet50 (random
+           weights: throughput does not depend on weight values); and the pipeline with --runtime onnxruntime.
+  faces    the default face backbone (sface): detect + align + embed on pre-decoded photos (its ceiling) against
+           the pipeline from files; SFace on OpenCV against onnxruntime.
+  predict  warm single-photo predict latency of the default model (p50/p95 over distinct photos, no cache), and
+           CLI cold start (process start to answer).
+  gpu      per backbone (resnet50, vgg16, inception_v3, mobilenet_v2; random weights unless installed): forward-only
+           bf16 channels-last img/s at batch 256, against end to end from JPEG files (nvJPEG decode, batched) →
+           features; also CPU decode (DataLoader workers) → GPU. Needs a CUDA GPU; skipped otherwise.
+
+Machines are shared and noisy: compare only figures from the same run. Results go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from transferlab._runtime import tune_allocator  # noqa: E402
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(section: str, what: str, value: str, ratio: str = "") -> None:
+    """Record and print one result line."""
+    ROWS.append((section, what, value, ratio))
+    print(f"  {what}: {value}" + (f"  ({ratio})" if ratio else ""), flush=True)
+
+
+def _photos(n: int) -> list[str]:
+    from transferlab.intake import intake
+
+    table = intake(REPO / "data" / "presidents", cache_dir=None).table.sample(frac=1.0, random_state=0)
+    return table["path"].tolist()[:n]
+
+
+def _random_backbone(name: str, device: str = "cpu"):
+    """A registered architecture with its real weights when installed, else random ones (for speed only)."""
+    import torch
+
+    from transferlab.backbones import create_backbone, get_backbone_cfg
+    from transferlab.backbones._registry import Backbone, _fuse_conv_bn
+    from transferlab.errors import TransferlabError
+
+    try:
+        bb = create_backbone(name).to(device)
+        _ = bb.module
+        return bb, "pretrained"
+    except TransferlabError:
+        cfg = get_backbone_cfg(name)
+        bb = Backbone(cfg, Path(os.devnull)).to(device)
+        net = _fuse_conv_bn(cfg.build(None).eval().requires_grad_(False))
+        bb.__dict__["module"] = net.to(device=device, memory_format=torch.channels_last)
+        return bb, "random weights"
+
+
+def _forward_rate(bb, x, batch: int, reps: int = 1) -> float:
+    import torch
+
+    bb.forward(x[:batch])
+    best = 0.0
+    for _ in range(reps):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, len(x), batch):
+            bb.forward(x[i : i + batch])
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        best = max(best, len(x) / (time.perf_counter() - t))
+    return best
+
+
+def section_cpu(n: int, seed_images: int, epochs: int) -> None:
+    import torch
+
+    from transferlab.backbones import create_backbone
+    from transferlab.features import decode_pixels, featurize
+    from transferlab.heads import MLPHead
+
+    print(f"\n[cpu] mobilenet_v2, {n} photos, batch 32")
+    paths = _photos(n)
+    bb = create_backbone("mobilenet_v2")
+    tensors = torch.stack([bb.transform(decode_pixels(p, bb.draft_size)) for p in paths])
+    featurize(paths[:32], bb)
+    ceiling, pipe = [], []
+    for _ in range(3):  # interleaved, so that other tenants' load hits both alike; medians
+        ceiling.append(_forward_rate(bb, tensors, 32))
+        t = time.perf_counter()
+        featurize(paths, bb)
+        pipe.append(len(paths) / (time.perf_counter() - t))
+    c, p = statistics.median(ceiling), statistics.median(pipe)
+    row("cpu", "forward-only ceiling (pre-decoded tensors)", f"{c:.1f} img/s", "1.00")
+    row("cpu", "transferlab pipeline (JPEG files → features)", f"{p:.1f} img/s", f"{p / c:.2f} × ceiling, target ≥ 0.8")
+    from PIL import Image
+
+    k = min(len(paths), 100)
+    t = time.perf_counter()
+    for path in paths[:k]:
+        img = np.array(Image.open(path).convert("RGB"))
+        bb.forward(bb.transform(torch.from_numpy(img).permute(2, 0, 1)).unsqueeze(0))
+    naive = k / (time.perf_counter() - t)
+    row("cpu", "naive per-image loop (Pillow, batch 1)", f"{naive:.1f} img/s", f"{naive / c:.2f} × ceiling")
+
+    sp = paths[:seed_images]
+    labels = np.arange(len(sp)) % 4
+    t = time.perf_counter()
+    head = MLPHead(epochs=1)
+    for _ in range(epochs):
+        head.fit(featurize(sp, bb).features, labels)
+    seed = time.perf_counter() - t
+    t = time.perf_counter()
+    MLPHead(epochs=epochs).fit(featurize(sp, bb).features, labels)
+    once = time.perf_counter() - t
+    row("cpu", f"seed protocol, {len(sp)} images × {epochs} epochs through the network", f"{seed:.1f} s")
+    row("cpu", "transferlab: featurize once, then the head's epochs", f"{once:.1f} s", f"{seed / once:.1f}× faster")
+
+
+def section_onnx(n: int) -> None:
+    import torch
+
+    from transferlab.backbones import create_backbone
+    from transferlab.features import featurize
+
+    print("\n[onnx] torch vs onnxruntime on the CPU (forward-only, batch 32, uint8 input → features)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("mobilenet_v2", "resnet50"):
+            bb, kind = _random_backbone(name)
+            size = bb.cfg.input_size
+            x = torch.randint(0, 256, (64 if name == "resnet50" else 128, size[1], size[2], 3), dtype=torch.uint8)
+            torch_rate = [_forward_rate(bb, x, 32)]
+            ort_bb = _random_backbone(name)[0]
+            ort_bb.__dict__["module"] = bb.module  # the very same network (and weights) on both runtimes
+            ort_bb.__dict__["weights_hash"] = f"bench-{name}"
+            ort_bb.use_onnxruntime(tmp)
+            ort_bb.forward(x[:2])  # export + session, once
+            ort_rate = [_forward_rate(ort_bb, x, 32)]
+            torch_rate.append(_forward_rate(bb, x, 32))
+            ort_rate.append(_forward_rate(ort_bb, x, 32))
+            tr, orr = max(torch_rate), max(ort_rate)
+            row("onnx", f"{name} ({kind}) torch", f"{tr:.1f} img/s", "1.00")
+            row("onnx", f"{name} ({kind}) onnxruntime", f"{orr:.1f} img/s", f"{orr / tr:.2f} × torch")
+        paths = _photos(n)
+        mb = create_backbone("mobilenet_v2")
+        fast = create_backbone("mobilenet_v2").use_onnxruntime(tmp)
+        featurize(paths[:32], mb)
+        featurize(paths[:32], fast)
+        t = time.perf_counter()
+        featurize(paths, mb)
+        a = len(paths) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        featurize(paths, fast)
+        b = len(paths) / (time.perf_counter() - t)
+        row("onnx", "mobilenet_v2 pipeline, --runtime torch", f"{a:.1f} img/s", "1.00")
+        row("onnx", "mobilenet_v2 pipeline, --runtime onnxruntime", f"{b:.1f} img/s", f"{b / a:.2f} × torch")
+
+
+def section_faces(n: int) -> None:
+    from transferlab.backbones import create_backbone
+    from transferlab.faces import SFaceEmbedder
+    from transferlab.features import FACE_DECODE_DRAFT, featurize_faces
+    from transferlab.intake import read_rgb
+
+    print(f"\n[faces] sface (default backbone), {n} photos, no cache")
+    paths = _photos(n)
+    bb = create_backbone("sface")
+    model = bb.module
+    rgbs = [np.asarray(read_rgb(p, draft=FACE_DECODE_DRAFT)) for p in paths]
+    model.faces(rgbs[0])
+    ceil, pipe = [], []
+    for _ in range(2):
+        t = time.perf_counter()
+        n_faces = sum(len(model.faces(x)) for x in rgbs)
+        ceil.append(len(rgbs) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        featurize_faces(paths, bb)
+        pipe.append(len(paths) / (time.perf_counter() - t))
+    c, p = max(ceil), max(pipe)
+    row(
+        "faces",
+        f"detect + align + embed on decoded photos (ceiling; {n_faces / len(rgbs):.2f} faces/photo)",
+        f"{c:.1f} img/s",
+        "1.00",
+    )
+    row(
+        "faces",
+        "transferlab face pipeline (files → face rows)",
+        f"{p:.1f} img/s",
+        f"{p / c:.2f} × ceiling, target ≥ 0.8",
+    )
+    dets = [(x, model.detector.detect(x)) for x in rgbs[: min(60, len(rgbs))]]
+    nf = sum(len(d) for _, d in dets)
+    rates = {}
+    for runtime in ("opencv", "onnxruntime", "opencv", "onnxruntime"):
+        emb = SFaceEmbedder(runtime)
+        t = time.perf_counter()
+        for x, d in dets:
+            if len(d):
+                emb.embed(x, d)
+        rates.setdefault(runtime, []).append(nf / (time.perf_counter() - t))
+    o, r = max(rates["opencv"]), max(rates["onnxruntime"])
+    row("faces", "SFace embedding on OpenCV (int8 weights dequantized per call)", f"{o:.1f} faces/s", "1.00")
+    row(
+        "faces",
+        "SFace embedding on onnxruntime (float graph, faces batched)",
+        f"{r:.1f} faces/s",
+        f"{r / o:.2f} × OpenCV",
+    )
+
+
+def section_predict(cache: Path) -> None:
+    import transferlab
+    from transferlab.intake import intake
+
+    print("\n[predict] default model (sface + logreg), warm single-photo latency and CLI cold start")
+    model = cache / "model"
+    table = intake(REPO / "data" / "presidents", cache_dir=cache).table
+    train_rows = table.groupby("label", group_keys=False).head(15)
+    sub = cache / "train.csv"
+    train_rows[["path", "label"]].to_csv(sub, index=False)
+    transferlab.train(sub, model, cache_dir=cache, test_size=0.2)
+    clf = transferlab.load(model, use_cache=False)
+    web = table[~table["path"].isin(train_rows["path"])]
+    photos = web.sample(n=min(40, len(web)), random_state=1)["path"].tolist()
+    clf.predict_images(photos[:1])
+    lat = []
+    for p in photos[1:]:
+        t = time.perf_counter()
+        clf.predict_images([p])
+        lat.append(1000 * (time.perf_counter() - t))
+    p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+    row("predict", f"warm predict, one photo, no cache (p50 over {len(lat)} photos)", f"{p50:.0f} ms", "target ≤ 50 ms")
+    row("predict", "warm predict p95", f"{p95:.0f} ms")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(cache)}
+    cold = []
+    for p in photos[:3]:
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "transferlab", "predict", str(model), p, "--no-cache", "-q", "--json"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        cold.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
+    python = time.perf_counter() - t
+    row(
+        "predict",
+        "CLI cold start to first answer (median of 3)",
+        f"{statistics.median(cold):.2f} s",
+        f"bare Python start {python:.2f} s",
+    )
+
+
+def _jpeg_folder(folder: Path, n: int) -> list[str]:
+    """``n`` distinct 640×480 JPEGs made from the bundled photos (flips, crops, brightness)."""
+    from PIL import Image, ImageOps
+
+    src = _photos(10_000)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(n):
+        img = Image.open(src[k % len(src)]).convert("RGB")
+        variant = k // len(src)
+        if variant % 2:
+            img = ImageOps.mirror(img)
+        w, h = img.size
+        c = 0.04 * (variant // 2)
+        img = img.crop((int(c * w), int(c * h), w - int(c * w), h - int(c * h))).resize((640, 480))
+        p = folder / f"{k:05d}.jpg"
+        img.save(p, quality=90)
+        out.append(str(p))
+    return out
+
+
+def section_gpu(n: int) -> None:
+    import torch
+
+    from transferlab.features import featurize
+
+    if not torch.cuda.is_available():
+        print("\n[gpu] skipped: torch sees no CUDA GPU on this machine")
+        row("gpu", "GPU section", "skipped (no CUDA GPU)")
+        return
+    name = torch.cuda.get_device_name(0)
+    print(f"\n[gpu] {name}: forward-only (bf16, channels-last, batch 256) vs end to end from {n} JPEG files")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _jpeg_folder(Path(tmp) / "jpegs", n)
+        for arch in ("resnet50", "vgg16", "inception_v3", "mobilenet_v2"):
+            bb, kind = _random_backbone(arch, "cuda")
+            size = bb.cfg.input_size
+            x = torch.randint(0, 256, (2048, size[1], size[2], 3), dtype=torch.uint8, device="cuda")
+            fwd = _forward_rate(bb, x, 256, reps=2)
+            del x
+            featurize(files[:512], bb, batch_size=256)  # warm-up: nvJPEG, cudnn autotune
+            e2e = []
+            for _ in range(2):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                featurize(files, bb, batch_size=256)
+                torch.cuda.synchronize()
+                e2e.append(n / (time.perf_counter() - t))
+            t = time.perf_counter()
+            featurize(files, bb)  # batch size from free memory
+            auto = n / (time.perf_counter() - t)
+            workers = min(16, os.cpu_count() or 1)
+            t = time.perf_counter()
+            featurize(files, bb, batch_size=256, decode_device="loader", num_workers=workers)
+            cpu_dec = n / (time.perf_counter() - t)
+            row("gpu", f"{arch} ({kind}) forward-only", f"{fwd:.0f} img/s", "1.00")
+            row(
+                "gpu",
+                f"{arch} JPEG files → features (nvJPEG, batch 256)",
+                f"{max(e2e):.0f} img/s",
+                f"{max(e2e) / fwd:.2f} × forward" + (", target ≥ 5000 img/s" if arch == "resnet50" else ""),
+            )
+            row(
+                "gpu",
+                f"{arch} JPEG files → features (nvJPEG, batch from free memory)",
+                f"{auto:.0f} img/s",
+                f"{auto / fwd:.2f} × forward",
+            )
+            row(
+                "gpu",
+                f"{arch} JPEG files → features ({workers} CPU decode workers)",
+                f"{cpu_dec:.0f} img/s",
+                f"{cpu_dec / fwd:.2f} × forward",
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="cpu,onnx,faces,predict,gpu")
+    ap.add_argument("--quick", action="store_true", help="fewer images (a smoke run, not for the record)")
+    args = ap.parse_args()
+    tune_allocator()
+    import torch
+
+    sections = set(args.only.split(","))
+    q = args.quick
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), CUDA: {torch.cuda.is_available()}"
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TRANSFERLAB_CACHE_DIR"] = cache
+        if "cpu" in sections:
+            section_cpu(96 if q else 400, 20 if q else 100, 5 if q else 30)
+        if "onnx" in sections:
+            section_onnx(64 if q else 256)
+        if "faces" in sections:
+            section_faces(40 if q else 200)
+        if "predict" in sections:
+            section_predict(Path(cache))
+        if "gpu" in sections:
+            section_gpu(1024 if q else 8192)
+    print("\n| section | measurement | value | ratio |\n|---|---|---:|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

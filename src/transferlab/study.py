@@ -59,6 +59,7 @@ class StudyConfig:
     augment_modes: list[bool] = field(default_factory=lambda: [False, True])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weights: dict[str, str] = field(default_factory=dict)
+    workers: int | None = None  # processes for the runs (None: one per core, at most 4)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> StudyConfig:
@@ -87,6 +88,7 @@ class StudyConfig:
             "table2",
             "augment",
             "weights",
+            "workers",
         }
         unknown = sorted(set(doc) - known)
         if unknown:
@@ -112,7 +114,10 @@ class StudyConfig:
             augment_modes=[bool(a) for a in t2.get("augment", [False, True])],
             augment=AugmentConfig.from_dict(doc.get("augment", {})),
             weights={k: str(rel(v)) for k, v in doc.get("weights", {}).items()},
+            workers=None if doc.get("workers", "auto") == "auto" else doc.get("workers"),
         )
+        if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 1):
+            raise TransferlabError(f'{path}: workers = {cfg.workers!r}; a positive number of processes, or "auto"')
         if cfg.seeds < 1:
             raise TransferlabError(f"{path}: seeds = {cfg.seeds}; need at least 1 (5 for the seed study)")
         from .heads import HEADS
@@ -266,6 +271,91 @@ def _resolve_backbones(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
     return use, skipped
 
 
+def _classifier(
+    cfg: StudyConfig, backbone: str, head: str, seed: int, cache_dir: Any, use_cache: bool, verbose: bool = False
+) -> Any:
+    from .api import Classifier
+
+    params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
+    if head == "mlp":
+        params["epochs"] = cfg.epochs
+    return Classifier(
+        backbone,
+        head,
+        pool=cfg.pool,
+        head_params=params,
+        weights=cfg.weights.get(backbone),
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        verbose=verbose,
+    )
+
+
+def _run_one(
+    cfg: StudyConfig, table: pd.DataFrame, cell: Cell, seed: int, cache_dir: Any, use_cache: bool
+) -> dict[str, Any]:
+    """One (cell, seed): a fresh split, a head fitted on cached features, evaluated on the held-out side."""
+    from .api import fit_evaluate
+    from .split import split_table
+
+    labels = table["label"].to_numpy().astype(str)
+    split = split_table(table, test_size=cfg.test_size, seed=seed, per_class=cell.per_class)
+    clf = _classifier(cfg, cell.backbone, cell.head, seed, cache_dir, use_cache)
+    extra = None
+    if cell.augment:
+        aug = AugmentedImages(
+            table["path"].to_numpy()[split.train].tolist(),
+            table["content_hash"].to_numpy()[split.train].tolist(),
+            cfg.augment,
+        )
+        extra = (aug, aug.keys(), np.repeat(labels[split.train], cfg.augment.copies).tolist())
+    fe = fit_evaluate(clf, table, split.train, split.test, group_by=cfg.group_by, extra_train=extra)
+    m = fe.metrics
+    return {
+        "cell": cell.id,
+        "table": cell.table,
+        "backbone": cell.backbone,
+        "head": cell.head,
+        "per_class": cell.per_class or "",
+        "augment": int(cell.augment),
+        "seed": seed,
+        "accuracy": m["accuracy"],
+        "log_loss": m["log_loss"],
+        "n_train": len(fe.train_rows),
+        "n_test": m["n"],
+        "features_s": round(fe.timings["features (train)"], 4),
+        "head_s": round(fe.timings["head"], 4),
+        "unknown_rate": m.get("unknown_rate", ""),
+        "groups": json.dumps({k: v["accuracy"] for k, v in m.get("groups", {}).items()}),
+        "confusion": json.dumps(m["confusion"]),
+    }
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg: StudyConfig, table: pd.DataFrame, cache_dir: Any, use_cache: bool) -> None:
+    import torch
+
+    from ._runtime import tune_allocator
+
+    tune_allocator()
+    # One thread per process: the heads are small, and 2 threads per process on 2 cores oversubscribe (an MLP
+    # fit measured 5–7× slower with another process busy).
+    torch.set_num_threads(1)
+    _WORKER.update(cfg=cfg, table=table, cache_dir=cache_dir, use_cache=use_cache)
+
+
+def _worker_run(job: tuple[Cell, int]) -> dict[str, Any]:
+    w = _WORKER
+    return _run_one(w["cfg"], w["table"], job[0], job[1], w["cache_dir"], w["use_cache"])
+
+
+def _study_workers(cfg: StudyConfig, n_jobs: int) -> int:
+    n = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 4)
+    return max(1, min(n, n_jobs // 4))  # a few runs are not worth starting processes for
+
+
 def run_study(
     config: StudyConfig | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -276,6 +366,9 @@ def run_study(
 ) -> StudyResult:
     """Run (or resume) a study and write ``runs.csv``, ``report.md`` and plots into ``out``.
 
+    Features (and features of augmented copies) are computed first, once, in this process; the runs then fit
+    heads on cached features in ``workers`` processes, each run appended to ``runs.csv`` as it finishes.
+
     Parameters
     ----------
     config
@@ -283,7 +376,8 @@ def run_study(
     out
         Output folder; an existing ``runs.csv`` there is resumed.
     cache_dir, use_cache
-        Feature cache (shared across cells, seeds and studies).
+        Feature cache (shared across cells, seeds and studies). Without a cache every run recomputes its
+        features, in one process.
     verbose
         Progress on stderr.
 
@@ -291,9 +385,7 @@ def run_study(
     -------
     StudyResult
     """
-    from .api import Classifier, fit_evaluate
     from .cache import default_cache_dir
-    from .split import split_table
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_toml(config)
@@ -301,39 +393,23 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     rep = Reporter(verbose)
     cache_root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
+    if use_cache and cache_dir is None:
+        cache_dir = cache_root  # workers must see the same cache, whatever their environment
     table = _load_table(cfg, rep, cache_root)
-    labels = table["label"].to_numpy().astype(str)
     backbones, skipped = _resolve_backbones(cfg)
     log = RunLog(out / "runs.csv")
     facts: dict[str, dict[str, Any]] = {}
 
-    def classifier(backbone: str, head: str, seed: int, verbose: bool = False) -> Classifier:
-        params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
-        if head == "mlp":
-            params["epochs"] = cfg.epochs
-        return Classifier(
-            backbone,
-            head,
-            pool=cfg.pool,
-            head_params=params,
-            weights=cfg.weights.get(backbone),
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            verbose=verbose,
-        )
-
-    def backbone_facts(backbone: str) -> dict[str, Any]:
+    def backbone_facts(backbone: str, augmented: bool = False) -> dict[str, Any]:
         if backbone not in facts:
-            clf = classifier(backbone, "logreg", 0, verbose=verbose)
+            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose)
             t = time.perf_counter()
             bb = clf.backbone_()
             _ = bb.module
             load_s = time.perf_counter() - t
             t = time.perf_counter()
-            if clf.is_face_model:
-                clf.featurize_faces(table["path"].tolist(), table["content_hash"].tolist())
-            else:
-                clf.featurize(table["path"].tolist(), table["content_hash"].tolist())
+            featurize = clf.featurize_faces if clf.is_face_model else clf.featurize
+            featurize(table["path"].tolist(), table["content_hash"].tolist())
             facts[backbone] = {
                 "params": bb.cfg.num_params,
                 "feature_dim": bb.cfg.feature_shape[0]
@@ -347,53 +423,44 @@ def run_study(
                 f"{backbone}: features {facts[backbone]['computed']} computed, "
                 f"{facts[backbone]['cached']} cached ({facts[backbone]['featurize_s']:.1f} s)"
             )
+        if augmented and "augmented_s" not in facts[backbone] and use_cache:
+            # Every photo's augmented copies, once: each seed's training side is a subset of them.
+            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose)
+            aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)
+            t = time.perf_counter()
+            (clf.featurize_faces if clf.is_face_model else clf.featurize)(aug, aug.keys())
+            facts[backbone]["augmented_s"] = time.perf_counter() - t
+            st = clf.last_feature_stats
+            rep.info(
+                f"{backbone}: augmented copies {st['computed']} computed, {st['cached']} cached "
+                f"({facts[backbone]['augmented_s']:.1f} s)"
+            )
         return facts[backbone]
 
-    def run_cell(cell: Cell) -> None:
-        backbone_facts(cell.backbone)
-        for seed in range(cfg.seeds):
-            if (cell.id, seed) in log.done:
-                continue
-            split = split_table(table, test_size=cfg.test_size, seed=seed, per_class=cell.per_class)
-            clf = classifier(cell.backbone, cell.head, seed)
-            extra = None
-            if cell.augment:
-                aug = AugmentedImages(
-                    table["path"].to_numpy()[split.train].tolist(),
-                    table["content_hash"].to_numpy()[split.train].tolist(),
-                    cfg.augment,
-                )
-                extra = (aug, aug.keys(), np.repeat(labels[split.train], cfg.augment.copies).tolist())
-            fe = fit_evaluate(clf, table, split.train, split.test, group_by=cfg.group_by, extra_train=extra)
-            m = fe.metrics
-            log.add(
-                {
-                    "cell": cell.id,
-                    "table": cell.table,
-                    "backbone": cell.backbone,
-                    "head": cell.head,
-                    "per_class": cell.per_class or "",
-                    "augment": int(cell.augment),
-                    "seed": seed,
-                    "accuracy": m["accuracy"],
-                    "log_loss": m["log_loss"],
-                    "n_train": len(fe.train_rows),
-                    "n_test": m["n"],
-                    "features_s": round(fe.timings["features (train)"], 4),
-                    "head_s": round(fe.timings["head"], 4),
-                    "unknown_rate": m.get("unknown_rate", ""),
-                    "groups": json.dumps({k: v["accuracy"] for k, v in m.get("groups", {}).items()}),
-                    "confusion": json.dumps(m["confusion"]),
-                }
-            )
+    def run_cells(cells: list[Cell], advance: Any) -> None:
+        jobs = [(c, seed) for c in cells for seed in range(cfg.seeds) if (c.id, seed) not in log.done]
+        advance(len(cells) * cfg.seeds - len(jobs))
+        workers = _study_workers(cfg, len(jobs)) if use_cache else 1
+        if workers == 1:
+            for cell, seed in jobs:
+                log.add(_run_one(cfg, table, cell, seed, cache_dir, use_cache))
+                advance(1)
+            return
+        import multiprocessing as mp
+
+        # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children.
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, table, cache_dir, use_cache)) as pool:
+            for row in pool.imap_unordered(_worker_run, jobs):
+                log.add(row)
+                advance(1)
 
     table1 = [Cell("table1", b, h, None, False) for b in backbones for h in cfg.heads]
     n_runs = (len(table1) + len(cfg.per_class) * len(cfg.augment_modes)) * cfg.seeds
     with rep.task("study", n_runs) as advance:
-        for cell in table1:
-            before = len(log.done)
-            run_cell(cell)
-            advance(cfg.seeds if len(log.done) == before else len(log.done) - before)
+        for b in backbones:
+            backbone_facts(b)
+        run_cells(table1, advance)
         runs = log.frame()
         t2_backbone = cfg.table2_backbone
         if t2_backbone == "best":
@@ -402,10 +469,8 @@ def run_study(
                 t1 = runs[runs["table"] == "table1"]
             t2_backbone = t1.groupby("backbone")["accuracy"].mean().idxmax()
         table2 = [Cell("table2", t2_backbone, cfg.table2_head, n, a) for n in cfg.per_class for a in cfg.augment_modes]
-        for cell in table2:
-            before = len(log.done)
-            run_cell(cell)
-            advance(cfg.seeds if len(log.done) == before else len(log.done) - before)
+        backbone_facts(t2_backbone, augmented=any(cfg.augment_modes))
+        run_cells(table2, advance)
     runs = log.frame()
     seconds = time.perf_counter() - t_start
     (out / "facts.json").write_text(json.dumps({"backbones": facts, "skipped": skipped, "seconds": seconds}, indent=2))

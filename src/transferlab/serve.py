@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -477,6 +478,8 @@ def create_app(
     if max_upload_bytes < 1:
         raise TransferlabError(f"--max-upload-mb must be positive, not {max_upload_bytes / (1024 * 1024):g}")
     service = ModelService(model_dir, weights=weights)
+    # A malformed form is answered with 422; python-multipart would also log it, quoting bytes of the upload.
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
     gate = asyncio.Semaphore(uploads_in_flight)
     app = FastAPIOffline(
         title="transferlab — Who's my President?",

@@ -140,13 +140,14 @@ def test_upload_over_the_limit_is_413(face_model):
     assert "0.0625 MB" in post(client, b"\xff" * 70_000).json()["detail"]
 
 
-def _asgi_post(app, headers: list[tuple[bytes, bytes]], chunks) -> tuple[int, dict, int]:
+def _asgi_post(app, headers: list[tuple[bytes, bytes]], chunks, delay: float = 0.0) -> tuple[int, dict, int]:
     """Drive the ASGI app directly with a streamed body; returns status, JSON body and the bytes it pulled."""
     pulled = 0
     it = iter(chunks)
 
     async def receive():
         nonlocal pulled
+        await asyncio.sleep(delay)
         chunk = next(it, None)
         if chunk is None:
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -195,6 +196,17 @@ def test_oversized_body_is_refused_while_streaming_not_after_reading_it(face_mod
 
     status, body, pulled = _asgi_post(app, [ctype, (b"content-length", b"10000000000")], no_body())
     assert (status, body["reason"], pulled) == (413, "too large", 0)
+
+
+def test_a_body_that_trickles_in_gets_408_and_frees_its_slot(face_model):
+    app = create_app(face_model, upload_timeout_s=0.3, uploads_in_flight=1)
+    head = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
+    ctype = (b"content-type", b"multipart/form-data; boundary=XyZ")
+    slow = itertools.chain([head], itertools.repeat(b"\0" * 100, 1000))
+    status, body, _ = _asgi_post(app, [ctype], slow, delay=0.05)
+    assert (status, body["reason"]) == (408, "too slow")
+    photo = (EXAMPLES / "bush.jpg").read_bytes()
+    assert post(TestClient(app), photo).status_code == 200  # the one upload slot is free again
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ from .intake import MAX_PIXELS, ImageRejected, load_rgb
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # room for part headers and boundaries around the file in the request body
-UPLOADS_IN_FLIGHT = 8  # requests whose bodies are held in memory at once; later ones wait before reading theirs
+UPLOADS_IN_FLIGHT = 16  # requests whose bodies are held in memory at once; later ones wait before reading theirs
+UPLOAD_TIMEOUT_S = 60.0  # a body still arriving after this long is refused, so slow senders cannot hold every slot
 STATIC_DIR = Path(__file__).with_name("static")
 EXAMPLES_DIR = STATIC_DIR / "examples"
 
@@ -158,6 +159,7 @@ class UploadRejected(Exception):
 
 def _error_responses() -> dict[int | str, dict[str, Any]]:
     return {
+        408: {"model": ErrorResponse, "description": "the upload did not arrive in time"},
         413: {"model": ErrorResponse, "description": "the upload is larger than the server's limit"},
         415: {"model": ErrorResponse, "description": "not multipart/form-data, or the file is not a supported image"},
         422: {
@@ -454,6 +456,7 @@ def create_app(
     *,
     weights: str | os.PathLike[str] | None = None,
     uploads_in_flight: int = UPLOADS_IN_FLIGHT,
+    upload_timeout_s: float = UPLOAD_TIMEOUT_S,
 ) -> FastAPI:
     """Load the model in ``model_dir`` once and return the web app that serves it.
 
@@ -467,6 +470,8 @@ def create_app(
         Local backbone weights file, for backbones that need one.
     uploads_in_flight
         Requests whose bodies may be read into memory at the same time; others wait their turn.
+    upload_timeout_s
+        Time allowed for a body to arrive once its turn has come; slower uploads get 408.
 
     Returns
     -------
@@ -518,7 +523,13 @@ def create_app(
     async def predict(request: Request) -> Any:
         """Every face in the photo (field ``file``) with its box, predicted label and class probabilities."""
         async with gate:
-            data = await read_upload(request, max_upload_bytes)
+            try:
+                async with asyncio.timeout(upload_timeout_s):
+                    data = await read_upload(request, max_upload_bytes)
+            except TimeoutError:
+                raise UploadRejected(
+                    408, "too slow", f"the upload took longer than {upload_timeout_s:g} s; try again"
+                ) from None
             return await run_in_threadpool(service.predict, data)
 
     @app.get("/api/model", response_model=ModelInfo, summary="The served model")

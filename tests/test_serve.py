@@ -319,6 +319,18 @@ def test_model_facts_come_from_the_training_report(face_client, face_model):
         assert r.status_code == 200 and r.content[:3] == b"\xff\xd8\xff"
 
 
+def test_model_without_a_measured_accuracy_still_describes_itself(face_model, tmp_path):
+    import shutil
+
+    model = Path(shutil.copytree(face_model, tmp_path / "model"))
+    meta = json.loads((model / "model.json").read_text())
+    meta["evaluation"] = {"accuracy": float("nan"), "accuracy_ci95": [float("nan")] * 2, "n": 0}
+    (model / "model.json").write_text(json.dumps(meta))  # NaN, as json writes it for an empty test side
+    info = TestClient(create_app(model)).get("/api/model")
+    assert info.status_code == 200
+    assert info.json()["accuracy"] is None and info.json()["accuracy_ci95"] is None
+
+
 def test_health_and_openapi(face_client):
     assert face_client.get("/healthz").json() == {"status": "ok", "model": "model"}
     spec = face_client.get("/openapi.json").json()

@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -329,17 +330,22 @@ class ModelService:
         meta = self.meta
         evaluation = meta.get("evaluation", {})
         classes = [str(c) for c in self.clf.classes_]
+        ci = evaluation.get("accuracy_ci95")
+        groups = {
+            str(k): {"accuracy": _finite(v.get("accuracy")), "n": v.get("n", 0)}
+            for k, v in (evaluation.get("groups") or {}).items()
+        }
         return {
             "backbone": self.clf.backbone,
             "architecture": meta.get("backbone", {}).get("architecture"),
             "head": self.clf.head,
             "classes": classes,
             "face_model": self.is_face_model,
-            "accuracy": evaluation.get("accuracy"),
-            "accuracy_ci95": evaluation.get("accuracy_ci95"),
+            "accuracy": _finite(evaluation.get("accuracy")),
+            "accuracy_ci95": [_finite(v) for v in ci] if ci and all(_finite(v) is not None for v in ci) else None,
             "n_test": evaluation.get("n"),
             "group_by": evaluation.get("group_by"),
-            "groups": evaluation.get("groups"),
+            "groups": {k: v for k, v in groups.items() if v["accuracy"] is not None} or None,
             "unknown_threshold": getattr(self.clf, "unknown_threshold_", None),
             "fallback": self.clf.fallback,
             "created": meta.get("created"),
@@ -395,6 +401,11 @@ class ModelService:
         if pred.fallback:
             out.update(fallback=True, message=f"no face found; the whole-image model ({self.clf.fallback}) answered")
         return out
+
+
+def _finite(x: Any) -> float | None:
+    """A number JSON can carry: NaN (e.g. the accuracy of an empty test side) becomes null."""
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
 def _rounded(probabilities: dict[str, float]) -> dict[str, float]:

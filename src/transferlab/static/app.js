@@ -15,8 +15,11 @@ function el(tag, cls, text) {
 }
 
 function pct(p) {
+  // One decimal; never "100%" for a probability short of certainty.
   const v = 100 * p;
-  return (v >= 99.95 || v < 0.05 ? v.toFixed(0) : v.toFixed(1)) + "%";
+  if (v >= 99.95 && v < 100) return ">99.9%";
+  if (v > 0 && v < 0.05) return "<0.1%";
+  return (v === 0 || v === 100 ? v.toFixed(0) : v.toFixed(1)) + "%";
 }
 
 function setStatus(text, isError) {
@@ -130,7 +133,7 @@ function show(blob, res) {
   answer.replaceChildren();
   const faces = res.faces || [];
   if (!faces.length) {
-    answer.append(el("span", "name", res.message || "no face found"));
+    answer.append(el("span", "message", res.message || "no face found"));
   } else {
     const best = faces.find((f) => f.answer) || faces[0];
     answer.append(el("span", "name", res.label || best.label));
@@ -148,6 +151,9 @@ function show(blob, res) {
     const who = f.label;
     if (f.box) {
       const b = el("div", "box" + (who === "unknown" ? " unknown" : ""));
+      // Keep the name tag over the photo: right-aligned on the right half, below the box at the very top.
+      if (f.box[0] + f.box[2] / 2 > W / 2) b.classList.add("right");
+      if (f.box[1] < 0.08 * H) b.classList.add("below");
       b.style.setProperty("--c", colour);
       b.style.left = (100 * f.box[0] / W) + "%";
       b.style.top = (100 * f.box[1] / H) + "%";

@@ -500,17 +500,21 @@ def test_real_server_keeps_no_trace_of_uploads(live):
     assert secret not in log and "holiday" not in log  # ... and says nothing about what was sent
 
 
-def test_cli_serve_refuses_bad_arguments_with_one_line(tmp_path):
+def test_cli_serve_refuses_bad_arguments_with_one_line(tmp_path, face_model):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    for args, message in [
-        ([str(tmp_path / "missing")], "missing"),
-        ([str(EXAMPLES), "--max-upload-mb", "0"], "--max-upload-mb"),
-    ]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "transferlab", "serve", *args], capture_output=True, text=True, env=env, timeout=120
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = str(busy.getsockname()[1])
+        for args, message in [
+            ([str(tmp_path / "missing")], "missing"),
+            ([str(face_model), "--max-upload-mb", "0"], "--max-upload-mb"),
+            ([str(face_model), "--port", taken], f"--port {taken}"),
+        ]:
+            cmd = [sys.executable, "-m", "transferlab", "serve", *args]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _only_local(page, base: str) -> list[str]:

@@ -253,6 +253,24 @@ def study(
         _out("skipped backbones: " + ", ".join(res.skipped_backbones))
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TransferlabError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise TransferlabError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another --port"
+            ) from None
+
+
 @app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="Model directory written by `transferlab train`.")],
@@ -283,6 +301,7 @@ def serve(
             "(or `pip install 'transferlab[serve]'`)"
         ) from None
 
+    _check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
     web = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), weights=weights)
     sys.stderr.write(f"serving {model} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)\n")
     uvicorn.run(web, host=host, port=port, log_level="warning" if quiet else "info", server_header=False)

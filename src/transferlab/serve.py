@@ -208,7 +208,7 @@ async def read_upload(request: Request, limit: int) -> bytes:
         raise UploadRejected(422, "malformed form", "multipart/form-data without a boundary; let your client set it")
 
     parts: list[bytearray] = []
-    state: dict[str, Any] = {"header": b"", "headers": {}, "current": None, "size": 0}
+    state: dict[str, Any] = {"headers": {}, "current": None}  # the part being parsed
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["field"] = state.get("field", b"") + data[start:end]

@@ -50,3 +50,26 @@ def trained_model(tmp_path_factory, small_photos) -> Path:
     cache = tmp_path_factory.mktemp("model-cache")
     transferlab.train(small_photos, out, backbone="mobilenet_v2", head="logreg", cache_dir=cache, test_size=0.25)
     return out
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Playwright drives Debian's Chromium (no browser is downloaded); browser tests skip where it is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser test needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    return {
+        **browser_type_launch_args,
+        "executable_path": str(CHROMIUM),
+        "headless": True,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+        ],
+    }

@@ -295,6 +295,60 @@ def study(
         _out("skipped backbones: " + ", ".join(res.skipped_backbones))
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TransferlabError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise TransferlabError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another --port"
+            ) from None
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model directory written by `transferlab train`.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the page to your network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", help="Largest photo accepted, in MB; larger uploads get HTTP 413.")
+    ] = 10.0,
+    weights: Weights = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only (no request log).")] = False,
+) -> None:
+    """Serve MODEL as the "Who's my President?" web page (/) and a JSON API (/api/predict, /api/model, /docs).
+
+    The model is loaded once at start. Uploaded photos are processed in memory and never stored, cached or logged.
+    """
+    hub_offline_unless_asked(False)
+    if max_upload_mb <= 0:
+        raise TransferlabError(f"--max-upload-mb {max_upload_mb:g}: must be positive")
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as exc:
+        raise TransferlabError(
+            f"transferlab serve needs {exc.name}; run `pip install -r requirements.txt` "
+            "(or `pip install 'transferlab[serve]'`)"
+        ) from None
+
+    _check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
+    web = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), weights=weights)
+    sys.stderr.write(f"serving {model} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)\n")
+    uvicorn.run(web, host=host, port=port, log_level="warning" if quiet else "info", server_header=False)
+
+
 @app.command()
 def export(
     model: Annotated[

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._runtime import tune_allocator
 from .cache import FeatureCache
-from .intake import MAX_PIXELS, MIN_SIDE, ImageRejected, content_hash, load_rgb, read_rgb
+from .intake import MIN_SIDE, ImageRejected, content_hash, load_rgb, max_pixels, read_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -104,7 +104,7 @@ def decode_pixels(source: Any, draft: tuple[int, int]) -> torch.Tensor:
         if (
             size is not None
             and min(size) >= MIN_SIDE
-            and size[0] * size[1] <= MAX_PIXELS
+            and size[0] * size[1] <= max_pixels()
             and min(size) < 2 * min(draft)
         ):
             from torchvision.io import ImageReadMode, decode_jpeg

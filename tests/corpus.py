@@ -164,10 +164,10 @@ def build_corpus(root: Path, good: Path, other: Path) -> list[Kind]:
     add("WebP cut short", "unreadable", {"corrupt.webp": _save(variant(), "WEBP", quality=80)[:300]})
     add("exact copy of another photo", "duplicate", {"zz_copy_of_good.jpg": raw})
     add("same pixels in another format", "duplicate", {"zz_same_pixels.png": _save(base, "PNG")})
-    os.symlink(mixed / "does-not-exist.jpg", mixed / "broken_link.jpg")
+    os.symlink("does-not-exist.jpg", mixed / "broken_link.jpg")  # relative links: the corpus can be moved
     kinds.append(Kind("broken symbolic link", "unreadable", [f"{MIXED}/broken_link.jpg"]))
-    os.symlink(mixed / "loop_b.jpg", mixed / "loop_a.jpg")
-    os.symlink(mixed / "loop_a.jpg", mixed / "loop_b.jpg")
+    os.symlink("loop_b.jpg", mixed / "loop_a.jpg")
+    os.symlink("loop_a.jpg", mixed / "loop_b.jpg")
     kinds.append(Kind("symbolic link loop (file)", "unreadable", [f"{MIXED}/loop_a.jpg", f"{MIXED}/loop_b.jpg"]))
     add("file that vanishes during the run", "unreadable", {"vanishing.jpg": _jpeg(variant())}, vanish=True)
 
@@ -256,7 +256,7 @@ def build_corpus(root: Path, good: Path, other: Path) -> list[Kind]:
     add("non-UTF-8 file name", "used", {odd: _jpeg(variant())})
     add("photo in a nested subfolder", "used", {"trip/day1/nested.jpg": _jpeg(variant())})
     # a directory symlink pointing back up: walked once, never forever
-    os.symlink(mixed, mixed / "trip" / "loop")
+    os.symlink("..", mixed / "trip" / "loop")
     kinds.append(Kind("symbolic link loop (folder)", "ignored", [f"{MIXED}/trip/loop"]))
 
     # --- clutter that is not a photo: not counted as found

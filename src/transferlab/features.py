@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone
 
 # Bump when feature computation changes, so caches are never reused across versions.
-# 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize.
-FEATURES_VERSION = "4"
+# 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize; 5: checksummed cache entries.
+FEATURES_VERSION = "5"
 
 
 def feature_spec(backbone: Any, pool: str) -> dict[str, Any]:
@@ -56,6 +56,7 @@ class FeatureResult:
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    n_damaged: int = 0  # damaged cache entries found (and recomputed)
 
     @property
     def ok(self) -> np.ndarray:
@@ -184,6 +185,7 @@ def _cache_lookup(
     Returns the hits by index, the hashes, the indices still to compute, and images that could not be decoded.
     """
     hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(sources)
+    damaged_before = cache.damaged if cache is not None else 0
     hits: dict[int, np.ndarray] = {}
     todo: list[int] = []
     errors: dict[int, tuple[str, str]] = {}
@@ -199,6 +201,13 @@ def _cache_lookup(
             hits[i] = hit
         else:
             todo.append(i)
+    if cache is not None and cache.damaged > damaged_before:
+        warnings.warn(
+            f"feature cache {cache.dir}: {cache.damaged - damaged_before} damaged entries (bad checksum) were dropped "
+            "and are recomputed",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return hits, hashes, todo, errors
 
 
@@ -247,6 +256,7 @@ def featurize(
     FeatureResult
     """
     tune_allocator()
+    damaged_before = cache.damaged if cache is not None else 0
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
     feats = np.full((n, dim), np.nan, dtype=np.float32)
@@ -256,8 +266,9 @@ def featurize(
     n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
+    n_damaged = cache.damaged - damaged_before if cache is not None else 0
     if not todo:
-        return FeatureResult(feats, errors, n_cached, 0)
+        return FeatureResult(feats, errors, n_cached, 0, n_damaged)
 
     import torch  # only now: a run served entirely from the cache never imports torch
 
@@ -286,7 +297,7 @@ def featurize(
             n_computed += len(idx)
         if progress is not None:
             progress(len(idx) + len(bad))
-    return FeatureResult(feats, errors, n_cached, n_computed)
+    return FeatureResult(feats, errors, n_cached, n_computed, n_damaged)
 
 
 def open_cache(

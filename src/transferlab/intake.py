@@ -551,6 +551,8 @@ def intake(
             if probe is None:
                 probe = _probe_bytes(data)
                 cache.put(key, probe)
+                if i % 256 == 255:
+                    cache.commit()  # a killed intake keeps most of its work
             if not probe.ok:
                 report.skipped.append(Skipped(path, label, probe.reason, probe.detail))
                 continue

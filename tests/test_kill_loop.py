@@ -145,7 +145,8 @@ def _assert_train_equal(a: Path, b: Path) -> None:
 def _runs(out: Path) -> pd.DataFrame:
     with open(out / "runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    return pd.DataFrame(rows).drop(columns=["features_s", "head_s"]).sort_values(["cell", "seed"]).reset_index(drop=True)
+    df = pd.DataFrame(rows).drop(columns=["features_s", "head_s"])  # timings differ between runs
+    return df.sort_values(["cell", "seed"]).reset_index(drop=True)
 
 
 def _assert_study_equal(a: Path, b: Path) -> None:
@@ -161,7 +162,7 @@ def _assert_study_equal(a: Path, b: Path) -> None:
 
 def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkserver):
     rng = random.Random(int(os.environ.get("TRANSFERLAB_KILL_SEED", "0")))
-    photos = copy_subset(tmp_path / "photos", 6)  # 24 photos
+    photos = copy_subset(tmp_path / "photos", 5)  # 20 photos
     (tmp_path / "kill.toml").write_text(STUDY_TOML)
 
     def train_argv(out: Path, cache: Path) -> list[str]:
@@ -188,12 +189,16 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
         while killed < per_chain:
             attempts += 1
             assert attempts <= 10 * per_chain, f"{name}: runs keep finishing before the kill"
-            # each run resumes from what the previous, killed one left behind; the first of a chain starts empty
-            delay = rng.uniform(0.2, upper)
+            # each run resumes from what the previous, killed one left behind; the first kill of a chain hits a run
+            # that starts from nothing, in its first half (start-up, intake, featurize)
+            delay = rng.uniform(0.2, 0.5 * durations[name] if killed == 0 else upper)
             t = time.monotonic()
             code = _run(forkserver, argv(out, cache), kill_after=delay)
             if code is not None:  # it finished before the kill (resumed runs are shorter): kill the next one sooner
                 assert code == 0
+                if killed == 0:
+                    shutil.rmtree(out)
+                    shutil.rmtree(cache)
                 upper = max(0.3, 0.9 * (time.monotonic() - t))
                 continue
             killed += 1
@@ -205,6 +210,5 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
 
     assert len(kills) >= 20
     sys.stderr.write(f"\nkill loop: {len(kills)} kills survived, nothing lost: {kills}\n")
-    # the kills landed in different phases: with no, some and all features cached
-    train_kills = [k for k in kills if k["command"] == "train"]
-    assert any(k["entries"] < 24 for k in train_kills) or any(k["model"] == 0 for k in train_kills)
+    # the first kill of each chain hit a run before it saved a model; later ones hit resumed runs
+    assert all(k["model"] == 0 for k in kills[::TRAIN_KILLS_PER_CHAIN][:TRAIN_CHAINS])

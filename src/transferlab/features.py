@@ -136,8 +136,10 @@ def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd metadata (a corrupt EXIF block) is load_rgb's business, not ours
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
     except Exception:  # noqa: BLE001 - anything odd goes the Pillow route, which reports it properly
         return None
 

@@ -210,5 +210,6 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
 
     assert len(kills) >= 20
     sys.stderr.write(f"\nkill loop: {len(kills)} kills survived, nothing lost: {kills}\n")
-    # the first kill of each chain hit a run before it saved a model; later ones hit resumed runs
-    assert all(k["model"] == 0 for k in kills[::TRAIN_KILLS_PER_CHAIN][:TRAIN_CHAINS])
+    # kills hit runs before anything was kept as well as resumed ones
+    assert any(k["model"] == 0 and k["entries"] < 20 for k in kills if k["command"] == "train")
+    assert any(k["model"] == 1 for k in kills if k["command"] == "train")

@@ -104,7 +104,7 @@ def test_exif_orientation_is_the_same_on_the_fast_jpeg_path(corpus_run):
 
 def _readme_table() -> dict[str, str]:
     text = (REPO / "README.md").read_text()
-    section = text.split("## What intake does with messy folders", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### What intake does with messy folders", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         m = re.match(r"^\| (?!kind \||---)(.+?) \| (.+?) \|", line)

@@ -142,3 +142,22 @@ def test_a_damaged_cache_entry_is_detected_counted_and_recomputed(tmp_path, smal
     assert (third.n_cached, third.n_damaged) == (4, 0)
     assert not [p for p in (tmp_path / "c").rglob("*") if p.name.startswith(".tmp-")]
     assert os.access(entries[0], os.R_OK)
+
+
+def test_the_pixel_limit_is_configurable(monkeypatch):
+    import io as _io
+
+    from PIL import Image
+
+    from transferlab.intake import ImageRejected, load_rgb
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (100, 50)).save(buf, "PNG")
+    assert load_rgb(buf.getvalue()).size == (100, 50)
+    monkeypatch.setenv("TRANSFERLAB_MAX_PIXELS", "4999")
+    with pytest.raises(ImageRejected, match="exceeds (the )?limit of 4,?999") as e:
+        load_rgb(buf.getvalue())
+    assert e.value.reason == "decompression bomb"
+    monkeypatch.setenv("TRANSFERLAB_MAX_PIXELS", "lots")
+    with pytest.raises(TransferlabError, match="TRANSFERLAB_MAX_PIXELS='lots'"):
+        load_rgb(buf.getvalue())

@@ -155,7 +155,7 @@ def test_the_pixel_limit_is_configurable(monkeypatch):
     Image.new("RGB", (100, 50)).save(buf, "PNG")
     assert load_rgb(buf.getvalue()).size == (100, 50)
     monkeypatch.setenv("TRANSFERLAB_MAX_PIXELS", "4999")
-    with pytest.raises(ImageRejected, match="exceeds (the )?limit of 4,?999") as e:
+    with pytest.raises(ImageRejected, match=r"exceeds (the )?limit of 4,?999") as e:
         load_rgb(buf.getvalue())
     assert e.value.reason == "decompression bomb"
     monkeypatch.setenv("TRANSFERLAB_MAX_PIXELS", "lots")

@@ -90,3 +90,15 @@ def test_train_reports_per_kind_and_reconciles(tmp_path, small_photos):
     assert res.split.per_class == 6 and len(res.split.train) == 24
     assert res.metrics["n"] == len(res.split.test)
     assert res.intake.report.reconciles()
+
+
+def test_train_with_per_class_accounts_for_every_file(tmp_path, small_photos):
+    res = transferlab.train(
+        small_photos, tmp_path / "m", backbone="mobilenet_v2", head="logreg", per_class=3, cache_dir=tmp_path / "c"
+    )
+    m = res.metrics
+    assert m["found"] == 48 and m["n_train"] == 12
+    assert m["skipped"]["not sampled (--per-class)"] == 48 - 12 - m["n"]
+    assert m["found"] == m["used"] + sum(m["skipped"].values())
+    preds = res.classifier.predict_images([*sorted((small_photos / "bush").iterdir())[:2], b"not an image"])
+    assert transferlab.api.prediction_counts(preds) == {"found": 3, "used": 2, "skipped": {"not an image": 1}}

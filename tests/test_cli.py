@@ -143,25 +143,54 @@ def test_user_errors_are_one_line_without_traceback(args, message):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_train_completes_over_a_folder_full_of_bad_files(tmp_path):
-    """Good photos mixed with every kind of bad file: the run completes and reports each bad file by reason."""
+def test_every_command_accounts_for_every_file_over_the_bad_input_corpus(tmp_path):
+    """Good photos mixed with every kind of bad file: train, evaluate and predict complete, report each bad file by
+    reason, and their counts reconcile: found = used + skipped by reason."""
+    import shutil
+
+    from transferlab.intake import SKIP_REASONS
+
     from .conftest import copy_subset
-    from .corpus import make_corpus
+    from .corpus import MIXED, build_corpus
 
     photos = copy_subset(tmp_path / "photos", 8)
     good, other = sorted((photos / "obama").iterdir())[:2]
-    expected = make_corpus(photos / "obama", good, other)
-    out = tmp_path / "model"
-    run("train", str(photos), "--out", str(out), "--backbone", "mobilenet_v2", cache=tmp_path / "c")
+    kinds = build_corpus(tmp_path / "corpus", good, other)
+    shutil.move(tmp_path / "corpus" / MIXED, photos / "obama" / MIXED)
+    expected = {f.removeprefix(MIXED + "/"): k.outcome for k in kinds if k.outcome in SKIP_REASONS for f in k.files}
+    expected = {f: o for f, o in expected.items() if "vanish" not in f}  # nothing deletes it in this run
+    out, cache = tmp_path / "model", tmp_path / "c"
+    trained = run("train", str(photos), "--out", str(out), "--backbone", "mobilenet_v2", "--json", cache=cache)
+    metrics = json.loads(trained.stdout)
     report = json.loads((out / "intake.json").read_text())
-    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    reasons = {os.path.relpath(s["path"], photos / "obama" / MIXED): s["reason"] for s in report["skipped"]}
     for name, outcome in expected.items():
-        if outcome != "used":
-            assert reasons.get(name) == outcome, name
+        assert reasons.get(name) == outcome, name
     for c, d in report["classes"].items():
         assert d["found"] == d["used"] + sum(d["skipped"].values()), c
+    assert metrics["found"] == sum(d["found"] for d in report["classes"].values())
+    assert metrics["found"] == metrics["used"] + sum(metrics["skipped"].values())
+    assert metrics["used"] == metrics["n_train"] + metrics["n"]
     md = (out / "report.md").read_text()
     assert "bad_crc.png" in md and "decompression bomb" in md
+    assert "latin1_caf?.jpg" in (out / "split.csv").read_text()  # a non-UTF-8 name is shown, not a crash
+
+    evaluated = json.loads(run("evaluate", str(out), str(photos), "--json", cache=cache).stdout)
+    assert evaluated["found"] == metrics["found"]
+    assert evaluated["found"] == evaluated["used"] + sum(evaluated["skipped"].values())
+    assert evaluated["used"] == evaluated["n"] == metrics["used"]
+
+    predicted = run("predict", str(out), str(photos / "obama"), "--json", cache=cache)
+    lines = [json.loads(x) for x in predicted.stdout.splitlines()]
+    n_ok = sum("label" in x for x in lines)
+    bad = {}
+    for x in lines:
+        if "error" in x:
+            reason = x["error"].split(":")[0]
+            bad[reason] = bad.get(reason, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(bad.items()))
+    assert f"predict: {len(lines)} found, {n_ok} used, skipped {sum(bad.values())} ({summary})" in predicted.stderr
+    assert bad["truncated"] == 4 and bad["not an image"] == 3 and "duplicate" not in bad  # predict keeps duplicates
 
 
 def test_device_cuda_without_a_gpu_is_one_clear_line(small_photos, tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from ._atomic import atomic_write_text
 from ._progress import Reporter
 from .errors import TransferlabError
 from .intake import Intake, attach_manifest, intake
@@ -44,6 +45,7 @@ class Prediction:
     face_score: float | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     fallback: bool = False
+    reason: str | None = None  # the skip reason alone (e.g. "truncated") when ``error`` is set
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """The ``predict --json`` line for this input (face models add ``box`` and ``face_score``)."""
@@ -471,6 +473,7 @@ class Classifier:
         for p, r in zip(out, self._analyse(images), strict=True):
             if "error" in r:
                 reason, detail = r["error"]
+                p.reason = reason
                 p.error = "no face found" if reason == "no face" else (f"{reason}: {detail}" if detail else reason)
                 continue
             p.probabilities = {str(c): float(v) for c, v in zip(self.classes_, r["proba"], strict=True)}
@@ -508,6 +511,9 @@ class Classifier:
         """Evaluate on every usable image of a labelled folder or CSV; the ``evaluate --json`` object."""
         got = self._intake(data, manifest)
         metrics, _ = self.evaluate_table(got.table, group_by=group_by, skipped=got.report.skipped_counts())
+        # found = used + skipped by reason: every file intake found is accounted for
+        metrics["found"] = sum(got.report.found.values())
+        metrics["used"] = metrics["n"]
         return metrics
 
     def evaluate_table(
@@ -660,6 +666,16 @@ class Classifier:
 def load(path: str | os.PathLike[str], **kwargs: Any) -> Classifier:
     """Load a model directory saved by :meth:`Classifier.save` (see :meth:`Classifier.load`)."""
     return Classifier.load(path, **kwargs)
+
+
+def prediction_counts(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """``{"found", "used", "skipped": {reason: count}}`` for a list of predictions (``found = used + skipped``)."""
+    skipped = Counter(p.reason or "unreadable" for p in predictions if p.error is not None)
+    return {
+        "found": len(predictions),
+        "used": sum(p.error is None for p in predictions),
+        "skipped": dict(sorted(skipped.items())),
+    }
 
 
 def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -853,17 +869,24 @@ def train(
             else {}
         ),
     )
+    # found = used + skipped by reason: intake skips, feature errors on either side, and rows left out by --per-class
+    not_sampled = len(table) - len(split.train) - len(split.test)
+    if not_sampled:
+        metrics["skipped"]["not sampled (--per-class)"] = not_sampled
+    metrics["found"] = sum(got.report.found.values())
+    metrics["used"] = len(train_rows) + int(metrics["n"])
+    metrics["n_train"] = len(train_rows)
     clf.save(out)
     side = np.full(len(table), "", dtype=object)
     side[split.train] = "skipped"
     side[split.test] = "skipped"
     side[train_rows] = "train"
     side[test_rows] = "test"
-    table.assign(side=side)[lambda d: d["side"] != ""].to_csv(out / "split.csv", index=False)
+    atomic_write_text(out / "split.csv", table.assign(side=side)[lambda d: d["side"] != ""].to_csv(index=False))
     import json
 
-    (out / "intake.json").write_text(json.dumps(got.report.to_dict(), indent=2, default=str))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "intake.json", json.dumps(got.report.to_dict(), indent=2, default=str))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     from .report import write_report
 
     config = {"backbone": backbone, "head": head, "pool": pool, "data": str(data)}

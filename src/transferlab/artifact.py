@@ -76,25 +76,85 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
         meta = json.loads(mj.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TransferlabError(f"{mj}: unreadable model.json ({exc}); retrain or restore the file") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise TransferlabError(f"{mj}: not a transferlab model file")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise TransferlabError(
-            f"{mj}: model format {version} (written by transferlab {meta.get('transferlab_version', '?')}) is not "
-            f"supported by this version, which reads format {FORMAT_VERSION}; retrain the model"
-        )
-    for key in ("classes", "backbone", "head"):
-        if key not in meta:
-            raise TransferlabError(f"{mj}: missing field {key!r}; the file is damaged, retrain the model")
-    head_file = meta.get("head_file", HEAD_FILE)
+    _validate(meta, mj)
+    head_file = meta["head_file"]
     if Path(head_file).name != head_file or not head_file.endswith(".safetensors"):
         raise TransferlabError(
             f"{mj}: head file {head_file!r} refused; only a .safetensors file inside the model folder is loaded "
             "(pickle files can run code)"
         )
+    head_path = d / head_file
     try:
-        arrays = load_file(str(d / head_file))
+        with open(head_path, "rb") as f:
+            start = f.read(9)
+    except OSError as exc:
+        raise TransferlabError(f"{head_path}: unreadable head weights ({exc.strerror}); retrain the model") from None
+    # safetensors: an 8-byte header length, then the JSON header. Pickle (b"\x80" + protocol) and torch.save zip
+    # files (b"PK") get a message that says why they are refused; safetensors itself never unpickles anything.
+    if start[8:9] != b"{" and (start[:1] == b"\x80" or start[:2] == b"PK"):
+        raise TransferlabError(
+            f"{head_path}: is a pickle or torch.save file, not safetensors; refused (loading it could run code)"
+        )
+    try:
+        arrays = load_file(str(head_path))
     except (OSError, SafetensorError) as exc:
-        raise TransferlabError(f"{d / head_file}: unreadable head weights ({exc}); retrain the model") from None
+        raise TransferlabError(f"{head_path}: unreadable head weights ({exc}); retrain the model") from None
     return meta, arrays
+
+
+# model.json's required fields and their JSON types; other fields are optional (and extra ones are allowed).
+_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "classes": list,
+    "backbone": dict,
+    "head": dict,
+    "head_file": str,
+}
+_NESTED = {("backbone", "name"): str, ("head", "name"): str}
+_OPTIONAL = {"pool": str, "features": dict, "face_choice": str, "transferlab_version": str, "faces": dict}
+
+
+def _validate(meta: Any, mj: Path) -> None:
+    """Check ``model.json`` against the format this version reads; errors name the file, field and version."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TransferlabError(f'{mj}: not a transferlab model file (no "format": "{FORMAT}")')
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        written_by = meta.get("transferlab_version", "an unknown version")
+        raise TransferlabError(
+            f"{mj}: model format version {version!r} (written by transferlab {written_by}) is not supported by "
+            f"transferlab {_this_version()}, which reads format version {FORMAT_VERSION}; retrain the model with "
+            "this version, or load it with the version that wrote it"
+        )
+    damaged = "; the file is damaged or was edited by hand: retrain the model"
+    meta.setdefault("head_file", HEAD_FILE)
+    for key, kind in _SCHEMA.items():
+        if key not in meta:
+            raise TransferlabError(f"{mj}: missing field {key!r}{damaged}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise TransferlabError(
+                f"{mj}: field {key!r} should be {_json_type(kind)}, found {_json_type(type(meta[key]))}{damaged}"
+            )
+    for (outer, inner), kind in _NESTED.items():
+        if not isinstance(meta[outer].get(inner), kind):
+            raise TransferlabError(f"{mj}: field {outer}.{inner} should be {_json_type(kind)}{damaged}")
+    for key, kind in _OPTIONAL.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise TransferlabError(f"{mj}: field {key!r} should be {_json_type(kind)}{damaged}")
+    if "params" in meta["head"] and not isinstance(meta["head"]["params"], dict):
+        raise TransferlabError(f"{mj}: field head.params should be an object{damaged}")
+    classes = meta["classes"]
+    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise TransferlabError(f"{mj}: field 'classes' should be a list of distinct class names{damaged}")
+
+
+def _json_type(kind: Any) -> str:
+    names = {str: "a string", int: "a whole number", list: "a list", dict: "an object", float: "a number"}
+    return names.get(kind, "null" if kind is type(None) else getattr(kind, "__name__", str(kind)))
+
+
+def _this_version() -> str:
+    from . import __version__
+
+    return __version__

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._atomic import atomic_savefig
 from .errors import TransferlabError
 
 
@@ -144,5 +145,5 @@ def augmentation_grid(path: str, cfg: AugmentConfig, out: Any, n: int = 8) -> No
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    atomic_savefig(fig, out, dpi=90)
     plt.close(fig)

@@ -3,20 +3,31 @@
 Layout: ``ROOT/features/<space>/<hh>/<content_hash>.npy`` where ``<space>`` is a hash of everything that changes
 a feature (backbone, weights hash, preprocessing, pooling). One small file per image, written to a temporary
 name and renamed into place, so a run killed at any instant (Ctrl-C, SIGKILL) leaves only complete entries and
-the rerun resumes with the images still missing. No photo is ever stored: only features, keyed by a hash of the
-decoded pixels.
+the rerun resumes with the images still missing. Every entry carries a checksum, verified on each read: a damaged
+entry counts as a miss (``FeatureCache.damaged``), is removed and recomputed. No photo is ever stored: only
+features, keyed by a hash of the decoded pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._atomic import atomic_write_bytes
+
+__all__ = ["FeatureCache", "atomic_write_bytes", "default_cache_dir", "space_key"]
+
+# Each entry is an ``.npy`` file followed by this marker and the sha256 of the ``.npy`` bytes. The rename makes a
+# kill harmless; the checksum catches what a rename cannot: a disk or copy that damaged or cut a file. np.load
+# ignores the trailing bytes, so entries stay readable by hand.
+_CHECK = b"\x00transferlab-sha256:"
+_CHECK_LEN = len(_CHECK) + 32
 
 
 def default_cache_dir() -> Path:
@@ -35,22 +46,6 @@ def space_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class FeatureCache:
     """Features of one feature space, stored per image content hash.
 
@@ -65,6 +60,7 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike[str], spec: dict[str, Any]) -> None:
         self.spec = spec
+        self.damaged = 0  # entries found damaged (bad checksum, cut short) and dropped since this object was made
         self.dir = Path(root) / "features" / space_key(spec)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "space.json"
@@ -75,23 +71,33 @@ class FeatureCache:
         return self.dir / content_hash[:2] / f"{content_hash}.npy"
 
     def get(self, content_hash: str) -> np.ndarray | None:
-        """Cached feature vector, or None (also for an unreadable entry, which is then removed)."""
+        """Cached feature vector, or None (also for a damaged entry, which is counted and removed)."""
         p = self._path(content_hash)
         try:
-            return np.load(p, allow_pickle=False)
+            blob = p.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError:
+            return self._drop(p)
+        body, tail = blob[:-_CHECK_LEN], blob[-_CHECK_LEN:]
+        if len(blob) < _CHECK_LEN or tail[: len(_CHECK)] != _CHECK or hashlib.sha256(body).digest() != tail[-32:]:
+            return self._drop(p)
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
         except (OSError, ValueError, EOFError):
-            try:
-                p.unlink()
-            except OSError:
-                pass
-            return None
+            return self._drop(p)
+
+    def _drop(self, p: Path) -> None:
+        self.damaged += 1
+        try:
+            p.unlink()
+        except OSError:
+            pass
+        return None
 
     def put(self, content_hash: str, feature: np.ndarray) -> None:
-        """Store a feature vector atomically."""
-        import io
-
+        """Store a feature vector atomically, with its checksum."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(feature), allow_pickle=False)
-        atomic_write_bytes(self._path(content_hash), buf.getvalue())
+        body = buf.getvalue()
+        atomic_write_bytes(self._path(content_hash), body + _CHECK + hashlib.sha256(body).digest())

@@ -78,6 +78,9 @@ def _summary(metrics: dict[str, Any], group_by: str | None) -> str:
     lines.append(f"  recall per class: {pcs}")
     if metrics.get("skipped"):
         lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["skipped"].items())))
+    if "found" in metrics:
+        n_skipped = sum(metrics.get("skipped", {}).values())
+        lines.append(f"  files: {metrics['found']} found = {metrics['used']} used + {n_skipped} skipped")
     return "\n".join(lines)
 
 
@@ -237,7 +240,7 @@ def predict(
     unless --faces all), 'unknown' when no face is close enough to a class, and 'no face found' without a face.
     """
     hub_offline_unless_asked(False)
-    from .api import expand_paths, load
+    from .api import expand_paths, load, prediction_counts
 
     files = expand_paths(paths)
     if not files:
@@ -272,6 +275,14 @@ def predict(
                 box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""
                 table.add_row(p.path, line["label"] or "", probs, box)
         _console().print(table)
+    counts = prediction_counts(preds)
+    if not quiet:  # on stderr: stdout stays one JSON object per image with --json
+        skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items())
+        sys.stderr.write(
+            f"predict: {counts['found']} found, {counts['used']} used"
+            + (f", skipped {sum(counts['skipped'].values())} ({skipped})" if skipped else "")
+            + "\n"
+        )
     if all(p.error for p in preds):
         raise typer.Exit(1)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._runtime import tune_allocator
 from .cache import FeatureCache
-from .intake import MAX_PIXELS, MIN_SIDE, ImageRejected, content_hash, load_rgb, read_rgb
+from .intake import MIN_SIDE, ImageRejected, content_hash, load_rgb, max_pixels, read_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone
 
 # Bump when feature computation changes, so caches are never reused across versions.
-# 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize.
-FEATURES_VERSION = "4"
+# 2: conv+BN fused; 3: batched uint8 normalisation; 4: torch decode/resize; 5: checksummed cache entries.
+FEATURES_VERSION = "5"
 
 
 def feature_spec(backbone: Any, pool: str) -> dict[str, Any]:
@@ -59,6 +59,7 @@ class FeatureResult:
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    n_damaged: int = 0  # damaged cache entries found (and recomputed)
 
     @property
     def ok(self) -> np.ndarray:
@@ -107,7 +108,7 @@ def decode_pixels(source: Any, draft: tuple[int, int]) -> torch.Tensor:
         if (
             size is not None
             and min(size) >= MIN_SIDE
-            and size[0] * size[1] <= MAX_PIXELS
+            and size[0] * size[1] <= max_pixels()
             and min(size) < 2 * min(draft)
         ):
             from torchvision.io import ImageReadMode, decode_jpeg
@@ -138,8 +139,10 @@ def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd metadata (a corrupt EXIF block) is load_rgb's business, not ours
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
     except Exception:  # noqa: BLE001 - anything odd goes the Pillow route, which reports it properly
         return None
 
@@ -207,7 +210,7 @@ class _RawJpegDataset(_ImageDataset):
             except ImageRejected as exc:
                 return i, exc.reason, exc.detail
             size = _jpeg_header_size(data) if data[:3] == b"\xff\xd8\xff" else None
-            if size is not None and min(size) >= MIN_SIDE and size[0] * size[1] <= MAX_PIXELS:
+            if size is not None and min(size) >= MIN_SIDE and size[0] * size[1] <= max_pixels():
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 return i, ("jpeg", raw, _exif_orientation(data)), ""
             src = data
@@ -277,6 +280,7 @@ def _cache_lookup(
     Returns the hits by index, the hashes, the indices still to compute, and images that could not be decoded.
     """
     hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(sources)
+    damaged_before = cache.damaged if cache is not None else 0
     hits: dict[int, np.ndarray] = {}
     todo: list[int] = []
     errors: dict[int, tuple[str, str]] = {}
@@ -292,6 +296,13 @@ def _cache_lookup(
             hits[i] = hit
         else:
             todo.append(i)
+    if cache is not None and cache.damaged > damaged_before:
+        warnings.warn(
+            f"feature cache {cache.dir}: {cache.damaged - damaged_before} damaged entries (bad checksum) were dropped "
+            "and are recomputed",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return hits, hashes, todo, errors
 
 
@@ -347,6 +358,7 @@ def featurize(
     FeatureResult
     """
     tune_allocator()
+    damaged_before = cache.damaged if cache is not None else 0
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
     feats = np.full((n, dim), np.nan, dtype=np.float32)
@@ -356,8 +368,9 @@ def featurize(
     n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
+    n_damaged = cache.damaged - damaged_before if cache is not None else 0
     if not todo:
-        return FeatureResult(feats, errors, n_cached, 0)
+        return FeatureResult(feats, errors, n_cached, 0, n_damaged)
 
     import torch  # only now: a run served entirely from the cache never imports torch
 
@@ -393,7 +406,7 @@ def featurize(
             n_computed += len(idx)
         if progress is not None:
             progress(len(idx) + len(bad))
-    return FeatureResult(feats, errors, n_cached, n_computed)
+    return FeatureResult(feats, errors, n_cached, n_computed, n_damaged)
 
 
 def _device_batch(

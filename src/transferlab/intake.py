@@ -30,6 +30,7 @@ from .errors import TransferlabError
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"})
 MAX_PIXELS = 64_000_000  # ~ 8000 x 8000; larger images are treated as decompression bombs
+MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"  # overrides MAX_PIXELS, e.g. 200000000 for very large scans
 MIN_SIDE = 32  # smaller than this carries no usable detail for 224 px backbones
 NEAR_DUPLICATE_DISTANCE = 4  # perceptual-hash Hamming distance (of 64 bits) for "the same photo re-encoded"
 
@@ -44,7 +45,19 @@ SKIP_REASONS = (
     "duplicate",
 )
 
-_INTAKE_VERSION = "1"  # bump when decoding or hashing changes, so cached intake results are recomputed
+# File signatures of the formats we read: a file that starts like one but cannot be opened is a damaged image
+# ("unreadable"), not "not an image".
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+_INTAKE_VERSION = "2"  # bump when decoding or hashing changes, so cached intake results are recomputed
 
 
 class ImageRejected(Exception):
@@ -74,7 +87,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(data: bytes, *, draft: tuple[int, int] | None = None, min_side: int = MIN_SIDE) -> Image.Image:
+def max_pixels() -> int:
+    """The largest image (width × height) decoded: ``$TRANSFERLAB_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if not env:
+        return MAX_PIXELS
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise TransferlabError(f"{MAX_PIXELS_ENV}={env!r}: must be a positive whole number of pixels, e.g. 64000000")
+    return value
+
+
+def _signature(data: bytes) -> str | None:
+    for magic, fmt in _SIGNATURES.items():
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def load_rgb(
+    data: bytes,
+    *,
+    draft: tuple[int, int] | None = None,
+    min_side: int = MIN_SIDE,
+    limit: int | None = None,
+) -> Image.Image:
     """Decode image bytes into an upright 8-bit RGB image, or raise :class:`ImageRejected`.
 
     Parameters
@@ -86,6 +128,9 @@ def load_rgb(data: bytes, *, draft: tuple[int, int] | None = None, min_side: int
         (much faster for big photos; identical input for training and prediction because both pass the same value).
     min_side
         Images with a side shorter than this are rejected as "too small".
+    limit
+        Largest width × height accepted (default :func:`max_pixels`); larger images are rejected as
+        "decompression bomb" from their header, before any pixel is decoded.
 
     Returns
     -------
@@ -102,19 +147,28 @@ def load_rgb(data: bytes, *, draft: tuple[int, int] | None = None, min_side: int
     """
     if not data:
         raise ImageRejected("zero-byte", "the file is empty")
+    limit = max_pixels() if limit is None else limit
     previous = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            # Pillow warns (UserWarning) about odd metadata such as a corrupt EXIF block; the photo is still used.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+            Image.MAX_IMAGE_PIXELS = limit
             try:
                 img = Image.open(io.BytesIO(data))
             except UnidentifiedImageError:
+                fmt = _signature(data)
+                if fmt is not None:
+                    raise ImageRejected("unreadable", f"damaged {fmt} file (its header cannot be parsed)") from None
                 raise ImageRejected("not an image", "no image format recognised") from None
             if img.format not in SUPPORTED_FORMATS:
                 raise ImageRejected("unsupported format", f"{img.format}; convert it to JPEG or PNG to use it")
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageRejected("decompression bomb", f"{img.width}x{img.height} pixels exceeds {MAX_PIXELS:,}")
+            if img.width * img.height > limit:
+                raise ImageRejected(
+                    "decompression bomb",
+                    f"{img.width}x{img.height} pixels exceeds the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise)",
+                )
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
             img.load()
@@ -255,6 +309,11 @@ class IntakeReport:
         Duplicate groups whose members carry different labels: ``[{"group", "members": [(path, label)]}]``.
     near_duplicate_groups
         Number of groups of two or more near-identical photos that were kept (and kept on one side of a split).
+    empty_classes
+        Class folders with no file in them: not classes, and not counted.
+    similar_labels
+        Groups of labels that differ only by letter case (``Dog`` and ``dog``): kept as separate classes, because
+        that is what the folders say, but reported since it is usually a mistake.
     """
 
     found: dict[str, int] = field(default_factory=dict)
@@ -262,6 +321,8 @@ class IntakeReport:
     skipped: list[Skipped] = field(default_factory=list)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     near_duplicate_groups: int = 0
+    empty_classes: list[str] = field(default_factory=list)
+    similar_labels: list[list[str]] = field(default_factory=list)
 
     def skipped_by_class(self) -> dict[str, Counter[str]]:
         """Skip reasons counted per class."""
@@ -290,6 +351,16 @@ class IntakeReport:
             "skipped": [s.__dict__ for s in self.skipped],
             "conflicts": self.conflicts,
             "near_duplicate_groups": self.near_duplicate_groups,
+            "empty_classes": self.empty_classes,
+            "similar_labels": self.similar_labels,
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """Counts over all classes: ``found == used + sum(skipped.values())``."""
+        return {
+            "found": sum(self.found.values()),
+            "used": sum(self.used.values()),
+            "skipped": self.skipped_counts(),
         }
 
 
@@ -306,6 +377,12 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX" or name == "Thumbs.db" or name == "desktop.ini"
 
 
+def class_folders(root: str | os.PathLike[str]) -> list[str]:
+    """Names of the class subfolders of ``root`` (hidden folders such as ``__MACOSX`` are not classes)."""
+    root = Path(root)
+    return sorted(d for d in os.listdir(root) if (root / d).is_dir() and not _is_hidden(d))
+
+
 def scan_folder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """List ``(path, label)`` for a folder with one subfolder per class.
 
@@ -317,7 +394,7 @@ def scan_folder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     if not root.is_dir():
         raise TransferlabError(f"{root}: not a folder; give a folder with one subfolder per class, or a CSV")
     out: list[tuple[str, str]] = []
-    classes = sorted(d for d in os.listdir(root) if (root / d).is_dir() and not _is_hidden(d))
+    classes = class_folders(root)
     if not classes:
         raise TransferlabError(
             f"{root}: no class subfolders found; put each class's photos in its own subfolder (e.g. {root}/cat/)"
@@ -369,7 +446,8 @@ def scan_csv(csv_path: str | os.PathLike[str]) -> tuple[list[tuple[str, str]], p
 
 
 def _file_key(data: bytes) -> str:
-    return _INTAKE_VERSION + ":" + hashlib.sha256(data).hexdigest()
+    # the pixel limit changes outcomes, so it is part of the key
+    return f"{_INTAKE_VERSION}:{max_pixels()}:{hashlib.sha256(data).hexdigest()}"
 
 
 def _near_duplicate_groups(phashes: np.ndarray, max_distance: int) -> np.ndarray:
@@ -446,6 +524,12 @@ def intake(
     cache = _IntakeCache(Path(cache_dir) if cache_dir is not None else None)
     report = IntakeReport()
     report.found = dict(Counter(label for _, label in items))
+    if root is not None and extra is None:
+        report.empty_classes = [c for c in class_folders(root) if c not in report.found]
+    by_fold: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(report.found):
+        by_fold[label.casefold()].append(label)
+    report.similar_labels = [g for g in by_fold.values() if len(g) > 1]
     ok_rows: list[dict[str, Any]] = []
     iterator: Iterable[tuple[int, tuple[str, str]]] = enumerate(items)
     if progress is not None:
@@ -467,6 +551,8 @@ def intake(
             if probe is None:
                 probe = _probe_bytes(data)
                 cache.put(key, probe)
+                if i % 256 == 255:
+                    cache.commit()  # a killed intake keeps most of its work
             if not probe.ok:
                 report.skipped.append(Skipped(path, label, probe.reason, probe.detail))
                 continue

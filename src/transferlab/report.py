@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_savefig, atomic_write_text
 from .intake import IntakeReport
 
 
@@ -37,7 +38,7 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
             )
     ax.set_title(f"accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -58,7 +59,7 @@ def plot_per_class(metrics: dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("per-class precision, recall, F1")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -99,7 +100,7 @@ def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
             ax.text(0.5, 0.5, "unavailable", ha="center")
         ax.set_title(f"true {r['label']}\npred {r['pred']} ({r['confidence']:.2f})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
     return True
 
@@ -230,5 +231,5 @@ def write_report(
         "",
     ]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_write_text
 from ._progress import Reporter
 from .augment import AugmentConfig, AugmentedImages
 from .errors import TransferlabError
@@ -473,7 +474,9 @@ def run_study(
         run_cells(table2, advance)
     runs = log.frame()
     seconds = time.perf_counter() - t_start
-    (out / "facts.json").write_text(json.dumps({"backbones": facts, "skipped": skipped, "seconds": seconds}, indent=2))
+    atomic_write_text(
+        out / "facts.json", json.dumps({"backbones": facts, "skipped": skipped, "seconds": seconds}, indent=2)
+    )
     from .study_report import write_study_report
 
     report = write_study_report(out, cfg, runs, facts, skipped, t2_backbone, table, seconds)

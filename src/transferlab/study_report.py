@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_savefig, atomic_write_text
 from .study import SEED_TABLE1, SEED_TABLE2, StudyConfig, _fmt_ci, mean_ci
 
 
@@ -56,7 +57,7 @@ def _plot_table2(runs: pd.DataFrame, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -83,7 +84,7 @@ def _plot_table1(runs: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("held-out accuracy (95% CI)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(heads) + 1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -206,5 +207,5 @@ def write_study_report(
         "only obvious duplicates by hand, which flatters held-out accuracy.",
     ]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -1,0 +1,38 @@
+"""Atomic file writes: a reader (or a rerun after a kill) sees the old file or the whole new one, never a part."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 text atomically; a non-UTF-8 file name (kept by Python as surrogate escapes) is shown as ``?``."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="replace"))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """``fig.savefig`` into memory, then an atomic write (a plot is never seen half-drawn)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())

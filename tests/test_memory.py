@@ -1,0 +1,23 @@
+"""Bounded memory: featurizing a folder streams it; peak RSS does not grow with the number of images."""
+
+from __future__ import annotations
+
+import sys
+
+from .conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+PEAK_BOUND_MB = 1500  # measured ~1,120 MB for mobilenet_v2 here (BENCHMARKS.md); torch + timm alone are ~780 MB
+GROWTH_BOUND_MB = 30  # 400 more decoded 224 px images held in memory would add at least 60 MB
+
+
+def test_featurizing_a_folder_streams_with_flat_peak_memory():
+    from memory import measure  # benchmarks/memory.py: a fresh child process, so its peak RSS is its own
+
+    out = measure(600, [200])
+    marks = out["peak_rss_mb"]
+    assert out["images"] == 600 and out["failed"] == 0
+    at_200, at_end = marks["200 featurized"], marks["600 featurized (end)"]
+    assert at_end - at_200 < GROWTH_BOUND_MB, marks
+    assert at_end < PEAK_BOUND_MB, marks

@@ -56,6 +56,7 @@ class FeatureResult:
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    content_hashes: list[str | None] = field(default_factory=list)
 
     @property
     def ok(self) -> np.ndarray:
@@ -177,10 +178,12 @@ def _cache_lookup(
     content_hashes: Sequence[str | None] | None,
     cache: FeatureCache | None,
     valid: Callable[[np.ndarray], bool],
+    hash_all: bool = False,
 ) -> tuple[dict[int, np.ndarray], list[str | None], list[int], dict[int, tuple[str, str]]]:
     """Split images into cache hits and work to do.
 
-    Images without a known content hash are decoded once to compute it (only when there is a cache to ask).
+    Images without a known content hash are decoded once to compute it (only when there is a cache to ask, or
+    ``hash_all`` asks for every hash, as feature tables do).
     Returns the hits by index, the hashes, the indices still to compute, and images that could not be decoded.
     """
     hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(sources)
@@ -188,7 +191,7 @@ def _cache_lookup(
     todo: list[int] = []
     errors: dict[int, tuple[str, str]] = {}
     for i in range(len(sources)):
-        if hashes[i] is None and cache is not None:
+        if hashes[i] is None and (cache is not None or hash_all):
             try:
                 hashes[i] = content_hash(_decode(sources[i], None))
             except ImageRejected as exc:
@@ -222,6 +225,7 @@ def featurize(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    hash_all: bool = False,
 ) -> FeatureResult:
     """Compute (or fetch from the cache) one feature vector per image.
 
@@ -241,6 +245,8 @@ def featurize(
         Forward batch size and decoding processes (None: :func:`default_num_workers`).
     progress
         Called with the number of images finished after each batch.
+    hash_all
+        Compute every image's content hash even without a cache (returned in ``content_hashes``).
 
     Returns
     -------
@@ -250,14 +256,16 @@ def featurize(
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
     feats = np.full((n, dim), np.nan, dtype=np.float32)
-    hits, hashes, todo, errors = _cache_lookup(sources, content_hashes, cache, lambda a: a.shape == (dim,))
+    hits, hashes, todo, errors = _cache_lookup(
+        sources, content_hashes, cache, lambda a: a.shape == (dim,), hash_all=hash_all
+    )
     for i, hit in hits.items():
         feats[i] = hit
     n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
     if not todo:
-        return FeatureResult(feats, errors, n_cached, 0)
+        return FeatureResult(feats, errors, n_cached, 0, hashes)
 
     import torch  # only now: a run served entirely from the cache never imports torch
 
@@ -286,7 +294,7 @@ def featurize(
             n_computed += len(idx)
         if progress is not None:
             progress(len(idx) + len(bad))
-    return FeatureResult(feats, errors, n_cached, n_computed)
+    return FeatureResult(feats, errors, n_cached, n_computed, hashes)
 
 
 def open_cache(
@@ -316,6 +324,7 @@ class FaceFeatureResult:
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    content_hashes: list[str | None] = field(default_factory=list)
 
 
 FACE_DECODE_DRAFT = (1280, 1280)  # big camera JPEGs are decoded at reduced scale; faces keep plenty of pixels
@@ -328,6 +337,7 @@ def featurize_faces(
     content_hashes: Sequence[str | None] | None = None,
     cache: FeatureCache | None = None,
     progress: Callable[[int], None] | None = None,
+    hash_all: bool = False,
 ) -> FaceFeatureResult:
     """Detect, align and embed every face of every image (or fetch the rows from the cache).
 
@@ -337,7 +347,7 @@ def featurize_faces(
         File paths, raw bytes or PIL images.
     backbone
         A face backbone (:class:`transferlab.faces.FaceBackbone`).
-    content_hashes, cache, progress
+    content_hashes, cache, progress, hash_all
         As for :func:`featurize`.
 
     Returns
@@ -349,7 +359,7 @@ def featurize_faces(
     width = backbone.cfg.feature_shape[0] + 15
     out: list[np.ndarray | None] = [None] * len(sources)
     hits, hashes, todo, errors = _cache_lookup(
-        sources, content_hashes, cache, lambda a: a.ndim == 2 and a.shape[1] == width
+        sources, content_hashes, cache, lambda a: a.ndim == 2 and a.shape[1] == width, hash_all=hash_all
     )
     for i, hit in hits.items():
         out[i] = hit
@@ -366,7 +376,7 @@ def featurize_faces(
         if progress is not None:
             progress(1)
     n_computed = len(todo) - sum(1 for i in todo if i in errors)
-    return FaceFeatureResult(out, errors, n_cached, n_computed)
+    return FaceFeatureResult(out, errors, n_cached, n_computed, hashes)
 
 
 def _faces_of(model: Any, src: Any) -> Any:

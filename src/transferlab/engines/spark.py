@@ -94,6 +94,30 @@ def spark_session(master: str = "local[2]", app_name: str = "transferlab") -> An
     return spark
 
 
+_SHIPPED: set[str] = set()
+
+
+def _ship_transferlab(spark: Any) -> None:
+    """Send the driver's transferlab source to every executor (``addPyFile``), once per SparkContext.
+
+    Workers then run exactly the driver's version, also from a source checkout; its dependencies (torch, timm,
+    OpenCV, the weights packages) must still be installed on every node.
+    """
+    import zipfile
+
+    sc = spark.sparkContext
+    if sc.applicationId in _SHIPPED:
+        return
+    pkg = Path(__file__).resolve().parents[1]
+    fd, name = tempfile.mkstemp(prefix="transferlab-", suffix=".zip")
+    os.close(fd)
+    with zipfile.ZipFile(name, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(pkg.rglob("*.py")):
+            zf.write(f, f.relative_to(pkg.parent).as_posix())
+    sc.addPyFile(name)
+    _SHIPPED.add(sc.applicationId)
+
+
 @dataclass(frozen=True)
 class _Job:
     """What a Python worker needs to rebuild the featurize stage (small and picklable)."""
@@ -231,9 +255,10 @@ class SparkEngine:
 
     @property
     def spark(self) -> Any:
-        """The SparkSession (started on first use)."""
+        """The SparkSession (started on first use), with this transferlab shipped to its workers."""
         if self._spark is None:
             self._spark = spark_session(self.master)
+            _ship_transferlab(self._spark)
         return self._spark
 
     def _frame(self, paths: Sequence[str], hashes: Sequence[str | None], labels: Sequence[str | None]) -> Any:

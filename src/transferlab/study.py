@@ -59,6 +59,8 @@ class StudyConfig:
     augment_modes: list[bool] = field(default_factory=lambda: [False, True])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weights: dict[str, str] = field(default_factory=dict)
+    engine: str = "local"
+    master: str | None = None
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> StudyConfig:
@@ -87,6 +89,8 @@ class StudyConfig:
             "table2",
             "augment",
             "weights",
+            "engine",
+            "master",
         }
         unknown = sorted(set(doc) - known)
         if unknown:
@@ -112,7 +116,15 @@ class StudyConfig:
             augment_modes=[bool(a) for a in t2.get("augment", [False, True])],
             augment=AugmentConfig.from_dict(doc.get("augment", {})),
             weights={k: str(rel(v)) for k, v in doc.get("weights", {}).items()},
+            engine=str(doc.get("engine", "local")),
+            master=doc.get("master"),
         )
+        from .engines import ENGINES
+
+        if cfg.engine not in ENGINES:
+            raise TransferlabError(f"{path}: engine = {cfg.engine!r}; choose one of: {', '.join(ENGINES)}")
+        if cfg.master is not None and cfg.engine != "spark":
+            raise TransferlabError(f"{path}: master = {cfg.master!r} applies to engine = \"spark\" only")
         if cfg.seeds < 1:
             raise TransferlabError(f"{path}: seeds = {cfg.seeds}; need at least 1 (5 for the seed study)")
         from .heads import HEADS
@@ -306,6 +318,9 @@ def run_study(
     backbones, skipped = _resolve_backbones(cfg)
     log = RunLog(out / "runs.csv")
     facts: dict[str, dict[str, Any]] = {}
+    from .engines import get_engine
+
+    engine = get_engine(cfg.engine, cfg.master)  # one engine (one SparkSession) for every run of the study
 
     def classifier(backbone: str, head: str, seed: int, verbose: bool = False) -> Classifier:
         params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
@@ -320,6 +335,7 @@ def run_study(
             cache_dir=cache_dir,
             use_cache=use_cache,
             verbose=verbose,
+            engine=engine,
         )
 
     def backbone_facts(backbone: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def engine(spark):
 def photos(tmp_path_factory) -> Path:
     """Five real photos per class plus two files that are not images (one in a class, one CSV-like)."""
     root = copy_subset(tmp_path_factory.mktemp("spark") / "photos", 5)
-    (root / "bush" / "truncated.jpg").write_bytes((PRESIDENTS / "bush").glob("*").__next__().read_bytes()[:300])
+    (root / "bush" / "truncated.jpg").write_bytes(next((PRESIDENTS / "bush").glob("*.jpg")).read_bytes()[:300])
     (root / "obama" / "notes.jpg").write_text("not an image")
     return root
 

@@ -40,7 +40,8 @@ Master = Annotated[
     str | None,
     typer.Option(
         "--master",
-        help="Spark master URL for --engine spark: local[2] (default), spark://host:7077, yarn, k8s://https://...",
+        help="Spark master URL for --engine spark: local[2] (default; under spark-submit, its --master), "
+        "spark://host:7077, yarn, k8s://https://...",
     ),
 ]
 Partitions = Annotated[

@@ -124,7 +124,7 @@ class StudyConfig:
         if cfg.engine not in ENGINES:
             raise TransferlabError(f"{path}: engine = {cfg.engine!r}; choose one of: {', '.join(ENGINES)}")
         if cfg.master is not None and cfg.engine != "spark":
-            raise TransferlabError(f"{path}: master = {cfg.master!r} applies to engine = \"spark\" only")
+            raise TransferlabError(f'{path}: master = {cfg.master!r} applies to engine = "spark" only')
         if cfg.seeds < 1:
             raise TransferlabError(f"{path}: seeds = {cfg.seeds}; need at least 1 (5 for the seed study)")
         from .heads import HEADS

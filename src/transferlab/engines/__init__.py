@@ -28,8 +28,8 @@ def get_engine(name: str = "local", master: str | None = None, **options: Any) -
     name
         ``"local"`` or ``"spark"``.
     master
-        Spark master URL (``local[2]``, ``spark://host:7077``, ``yarn``, ``k8s://...``, ``sc://...`` for Spark
-        Connect); Spark only. Default ``local[2]``.
+        Spark master URL (``local[2]``, ``spark://host:7077``, ``yarn``, ``k8s://...``); Spark only. Default:
+        spark-submit's master when spark-submit started this process, else ``local[2]``.
     options
         Engine options, e.g. ``partitions`` for Spark.
 
@@ -44,5 +44,5 @@ def get_engine(name: str = "local", master: str | None = None, **options: Any) -
     if name == "spark":
         from .spark import SparkEngine
 
-        return SparkEngine(master or DEFAULT_MASTER, **options)
+        return SparkEngine(master, **options)
     raise TransferlabError(f"--engine {name}: choose one of: {', '.join(ENGINES)}")

@@ -56,8 +56,11 @@ def _on_this_machine(master: str) -> bool:
     return master.startswith("local") or "://127.0.0.1" in master or "://localhost" in master
 
 
-def spark_session(master: str = "local[2]", app_name: str = "transferlab") -> Any:
+def spark_session(master: str | None = None, app_name: str = "transferlab") -> Any:
     """The active SparkSession (a notebook's, a test's), or a new one on ``master``.
+
+    Without ``master``: the master spark-submit was given when spark-submit started this process, else
+    ``local[2]``.
 
     On this machine the Python workers must run this interpreter (otherwise they start the system ``python3``,
     without transferlab) and Spark must bind to loopback; both are set as environment defaults, so the user's own
@@ -70,6 +73,14 @@ def spark_session(master: str = "local[2]", app_name: str = "transferlab") -> An
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    # spark-submit starts the JVM first and passes its gateway; its --master and --conf then apply as given.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if master is None and not submitted:
+        master = "local[2]"
+    if master is None:
+        spark = SparkSession.builder.appName(app_name).getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+        return spark
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if _on_this_machine(master):
@@ -223,8 +234,9 @@ class SparkEngine:
     Parameters
     ----------
     master
-        Spark master URL: ``local[N]``, ``spark://host:7077``, ``yarn``, ``k8s://https://...``. An already
-        active SparkSession (spark-submit, a notebook) is used as it is.
+        Spark master URL: ``local[N]``, ``spark://host:7077``, ``yarn``, ``k8s://https://...``; None: spark-submit's
+        master when run by spark-submit, else ``local[2]``. An already active SparkSession (a notebook's) is used
+        as it is.
     partitions
         Partitions of the image list (default: the cluster's default parallelism, one per core: more left the
         last task running alone on small clusters).
@@ -238,7 +250,7 @@ class SparkEngine:
 
     def __init__(
         self,
-        master: str = "local[2]",
+        master: str | None = None,
         *,
         partitions: int | None = None,
         batch_size: int | None = None,
@@ -492,8 +504,8 @@ def fit_spark_head(head: Any, df: Any, classes: np.ndarray) -> Any:
 class _spark_errors:
     """Turn a failed Spark job into one line (the Python error from the worker when there is one)."""
 
-    def __init__(self, master: str) -> None:
-        self.master = master
+    def __init__(self, master: str | None) -> None:
+        self.master = master or "the Spark cluster"
 
     def __enter__(self) -> None:
         return None

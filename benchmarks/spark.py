@@ -3,9 +3,8 @@
     python benchmarks/spark.py [--backbone mobilenet_v2] [--master local[2]] [--variants 3]
 
 (1) Total featurize time on the bundled photos (812): local engine vs Spark, the Spark run including its whole
-    start-up (SparkSession, executor and Python workers, backbone build in each worker). The fixed start-up is
-    stated two ways: the SparkSession start measured alone, and the Spark total minus the time the same images
-    take at Spark's steady-state rate from (2).
+    start-up, measured in two parts: the SparkSession start, and a first 2-image job on fresh executors (Python
+    workers, torch import, backbone build in each worker), after which the 812 images run.
 (2) Steady-state throughput on distinct images (flipped and cropped variants of the bundled photos, written as
     JPEGs to a temporary folder; 3 variants → 2,436 images), with Spark's session and workers already warm.
 
@@ -81,6 +80,12 @@ def main() -> None:
         tmp = Path(tmp)
         data = Path(args.data)
         local = get_engine("local")
+        variants = tmp / "variants"
+        n_var = make_variants(data, variants, args.variants)  # untimed
+        warm_up = tmp / "warm-up"
+        (warm_up / "x").mkdir(parents=True)
+        for p in sorted((variants).rglob("*.jpg"))[:2]:
+            (warm_up / "x" / p.name).write_bytes(p.read_bytes())
 
         # (1) total time on the bundled photos, each engine from cold (its own empty cache).
         t_local, n1, e1 = run(data, tmp / "local.parquet", tmp / "cache-local", local, args.backbone)
@@ -89,26 +94,28 @@ def main() -> None:
 
         spark_session(args.master)
         t_session = time.perf_counter() - t0
-        spark = get_engine("spark", args.master)
+        spark = get_engine("spark", args.master, partitions=2)
+        # Start-up measured directly: a 2-image job on fresh executors (JVM first job, Python workers, torch
+        # import, backbone build in each worker); the 812-image job then reuses workers and models.
+        t_warm, _, _ = run(warm_up, tmp / "warm.parquet", tmp / "cache-spark", spark, args.backbone)
         t_spark_job, n2, e2 = run(data, tmp / "spark.parquet", tmp / "cache-spark", spark, args.backbone)
-        t_spark = t_session + t_spark_job
+        t_spark = t_session + t_warm + t_spark_job
         assert (n1, e1) == (n2, e2), ((n1, e1), (n2, e2))
 
         # (2) steady state on distinct images: Spark's session and Python workers are warm now; no cache.
-        variants = tmp / "variants"
-        n_var = make_variants(data, variants, args.variants)
         t_local2, m1, _ = run(variants, tmp / "local2.parquet", None, local, args.backbone)
         t_spark2, m2, _ = run(variants, tmp / "spark2.parquet", None, spark, args.backbone)
         assert m1 == m2 == n_var
         local_rate, spark_rate = m1 / t_local2, m2 / t_spark2
-        fixed = t_spark - n2 / spark_rate
 
     print(f"\n(1) featurize {n1} bundled photos ({e1} error rows), each engine from cold with its own empty cache")
     print(f"    local engine                      {t_local:7.1f} s   {n1 / t_local:6.1f} img/s")
     print(f"    spark {args.master:<10} total           {t_spark:7.1f} s   {n2 / t_spark:6.1f} img/s")
-    print(f"      of which SparkSession start     {t_session:7.1f} s")
+    print(f"      SparkSession start              {t_session:7.1f} s")
+    print(f"      first job, 2 images (workers, torch, model build) {t_warm:5.1f} s")
+    print(f"      the {n2} images                 {t_spark_job:7.1f} s")
     print(f"    spark total / local total          {t_spark / t_local:6.2f}")
-    print(f"    fixed Spark start-up (total - {n2} images at the steady-state rate): {fixed:.1f} s")
+    print(f"    fixed Spark start-up (session + first job): {t_session + t_warm:.1f} s")
     print(f"\n(2) steady state: {m1} distinct images (flipped/cropped variants), no cache, Spark workers warm")
     print(f"    local engine                      {t_local2:7.1f} s   {local_rate:6.1f} img/s")
     print(f"    spark {args.master:<10}                 {t_spark2:7.1f} s   {spark_rate:6.1f} img/s")

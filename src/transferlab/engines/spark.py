@@ -264,6 +264,7 @@ class SparkEngine:
         self.batch_size = batch_size
         self.collect_limit = collect_limit
         self._spark: Any = None
+        self._udfs: dict[_Job, Any] = {}
 
     @property
     def spark(self) -> Any:
@@ -294,9 +295,13 @@ class SparkEngine:
                 T.StructField("n_computed", T.IntegerType()),
             ]
         )
-        udf = predict_batch_udf(
-            functools.partial(_make_featurizer, job), return_type=result, batch_size=job.batch_size
-        ).asNondeterministic()  # never re-evaluated per referenced field
+        # One UDF per job spec: predict_batch_udf caches the built model per Python worker under the UDF's id, so
+        # reusing the UDF lets later jobs of this session skip the model build.
+        if job not in self._udfs:
+            self._udfs[job] = predict_batch_udf(
+                functools.partial(_make_featurizer, job), return_type=result, batch_size=job.batch_size
+            ).asNondeterministic()  # never re-evaluated per referenced field
+        udf = self._udfs[job]
         r = frame.withColumn("r", udf("path", "content_hash"))
         return r.select(
             "idx",

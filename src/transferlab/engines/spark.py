@@ -94,6 +94,9 @@ def spark_session(master: str | None = None, app_name: str = "transferlab") -> A
         builder.config("spark.python.worker.reuse", "true")  # the backbone is built once per worker, then reused
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Feature rows are big (VGG16 with --pool flatten: 100 KB each): Spark's default Arrow batch of 10,000 rows
+        # would be a gigabyte when tables are collected; 1,024 keeps batches under ~100 MB.
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1024")
     )
     if master.startswith("local"):
         builder = builder.config("spark.ui.enabled", "false")
@@ -207,6 +210,7 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
 
 
 _WORKER_MODELS: dict[str, Any] = {}
+_PREDICT_CHUNK = 256  # images per predict_images call in a worker: bounded memory, output streams as it goes
 
 
 def _worker_classifier(key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
@@ -225,7 +229,9 @@ def _worker_classifier(key: str, files: dict[str, bytes], options: dict[str, Any
 def _predict_partition(batches: Iterator[Any], key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
     clf = _worker_classifier(key, files, options)
     for pdf in batches:
-        yield _rows.prediction_frame(clf.predict_images(pdf["path"].astype(str).tolist()))
+        paths = pdf["path"].astype(str).tolist()
+        for start in range(0, len(paths), _PREDICT_CHUNK):
+            yield _rows.prediction_frame(clf.predict_images(paths[start : start + _PREDICT_CHUNK]))
 
 
 class SparkEngine:

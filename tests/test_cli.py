@@ -117,6 +117,26 @@ def test_predict_table(cli_model, small_photos):
     assert photo.name[:20] in proc.stdout and "trump" in proc.stdout
 
 
+def test_featurize_writes_a_feature_table_and_predict_writes_a_prediction_table(cli_model, small_photos, tmp_path):
+    import pandas as pd
+
+    out, cache, _ = cli_model
+    (tmp_path / "in" / "obama").mkdir(parents=True)
+    for p in sorted((small_photos / "obama").iterdir())[:3]:
+        (tmp_path / "in" / "obama" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "in" / "obama" / "notes.jpg").write_text("not a photo")
+    args = ("featurize", str(tmp_path / "in"), "--backbone", "mobilenet_v2", "--out", str(tmp_path / "t"), "--json")
+    got = json.loads(run(*args, cache=cache).stdout)
+    assert (got["rows"], got["errors"], got["computed"], got["cached"]) == (4, 1, 0, 3)  # train cached these
+    table = pd.read_parquet(tmp_path / "t")
+    assert list(table.columns) == ["path", "content_hash", "label", "features", "error"]
+    assert set(table["label"]) == {"obama"} and table["features"].isna().sum() == 1
+    proc = run("predict", str(out), str(tmp_path / "in"), "--out", str(tmp_path / "p"), cache=cache)
+    assert "4 rows, 1 errors" in proc.stdout
+    preds = pd.read_parquet(tmp_path / "p")
+    assert preds["error"].notna().sum() == 1 and preds["label"].notna().sum() == 3
+
+
 def test_backbones_lists_every_entry():
     proc = run("backbones", "--json")
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
@@ -134,6 +154,8 @@ def test_backbones_lists_every_entry():
         (["predict", "/no/such/model", "a.jpg"], "not a transferlab model"),
         (["train", "data/presidents", "--out", "x", "--backbone", "alexnet"], "unknown backbone"),
         (["train", "data/presidents", "--out", "x", "--head", "forest"], "unknown head"),
+        (["featurize", "data/presidents", "--out", "x", "--engine", "flink"], "choose one of: local, spark"),
+        (["featurize", "data/presidents", "--out", "x", "--master", "yarn"], "applies to --engine spark only"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, message):

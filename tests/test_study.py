@@ -110,3 +110,13 @@ def test_study_config_errors_name_the_key(tmp_path):
         StudyConfig.from_toml(bad)
     with pytest.raises(TransferlabError, match="no such study config"):
         StudyConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_study_config_names_its_engine(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('data = "x"\nengine = "spark"\nmaster = "local[2]"\n')
+    got = StudyConfig.from_toml(cfg)
+    assert (got.engine, got.master) == ("spark", "local[2]")
+    cfg.write_text('data = "x"\nengine = "hadoop"\n')
+    with pytest.raises(TransferlabError, match="engine = 'hadoop'; choose one of: local, spark"):
+        StudyConfig.from_toml(cfg)

@@ -112,6 +112,9 @@ class Classifier:
     fallback
         Face backbones only: a whole-image backbone whose logistic-regression head answers for photos in which no
         face is found (otherwise they get "no face found").
+    engine
+        Where the featurize stage runs: ``None``/``"local"`` (this process) or an engine from
+        :func:`transferlab.engines.get_engine` (e.g. Spark). Features and answers are the same either way.
     verbose
         Show progress bars and status lines on stderr.
     device
@@ -146,8 +149,10 @@ class Classifier:
         verbose: bool = False,
         device: str = "auto",
         runtime: str = "torch",
+        engine: Any = None,
     ) -> None:
         from .backbones import get_backbone_cfg
+        from .engines import get_engine
         from .heads import make_head
 
         if pool not in ("avg", "flatten"):
@@ -181,6 +186,7 @@ class Classifier:
                 raise TransferlabError(f"--fallback {fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
         self.fallback = fallback
         self.verbose = verbose
+        self.engine = get_engine(engine or "local") if engine is None or isinstance(engine, str) else engine
         self.head_ = make_head(head, **self.head_params)
         self._backbone: Any = None
         self._reporter = Reporter(verbose)
@@ -213,12 +219,12 @@ class Classifier:
 
     def featurize(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> Any:
         """Features for images (paths, bytes or PIL images); returns a :class:`~transferlab.features.FeatureResult`."""
-        from .features import featurize, open_cache
+        from .features import open_cache
 
         bb = self.backbone_()
         cache = open_cache(bb, self.pool, self.cache_dir, self.use_cache)
         with self._reporter.task("features", len(sources)) as advance:
-            res = featurize(
+            res = self.engine.featurize(
                 sources,
                 bb,
                 pool=self.pool,
@@ -252,12 +258,21 @@ class Classifier:
 
     def featurize_faces(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> Any:
         """Face rows per image (see :mod:`transferlab.faces`), cached like any feature."""
-        from .features import featurize_faces, open_cache
+        from .features import open_cache
 
         bb = self.backbone_()
         cache = open_cache(bb, "faces", self.cache_dir, self.use_cache)
         with self._reporter.task("faces", len(sources)) as advance:
-            res = featurize_faces(sources, bb, content_hashes=content_hashes, cache=cache, progress=advance)
+            res = self.engine.featurize(
+                sources,
+                bb,
+                pool="faces",
+                content_hashes=content_hashes,
+                cache=cache,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                progress=advance,
+            )
         self.last_feature_stats = {"cached": res.n_cached, "computed": res.n_computed, "failed": len(res.errors)}
         return res
 
@@ -410,6 +425,7 @@ class Classifier:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             verbose=self.verbose,
+            engine=self.engine,
         )
         X, ok, _ = self.fallback_._train_matrix(sources, hashes, labels)
         self.fallback_._fit_arrays(X, np.asarray(labels)[ok])
@@ -419,7 +435,10 @@ class Classifier:
 
         if len(X) == 0:
             raise TransferlabError("no usable training images (all were skipped); see the intake report")
-        if isinstance(self.head_, MLPHead):
+        fit_head = getattr(self.engine, "fit_head", None)
+        if fit_head is not None and fit_head(self.head_, X, y):  # Spark ML, for training matrices over its limit
+            self._reporter.info(f"trained {self.head} head with Spark ML on {len(X)} images")
+        elif isinstance(self.head_, MLPHead):
             with self._reporter.task("head", self.head_.epochs) as advance:
                 self.head_.fit(X, y, progress=advance)
         else:
@@ -654,11 +673,14 @@ class Classifier:
         if "fallback" in meta:
             sub = {k.removeprefix("fallback."): v for k, v in arrays.items() if k.startswith("fallback.")}
             runtime = {
-                k: v for k, v in kwargs.items() if k in ("cache_dir", "use_cache", "verbose", "device", "runtime")
+                k: v
+                for k, v in kwargs.items()
+                if k in ("cache_dir", "use_cache", "verbose", "device", "runtime", "engine")
             }
             clf.fallback_ = cls._from_state(meta["fallback"], sub, path, **runtime)
         clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
         clf.model_meta = meta
+        clf.model_dir_ = path
         clf._expected_weights = meta["backbone"].get("weights_sha256")
         return clf
 
@@ -791,6 +813,7 @@ def train(
     verbose: bool = False,
     device: str = "auto",
     runtime: str = "torch",
+    engine: Any = None,
 ) -> TrainResult:
     """Intake → split → features → head → held-out evaluation → saved model with ``report.md``.
 
@@ -823,6 +846,7 @@ def train(
         verbose=verbose,
         device=device,
         runtime=runtime,
+        engine=engine,
     )
     rep = clf._reporter
     clf.backbone_()  # fail fast on missing weights, before any long work (the network itself is built lazily)
@@ -905,3 +929,90 @@ def train(
         group_by=group_by,
     )
     return TrainResult(clf, metrics, got, split, out, report_path, timings, stats)
+
+
+def list_images(data: str | os.PathLike[str]) -> tuple[list[str], list[str | None]]:
+    """Paths and labels of ``data``: a folder of class subfolders, a CSV (``path,label``) or image files/folders.
+
+    Unlike intake nothing is decoded or dropped here: a feature table has a row, perhaps an error row, for every
+    file found.
+    """
+    from .intake import _is_hidden, scan_csv, scan_folder
+
+    p = Path(data)
+    if not p.exists():
+        raise TransferlabError(f"{p}: no such file or folder")
+    if p.is_file() and p.suffix.lower() == ".csv":
+        items, _ = scan_csv(p)
+    elif p.is_dir() and any((p / d).is_dir() and not _is_hidden(d) for d in os.listdir(p)):
+        items = scan_folder(p)
+    else:
+        items = [(f, None) for f in expand_paths([p])]  # type: ignore[misc]
+    if not items:
+        raise TransferlabError(f"{p}: no image files found")
+    return [str(a) for a, _ in items], [b for _, b in items]
+
+
+def featurize_table(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    pool: str = "avg",
+    weights: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    engine: Any = None,
+    verbose: bool = False,
+) -> Any:
+    """Featurize every image of ``data`` into a Parquet feature table (``transferlab featurize``).
+
+    The table (columns ``path, content_hash, label, features, error``; see :mod:`transferlab.engines._rows`) is
+    the same whichever engine writes it, and both engines fill and read the same feature cache.
+
+    Returns
+    -------
+    transferlab.engines.TableSummary
+    """
+    from .engines._rows import row_width
+    from .features import feature_spec, open_cache
+
+    clf = Classifier(
+        backbone,
+        "logreg",
+        pool=pool,
+        weights=weights,
+        download=download,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        engine=engine,
+        verbose=verbose,
+    )
+    bb = clf.backbone_()
+    paths, labels = list_images(data)
+    space = "faces" if clf.is_face_model else pool
+    meta = {
+        "feature_spec": feature_spec(bb, space),
+        "row_width": row_width(bb, space),
+        "rows_per_image": "one per face" if clf.is_face_model else "one",
+        "engine": clf.engine.name,
+        "transferlab_version": __version__,
+    }
+    with clf._reporter.task("features", len(paths)) as advance:
+        return clf.engine.feature_table(
+            paths,
+            labels,
+            bb,
+            pool=space,
+            cache=open_cache(bb, space, cache_dir, use_cache),
+            out=Path(out),
+            meta=meta,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=advance,
+        )

@@ -50,6 +50,26 @@ Device = Annotated[
         "run on the CPU.",
     ),
 ]
+Engine = Annotated[str, typer.Option("--engine", help="Where features are computed: local (this process) or spark.")]
+Master = Annotated[
+    str | None,
+    typer.Option(
+        "--master",
+        help="Spark master URL for --engine spark: local[2] (default; under spark-submit, its --master), "
+        "spark://host:7077, yarn, k8s://https://...",
+    ),
+]
+Partitions = Annotated[
+    int | None, typer.Option("--partitions", min=1, help="Spark: partitions of the image list (default: one per core).")
+]
+
+
+def _engine(name: str, master: str | None, partitions: int | None = None) -> Any:
+    from .engines import get_engine
+
+    if name != "spark" and partitions is not None:
+        raise TransferlabError("--partitions applies to --engine spark only")
+    return get_engine(name, master, **({"partitions": partitions} if partitions is not None else {}))
 
 
 def _out(text: str) -> None:
@@ -130,6 +150,9 @@ def train(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
 ) -> None:
     """Train on the training side of DATA, evaluate on the held-out side, and save the model with report.md.
 
@@ -166,6 +189,7 @@ def train(
         verbose=not quiet,
         device=device,
         runtime=runtime,
+        engine=_engine(engine, master, partitions),
     )
     if as_json:
         _out(json.dumps(res.metrics))
@@ -233,6 +257,17 @@ def predict(
     device: Device = "auto",
     runtime: Runtime = "torch",
     quiet: Quiet = False,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write a Parquet predictions table (path, label, probabilities, error, box, face_score) to this "
+            "folder instead of printing; with --engine spark the workers predict and write it.",
+        ),
+    ] = None,
 ) -> None:
     """Predict the class of each image; unusable files get an error line and the run continues.
 
@@ -245,6 +280,7 @@ def predict(
     files = expand_paths(paths)
     if not files:
         raise TransferlabError("no files found in the given paths")
+    eng = _engine(engine, master, partitions)
     clf = load(
         model,
         weights=weights,
@@ -253,9 +289,21 @@ def predict(
         verbose=not quiet and not as_json,
         device=device,
         runtime=runtime,
+        engine=eng,
     )
     if faces not in ("best", "all"):
         raise TransferlabError(f"--faces {faces}: choose 'best' or 'all'")
+    if out is not None:
+        if faces != "best" or unknown_threshold is not None or top_k is not None:
+            raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
+        summary = eng.predict_table(clf, files, out)
+        if as_json:
+            _out(json.dumps({"out": str(summary.out), "rows": summary.rows, "errors": summary.errors}))
+        else:
+            _out(f"predictions: {summary.out}  ({summary.rows} rows, {summary.errors} errors, {summary.seconds:.1f} s)")
+        if summary.rows and summary.errors == summary.rows:
+            raise typer.Exit(1)
+        return
     preds = clf.predict_images(files, unknown_threshold=unknown_threshold)
     if as_json:
         for p in preds:
@@ -285,6 +333,64 @@ def predict(
         )
     if all(p.error for p in preds):
         raise typer.Exit(1)
+
+
+@app.command()
+def featurize(
+    data: Annotated[
+        Path, typer.Argument(help="Folder of class subfolders, a CSV with path,label, or a folder of images.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Feature table folder to write (Parquet).")],
+    backbone: Annotated[str, typer.Option(help="Backbone name; see `transferlab backbones`.")] = "sface",
+    pool: Annotated[str, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")] = "avg",
+    weights: Weights = None,
+    download: Download = False,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Featurization batch size.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Image decoding processes (local engine).")] = None,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Compute features for every image of DATA into a Parquet table: path, content_hash, label, features, error.
+
+    Both engines write the same table and share the feature cache. An unreadable image gets a row with its error
+    and no features; the run continues.
+    """
+    hub_offline_unless_asked(download)
+    from .api import featurize_table
+
+    summary = featurize_table(
+        data,
+        out,
+        backbone=backbone,
+        pool=pool,
+        weights=weights,
+        download=download,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        batch_size=batch_size,
+        num_workers=workers,
+        engine=_engine(engine, master, partitions),
+        verbose=not quiet and not as_json,
+    )
+    doc = {
+        "out": str(summary.out),
+        "rows": summary.rows,
+        "errors": summary.errors,
+        "computed": summary.n_computed,
+        "cached": summary.n_cached,
+        "engine": engine,
+        "seconds": round(summary.seconds, 2),
+    }
+    if as_json:
+        _out(json.dumps(doc))
+        return
+    counts = f", {summary.n_computed} computed, {summary.n_cached} from cache" if summary.n_computed is not None else ""
+    _out(f"features: {summary.out}  ({summary.rows} rows, {summary.errors} errors{counts}; {summary.seconds:.1f} s)")
 
 
 @app.command()

@@ -60,6 +60,7 @@ class FeatureResult:
     n_cached: int = 0
     n_computed: int = 0
     n_damaged: int = 0  # damaged cache entries found (and recomputed)
+    content_hashes: list[str | None] = field(default_factory=list)
 
     @property
     def ok(self) -> np.ndarray:
@@ -273,10 +274,12 @@ def _cache_lookup(
     content_hashes: Sequence[str | None] | None,
     cache: FeatureCache | None,
     valid: Callable[[np.ndarray], bool],
+    hash_all: bool = False,
 ) -> tuple[dict[int, np.ndarray], list[str | None], list[int], dict[int, tuple[str, str]]]:
     """Split images into cache hits and work to do.
 
-    Images without a known content hash are decoded once to compute it (only when there is a cache to ask).
+    Images without a known content hash are decoded once to compute it (only when there is a cache to ask, or
+    ``hash_all`` asks for every hash, as feature tables do).
     Returns the hits by index, the hashes, the indices still to compute, and images that could not be decoded.
     """
     hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(sources)
@@ -285,7 +288,7 @@ def _cache_lookup(
     todo: list[int] = []
     errors: dict[int, tuple[str, str]] = {}
     for i in range(len(sources)):
-        if hashes[i] is None and cache is not None:
+        if hashes[i] is None and (cache is not None or hash_all):
             try:
                 hashes[i] = content_hash(_decode(sources[i], None))
             except ImageRejected as exc:
@@ -327,6 +330,7 @@ def featurize(
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     decode_device: str | None = None,
+    hash_all: bool = False,
 ) -> FeatureResult:
     """Compute (or fetch from the cache) one feature vector per image.
 
@@ -352,6 +356,8 @@ def featurize(
         Where JPEGs are decoded: ``"loader"`` on the CPU in the data loader (decode workers); a device name
         (``"cuda"``, ``"cpu"``) decodes raw JPEG bytes there in batches (nvJPEG on a GPU). None: the backbone's
         device when that is a GPU, else ``"loader"``.
+    hash_all
+        Compute every image's content hash even without a cache (returned in ``content_hashes``).
 
     Returns
     -------
@@ -362,7 +368,9 @@ def featurize(
     n = len(sources)
     dim = int(np.prod(backbone.cfg.feature_shape)) if pool == "flatten" else backbone.cfg.feature_shape[0]
     feats = np.full((n, dim), np.nan, dtype=np.float32)
-    hits, hashes, todo, errors = _cache_lookup(sources, content_hashes, cache, lambda a: a.shape == (dim,))
+    hits, hashes, todo, errors = _cache_lookup(
+        sources, content_hashes, cache, lambda a: a.shape == (dim,), hash_all=hash_all
+    )
     for i, hit in hits.items():
         feats[i] = hit
     n_cached = len(hits)
@@ -370,7 +378,7 @@ def featurize(
         progress(n_cached + len(errors))
     n_damaged = cache.damaged - damaged_before if cache is not None else 0
     if not todo:
-        return FeatureResult(feats, errors, n_cached, 0, n_damaged)
+        return FeatureResult(feats, errors, n_cached, 0, n_damaged=n_damaged, content_hashes=hashes)
 
     import torch  # only now: a run served entirely from the cache never imports torch
 
@@ -406,7 +414,7 @@ def featurize(
             n_computed += len(idx)
         if progress is not None:
             progress(len(idx) + len(bad))
-    return FeatureResult(feats, errors, n_cached, n_computed, n_damaged)
+    return FeatureResult(feats, errors, n_cached, n_computed, n_damaged=n_damaged, content_hashes=hashes)
 
 
 def _device_batch(
@@ -474,6 +482,7 @@ class FaceFeatureResult:
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    content_hashes: list[str | None] = field(default_factory=list)
 
 
 FACE_DECODE_DRAFT = (1280, 1280)  # big camera JPEGs are decoded at reduced scale; faces keep plenty of pixels
@@ -486,6 +495,7 @@ def featurize_faces(
     content_hashes: Sequence[str | None] | None = None,
     cache: FeatureCache | None = None,
     progress: Callable[[int], None] | None = None,
+    hash_all: bool = False,
 ) -> FaceFeatureResult:
     """Detect, align and embed every face of every image (or fetch the rows from the cache).
 
@@ -495,7 +505,7 @@ def featurize_faces(
         File paths, raw bytes or PIL images.
     backbone
         A face backbone (:class:`transferlab.faces.FaceBackbone`).
-    content_hashes, cache, progress
+    content_hashes, cache, progress, hash_all
         As for :func:`featurize`.
 
     Returns
@@ -507,7 +517,7 @@ def featurize_faces(
     width = backbone.cfg.feature_shape[0] + 15
     out: list[np.ndarray | None] = [None] * len(sources)
     hits, hashes, todo, errors = _cache_lookup(
-        sources, content_hashes, cache, lambda a: a.ndim == 2 and a.shape[1] == width
+        sources, content_hashes, cache, lambda a: a.ndim == 2 and a.shape[1] == width, hash_all=hash_all
     )
     for i, hit in hits.items():
         out[i] = hit
@@ -524,7 +534,7 @@ def featurize_faces(
         if progress is not None:
             progress(1)
     n_computed = len(todo) - sum(1 for i in todo if i in errors)
-    return FaceFeatureResult(out, errors, n_cached, n_computed)
+    return FaceFeatureResult(out, errors, n_cached, n_computed, hashes)
 
 
 def _faces_of(model: Any, src: Any) -> Any:

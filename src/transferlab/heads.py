@@ -198,6 +198,9 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         Mini-batch size.
     random_state
         Seed for initialisation and shuffling.
+    activation
+        Hidden-layer activation: ``"relu"`` (the seed's) or ``"sigmoid"`` (what Spark ML's multilayer perceptron
+        uses; set when the Spark engine fits this head).
     """
 
     _state_arrays = ("w1_", "b1_", "w2_", "b2_")
@@ -210,6 +213,7 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         lr: float = 1e-3,
         batch_size: int = 32,
         random_state: int = 0,
+        activation: str = "relu",
     ) -> None:
         self.hidden = hidden
         self.dropout = dropout
@@ -217,14 +221,17 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.random_state = random_state
+        self.activation = activation
 
     def _module(self, d: int, k: int) -> Any:
         import torch
 
+        if self.activation not in ("relu", "sigmoid"):
+            raise TransferlabError(f"mlp activation {self.activation!r}: choose 'relu' or 'sigmoid'")
         return torch.nn.Sequential(
             torch.nn.Flatten(),
             torch.nn.Linear(d, self.hidden),
-            torch.nn.ReLU(),
+            torch.nn.ReLU() if self.activation == "relu" else torch.nn.Sigmoid(),
             torch.nn.Dropout(self.dropout),
             torch.nn.Linear(self.hidden, k),
         )
@@ -267,7 +274,8 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         """Class probabilities (dropout off)."""
         check_is_fitted(self)
         X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        h = np.maximum(X @ self.w1_.T + self.b1_, 0.0)
+        z = X @ self.w1_.T + self.b1_
+        h = np.maximum(z, 0.0) if self.activation == "relu" else 1.0 / (1.0 + np.exp(-z))
         return _softmax(h @ self.w2_.T + self.b2_)
 
 

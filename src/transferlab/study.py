@@ -61,6 +61,8 @@ class StudyConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weights: dict[str, str] = field(default_factory=dict)
     workers: int | None = None  # processes for the runs (None: one per core, at most 4)
+    engine: str = "local"
+    master: str | None = None
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> StudyConfig:
@@ -90,6 +92,8 @@ class StudyConfig:
             "augment",
             "weights",
             "workers",
+            "engine",
+            "master",
         }
         unknown = sorted(set(doc) - known)
         if unknown:
@@ -116,9 +120,17 @@ class StudyConfig:
             augment=AugmentConfig.from_dict(doc.get("augment", {})),
             weights={k: str(rel(v)) for k, v in doc.get("weights", {}).items()},
             workers=None if doc.get("workers", "auto") == "auto" else doc.get("workers"),
+            engine=str(doc.get("engine", "local")),
+            master=doc.get("master"),
         )
         if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 1):
             raise TransferlabError(f'{path}: workers = {cfg.workers!r}; a positive number of processes, or "auto"')
+        from .engines import ENGINES
+
+        if cfg.engine not in ENGINES:
+            raise TransferlabError(f"{path}: engine = {cfg.engine!r}; choose one of: {', '.join(ENGINES)}")
+        if cfg.master is not None and cfg.engine != "spark":
+            raise TransferlabError(f'{path}: master = {cfg.master!r} applies to engine = "spark" only')
         if cfg.seeds < 1:
             raise TransferlabError(f"{path}: seeds = {cfg.seeds}; need at least 1 (5 for the seed study)")
         from .heads import HEADS
@@ -273,7 +285,14 @@ def _resolve_backbones(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def _classifier(
-    cfg: StudyConfig, backbone: str, head: str, seed: int, cache_dir: Any, use_cache: bool, verbose: bool = False
+    cfg: StudyConfig,
+    backbone: str,
+    head: str,
+    seed: int,
+    cache_dir: Any,
+    use_cache: bool,
+    verbose: bool = False,
+    engine: Any = None,
 ) -> Any:
     from .api import Classifier
 
@@ -289,6 +308,7 @@ def _classifier(
         cache_dir=cache_dir,
         use_cache=use_cache,
         verbose=verbose,
+        engine=engine,
     )
 
 
@@ -400,10 +420,13 @@ def run_study(
     backbones, skipped = _resolve_backbones(cfg)
     log = RunLog(out / "runs.csv")
     facts: dict[str, dict[str, Any]] = {}
+    from .engines import get_engine
+
+    engine = get_engine(cfg.engine, cfg.master)  # one engine (one SparkSession) for every run of the study
 
     def backbone_facts(backbone: str, augmented: bool = False) -> dict[str, Any]:
         if backbone not in facts:
-            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose)
+            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
             t = time.perf_counter()
             bb = clf.backbone_()
             _ = bb.module
@@ -426,7 +449,7 @@ def run_study(
             )
         if augmented and "augmented_s" not in facts[backbone] and use_cache:
             # Every photo's augmented copies, once: each seed's training side is a subset of them.
-            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose)
+            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
             aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)
             t = time.perf_counter()
             (clf.featurize_faces if clf.is_face_model else clf.featurize)(aug, aug.keys())

@@ -78,8 +78,15 @@ def measure(n: int, checkpoints: list[int], backbone: str = "mobilenet_v2") -> d
         env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.setdefault("HF_HUB_OFFLINE", "1")
         cp = ",".join(str(c) for c in checkpoints)
+        # Started through a small intermediate Python: Linux carries the parent's peak RSS into a child's
+        # ru_maxrss across fork/vfork + exec, so a child of a large process (e.g. pytest after many tests) would
+        # report the parent's peak. The intermediate is small, so its child's figure is the child's own.
+        launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(folder), cp, backbone], capture_output=True, text=True, env=env
+            [sys.executable, "-c", launcher, sys.executable, "-c", CHILD, str(folder), cp, backbone],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)

@@ -177,7 +177,8 @@ def _exif_orientation(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": answered below as upright, as Pillow does
             value = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block means "upright", as Pillow's own transpose treats it
         return 1

@@ -351,7 +351,7 @@ class SparkEngine:
                 progress=progress,
             )
         hashes = list(content_hashes) if content_hashes is not None else [None] * len(sources)
-        job = _job(backbone, pool, cache, self.batch_size or batch_size)
+        job = _job(backbone, pool, cache, self.batch_size or batch_size or 32)
         frame = self._frame([str(s) for s in sources], hashes, [None] * len(sources))
         with _spark_errors(self.master):
             pdf = self._featurized(frame, job).drop("path", "label").toPandas().sort_values("idx")
@@ -385,7 +385,7 @@ class SparkEngine:
 
         t = time.perf_counter()
         out = _rows.prepare_out(out)
-        job = _job(backbone, pool, cache, self.batch_size or batch_size)
+        job = _job(backbone, pool, cache, self.batch_size or batch_size or 32)
         frame = self._frame(list(paths), [None] * len(paths), list(labels))
         with _spark_errors(self.master):
             # Parquet output goes through Spark's commit protocol: a retried or speculative task never leaves a
@@ -420,7 +420,7 @@ class SparkEngine:
             "weights": str(clf.weights) if clf.weights else None,
             "cache_dir": cache_root,
             "use_cache": clf.use_cache,
-            "batch_size": self.batch_size or clf.batch_size,
+            "batch_size": self.batch_size or clf.batch_size or 32,
             "num_workers": 0,
         }
         out = _rows.prepare_out(out)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._runtime import tune_allocator
 from .cache import FeatureCache
-from .intake import MIN_SIDE, ImageRejected, content_hash, load_rgb, max_pixels, read_rgb
+from .intake import MIN_SIDE, PIL_STATE_LOCK, ImageRejected, content_hash, load_rgb, max_pixels, read_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -140,7 +140,7 @@ def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
+        with PIL_STATE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd metadata (a corrupt EXIF block) is load_rgb's business, not ours
             with Image.open(io.BytesIO(data)) as img:
                 return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
@@ -177,7 +177,7 @@ def _exif_orientation(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+        with PIL_STATE_LOCK, warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
             warnings.simplefilter("ignore")  # "Corrupt EXIF data": answered below as upright, as Pillow does
             value = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block means "upright", as Pillow's own transpose treats it

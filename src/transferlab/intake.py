@@ -12,6 +12,7 @@ import io
 import os
 import sqlite3
 import struct
+import threading
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,7 @@ from .errors import TransferlabError
 # users get a clear reason instead of a model silently trained on odd inputs.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"})
+PIL_STATE_LOCK = threading.RLock()  # guards Image.MAX_IMAGE_PIXELS and warning filters while decoding
 MAX_PIXELS = 64_000_000  # ~ 8000 x 8000; larger images are treated as decompression bombs
 MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"  # overrides MAX_PIXELS, e.g. 200000000 for very large scans
 MIN_SIDE = 32  # smaller than this carries no usable detail for 224 px backbones
@@ -148,46 +150,51 @@ def load_rgb(
     if not data:
         raise ImageRejected("zero-byte", "the file is empty")
     limit = max_pixels() if limit is None else limit
-    previous = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Pillow warns (UserWarning) about odd metadata such as a corrupt EXIF block; the photo is still used.
-            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-            Image.MAX_IMAGE_PIXELS = limit
-            try:
-                img = Image.open(io.BytesIO(data))
-            except UnidentifiedImageError:
-                fmt = _signature(data)
-                if fmt is not None:
-                    raise ImageRejected("unreadable", f"damaged {fmt} file (its header cannot be parsed)") from None
-                raise ImageRejected("not an image", "no image format recognised") from None
-            if img.format not in SUPPORTED_FORMATS:
-                raise ImageRejected("unsupported format", f"{img.format}; convert it to JPEG or PNG to use it")
-            if img.width * img.height > limit:
-                raise ImageRejected(
-                    "decompression bomb",
-                    f"{img.width}x{img.height} pixels exceeds the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise)",
-                )
-            if draft is not None and img.format == "JPEG":
-                img.draft("RGB", draft)
-            img.load()
-            try:
-                img = ImageOps.exif_transpose(img) or img
-            except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good photo
-                pass
-            img = _to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("decompression bomb", str(exc)) from None
-    except ImageRejected:
-        raise
-    except (SyntaxError, ValueError, OSError, EOFError, struct.error, MemoryError) as exc:
-        msg = str(exc)
-        if "truncat" in msg.lower() or "premature end" in msg.lower() or isinstance(exc, EOFError):
-            raise ImageRejected("truncated", msg) from None
-        raise ImageRejected("unreadable", f"corrupt or unreadable image data ({type(exc).__name__}: {msg})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    # Pillow's pixel limit and the warning filters are process-wide: one decode at a time sets them (featurize
+    # decodes in threads).
+    with PIL_STATE_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Pillow warns (UserWarning) about odd metadata such as a corrupt EXIF block; the photo is still used.
+                warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+                Image.MAX_IMAGE_PIXELS = limit
+                try:
+                    img = Image.open(io.BytesIO(data))
+                except UnidentifiedImageError:
+                    fmt = _signature(data)
+                    if fmt is not None:
+                        raise ImageRejected("unreadable", f"damaged {fmt} file (its header cannot be parsed)") from None
+                    raise ImageRejected("not an image", "no image format recognised") from None
+                if img.format not in SUPPORTED_FORMATS:
+                    raise ImageRejected("unsupported format", f"{img.format}; convert it to JPEG or PNG to use it")
+                if img.width * img.height > limit:
+                    raise ImageRejected(
+                        "decompression bomb",
+                        f"{img.width}x{img.height} pixels exceeds the limit of {limit:,} "
+                        f"(set {MAX_PIXELS_ENV} to raise)",
+                    )
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", draft)
+                img.load()
+                try:
+                    img = ImageOps.exif_transpose(img) or img
+                except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good photo
+                    pass
+                img = _to_rgb(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("decompression bomb", str(exc)) from None
+        except ImageRejected:
+            raise
+        except (SyntaxError, ValueError, OSError, EOFError, struct.error, MemoryError) as exc:
+            msg = str(exc)
+            if "truncat" in msg.lower() or "premature end" in msg.lower() or isinstance(exc, EOFError):
+                raise ImageRejected("truncated", msg) from None
+            detail = f"corrupt or unreadable image data ({type(exc).__name__}: {msg})"
+            raise ImageRejected("unreadable", detail) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
     if min(img.size) < min_side:
         raise ImageRejected("too small", f"{img.width}x{img.height} px, need at least {min_side} px per side")
     return img

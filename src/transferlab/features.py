@@ -538,6 +538,36 @@ def featurize_faces(
     return FaceFeatureResult(out, errors, n_cached, n_computed, hashes)
 
 
+def featurize_any(
+    sources: Sequence[Any],
+    backbone: Any,
+    *,
+    pool: str = "avg",
+    content_hashes: Sequence[str | None] | None = None,
+    cache: FeatureCache | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    hash_all: bool = False,
+) -> FeatureResult | FaceFeatureResult:
+    """The featurize stage for any backbone: :func:`featurize_faces` for face backbones, else :func:`featurize`."""
+    if backbone.cfg.family == "face":
+        return featurize_faces(
+            sources, backbone, content_hashes=content_hashes, cache=cache, progress=progress, hash_all=hash_all
+        )
+    return featurize(
+        sources,
+        backbone,
+        pool=pool,
+        content_hashes=content_hashes,
+        cache=cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        hash_all=hash_all,
+    )
+
+
 def _faces_of(model: Any, src: Any) -> Any:
     """Face rows of one image, or ``(reason, detail)`` when it cannot be used."""
     import numpy as np

@@ -88,30 +88,26 @@ def feature_rows(
     Both engines call this, the local one over all images and the Spark one per Arrow batch, so a feature is the
     same whichever engine computed it.
     """
-    from ..features import featurize, featurize_faces
+    from ..features import FaceFeatureResult, featurize_any
 
     n = len(sources)
-    if is_face(backbone):
-        fres = featurize_faces(
-            sources, backbone, content_hashes=content_hashes, cache=cache, progress=progress, hash_all=True
-        )
+    res = featurize_any(
+        sources,
+        backbone,
+        pool=pool,
+        content_hashes=content_hashes,
+        cache=cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        hash_all=True,
+    )
+    if isinstance(res, FaceFeatureResult):
         feats = [
-            None if i in fres.errors or f is None else np.asarray(f, dtype=np.float32).reshape(-1)
-            for i, f in enumerate(fres.faces)
+            None if i in res.errors or f is None else np.asarray(f, dtype=np.float32).reshape(-1)
+            for i, f in enumerate(res.faces)
         ]
-        res: Any = fres
     else:
-        res = featurize(
-            sources,
-            backbone,
-            pool=pool,
-            content_hashes=content_hashes,
-            cache=cache,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-            hash_all=True,
-        )
         feats = [None if i in res.errors else res.features[i] for i in range(n)]
     errors = [error_text(*res.errors[i]) if i in res.errors else None for i in range(n)]
     return Rows(list(res.content_hashes), feats, errors, res.n_cached, res.n_computed)

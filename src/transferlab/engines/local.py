@@ -42,11 +42,9 @@ class LocalEngine:
         progress: Callable[[int], None] | None = None,
     ) -> Any:
         """The featurize stage: ``FeatureResult`` (whole-image) or ``FaceFeatureResult`` (faces)."""
-        from ..features import featurize, featurize_faces
+        from ..features import featurize_any
 
-        if _rows.is_face(backbone):
-            return featurize_faces(sources, backbone, content_hashes=content_hashes, cache=cache, progress=progress)
-        return featurize(
+        return featurize_any(
             sources,
             backbone,
             pool=pool,

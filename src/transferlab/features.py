@@ -105,13 +105,8 @@ def decode_pixels(source: Any, draft: tuple[int, int]) -> torch.Tensor:
         return torch.from_numpy(np.array(_decode(source, None))).permute(2, 0, 1)
     data = bytes(source) if isinstance(source, bytes | bytearray) else _read_bytes(source)
     if data[:3] == b"\xff\xd8\xff":
-        size = _jpeg_header_size(data)
-        if (
-            size is not None
-            and min(size) >= MIN_SIDE
-            and size[0] * size[1] <= max_pixels()
-            and min(size) < 2 * min(draft)
-        ):
+        header = _plain_jpeg(data)
+        if header is not None and min(header[0]) < 2 * min(draft):
             from torchvision.io import ImageReadMode, decode_jpeg
 
             _quiet_torchvision_io_deprecation()
@@ -134,7 +129,13 @@ def _quiet_torchvision_io_deprecation() -> None:
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 
-def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+def _plain_jpeg(data: bytes, orientation: bool = False) -> tuple[tuple[int, int], int] | None:
+    """``(size, EXIF orientation)`` of an RGB/grey JPEG within the size limits, from its header; else None.
+
+    Such files can skip Pillow and be decoded by libjpeg-turbo (CPU) or nvJPEG (GPU); everything else goes through
+    :func:`transferlab.intake.load_rgb`, which reports why a file is unusable. The orientation (1–8, 1 when absent
+    or unreadable, as Pillow's ``exif_transpose`` treats it) is read only when asked for: nvJPEG does not apply it.
+    """
     import io
 
     from PIL import Image
@@ -143,9 +144,20 @@ def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
         with PIL_STATE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd metadata (a corrupt EXIF block) is load_rgb's business, not ours
             with Image.open(io.BytesIO(data)) as img:
-                return img.size if img.format == "JPEG" and img.mode in ("RGB", "L") else None
+                if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                    return None
+                size, turn = img.size, 1
+                if orientation:
+                    try:
+                        value = img.getexif().get(0x0112, 1)
+                    except Exception:  # noqa: BLE001 - a broken EXIF block means "upright", as in Pillow
+                        value = 1
+                    turn = value if isinstance(value, int) and 1 <= value <= 8 else 1
     except Exception:  # noqa: BLE001 - anything odd goes the Pillow route, which reports it properly
         return None
+    if min(size) < MIN_SIDE or size[0] * size[1] > max_pixels():
+        return None
+    return size, turn
 
 
 class _ImageDataset:
@@ -168,21 +180,6 @@ class _ImageDataset:
             return i, exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - one bad file never stops a batch
             return i, "unreadable", f"{type(exc).__name__}: {exc}"
-
-
-def _exif_orientation(data: bytes) -> int:
-    """EXIF orientation tag (1–8) from a JPEG's header, without decoding pixels; 1 when absent or unreadable."""
-    import io
-
-    from PIL import Image
-
-    try:
-        with PIL_STATE_LOCK, warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data": answered below as upright, as Pillow does
-            value = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block means "upright", as Pillow's own transpose treats it
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -211,10 +208,10 @@ class _RawJpegDataset(_ImageDataset):
                 data = bytes(src) if isinstance(src, bytes | bytearray) else _read_bytes(src)
             except ImageRejected as exc:
                 return i, exc.reason, exc.detail
-            size = _jpeg_header_size(data) if data[:3] == b"\xff\xd8\xff" else None
-            if size is not None and min(size) >= MIN_SIDE and size[0] * size[1] <= max_pixels():
+            header = _plain_jpeg(data, orientation=True) if data[:3] == b"\xff\xd8\xff" else None
+            if header is not None:
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                return i, ("jpeg", raw, _exif_orientation(data)), ""
+                return i, ("jpeg", raw, header[1]), ""
             src = data
         try:
             return i, ("pixels", self.transform(decode_pixels(src, self.draft)), 1), ""

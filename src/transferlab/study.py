@@ -424,9 +424,15 @@ def run_study(
 
     engine = get_engine(cfg.engine, cfg.master)  # one engine (one SparkSession) for every run of the study
 
+    featurizers: dict[str, Any] = {}  # one classifier per backbone: its network is built once, for both passes
+
     def backbone_facts(backbone: str, augmented: bool = False) -> dict[str, Any]:
+        if backbone not in featurizers:
+            featurizers[backbone] = _classifier(
+                cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine
+            )
+        clf = featurizers[backbone]
         if backbone not in facts:
-            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
             t = time.perf_counter()
             bb = clf.backbone_()
             _ = bb.module
@@ -449,7 +455,6 @@ def run_study(
             )
         if augmented and "augmented_s" not in facts[backbone] and use_cache:
             # Every photo's augmented copies, once: each seed's training side is a subset of them.
-            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
             aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)
             t = time.perf_counter()
             (clf.featurize_faces if clf.is_face_model else clf.featurize)(aug, aug.keys())

@@ -50,6 +50,14 @@ def hub_offline_unless_asked(download: bool) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def check_device(device: str) -> None:
+    """Refuse a device name other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (before any work starts)."""
+    from .errors import TransferlabError
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when torch sees a CUDA GPU, else ``cpu``; ``cuda``/``cuda:N`` checked; ``cpu`` as is.
 
@@ -58,10 +66,9 @@ def resolve_device(device: str) -> str:
     """
     from .errors import TransferlabError
 
+    check_device(device)
     if device == "cpu":
         return "cpu"
-    if device != "auto" and device != "cuda" and not device.startswith("cuda:"):
-        raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
     if device == "auto" and "torch" not in sys.modules and not glob.glob("/dev/nvidia[0-9]*"):
         return "cpu"
     import torch

@@ -1,5 +1,6 @@
 """ONNX Runtime as a CPU backend for whole-image backbones: the frozen network exported once, then run by
-onnxruntime (measured 1.6–2.6× torch's CPU throughput here, BENCHMARKS.md).
+onnxruntime (measured 1.2× torch's forward throughput on a quiet 2-core CPU here, more when the cores are busy;
+BENCHMARKS.md).
 
 The exported graph takes the same ``uint8`` batch as :meth:`Backbone.forward` and returns the same features
 (within 1e-5, tested), so features from either runtime share one cache. The export (~5–15 s) is kept beside the

@@ -45,7 +45,7 @@ def test_export_matches_the_saved_model_on_real_photos(trained_model, small_phot
     assert json.loads(meta["transferlab.preprocessing"])["input_size"] == [3, 224, 224]
 
 
-@pytest.mark.parametrize("head", ["logreg", "svm", "mlp"])
+@pytest.mark.parametrize("head", ["logreg", "svm", "mlp", "mlp-sigmoid"])
 def test_head_modules_equal_predict_proba(head):
     import torch
 
@@ -56,7 +56,9 @@ def test_head_modules_equal_predict_proba(head):
     X = rng.normal(size=(60, 16)).astype(np.float32)
     y = np.array(["a", "b", "c"] * 20)
     X[y == "b"] += 1.0
-    params = {"epochs": 3} if head == "mlp" else {}
+    params = {"epochs": 3} if head.startswith("mlp") else {}
+    if head == "mlp-sigmoid":  # the hidden activation of heads fitted by Spark ML
+        head, params["activation"] = "mlp", "sigmoid"
     h = make_head(head, **params).fit(X, y)
     with torch.inference_mode():
         got = head_module(h)(torch.from_numpy(X)).numpy()

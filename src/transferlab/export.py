@@ -69,9 +69,10 @@ def head_module(head: Any) -> torch.nn.Module:
             self.register_buffer("b1", const(h.b1_))
             self.register_buffer("w2", const(h.w2_.T))
             self.register_buffer("b2", const(h.b2_))
+            self.act = torch.relu if h.activation == "relu" else torch.sigmoid
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2, dim=1)
+            return torch.softmax(self.act(x @ self.w1 + self.b1) @ self.w2 + self.b2, dim=1)
 
     if isinstance(head, SVMHead):
         m: torch.nn.Module = _Linear(

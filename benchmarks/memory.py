@@ -1,12 +1,17 @@
 """Peak memory (RSS) of intake + featurize over a folder of generated images: it must not grow with the folder.
 
-    python benchmarks/memory.py [--images 5000] [--checkpoints 1000,2500] [--backbone mobilenet_v2] [--json]
+    python benchmarks/memory.py [--images 5000] [--checkpoints 1000,2500] [--backbone mobilenet_v2] [--threads N]
+                                [--json]
 
 Generates N distinct small JPEGs (64×64 noise over gradients, ~3 KB each) in a temporary folder, then runs intake
 and featurize (no feature cache) in a fresh child process and reads its peak RSS (``resource.getrusage``) after
 intake, at each checkpoint (images featurized) and at the end. Streaming means the peak reached after the first
 checkpoint stays flat: only a batch of decoded images is alive at any time; what grows is the output itself
 (N × 1280 float32 features, 5 KB per image, allocated up front) and the table of paths.
+
+On 2 cores featurize runs two batches side by side (lanes), each with its own activations; the peak is reached
+when both lanes' largest layers happen to coincide, which can take a few hundred images. With ``--threads 1``
+there is one lane and the peak is reached in the first batch.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ root, checkpoints, backbone = sys.argv[1], [int(x) for x in sys.argv[2].split(",
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 marks = {"start": rss_mb()}
+if int(sys.argv[4]):
+    import torch
+    torch.set_num_threads(int(sys.argv[4]))
 bb = create_backbone(backbone)
 _ = bb.module
 marks["backbone built"] = rss_mb()
@@ -70,8 +78,9 @@ def make_images(folder: Path, n: int, classes: int = 4) -> None:
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(d / f"img{i:06d}.jpg", quality=85)
 
 
-def measure(n: int, checkpoints: list[int], backbone: str = "mobilenet_v2") -> dict:
-    """Generate ``n`` images and measure the child's peak RSS (MB) at each stage."""
+def measure(n: int, checkpoints: list[int], backbone: str = "mobilenet_v2", threads: int = 0) -> dict:
+    """Generate ``n`` images and measure the child's peak RSS (MB) at each stage (``threads``: torch threads in
+    the child, 0 for the default)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         make_images(folder, n)
@@ -83,7 +92,7 @@ def measure(n: int, checkpoints: list[int], backbone: str = "mobilenet_v2") -> d
         # report the parent's peak. The intermediate is small, so its child's figure is the child's own.
         launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
         proc = subprocess.run(
-            [sys.executable, "-c", launcher, sys.executable, "-c", CHILD, str(folder), cp, backbone],
+            [sys.executable, "-c", launcher, sys.executable, "-c", CHILD, str(folder), cp, backbone, str(threads)],
             capture_output=True,
             text=True,
             env=env,
@@ -98,10 +107,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--checkpoints", default="1000,2500")
     ap.add_argument("--backbone", default="mobilenet_v2")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in the child (default: all cores)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     t = time.perf_counter()
-    out = measure(args.images, [int(c) for c in args.checkpoints.split(",") if c], args.backbone)
+    out = measure(args.images, [int(c) for c in args.checkpoints.split(",") if c], args.backbone, args.threads)
     if args.json:
         print(json.dumps(out))
         return

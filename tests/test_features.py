@@ -188,6 +188,57 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     np.testing.assert_allclose(got.features[orientations], ref.features[orientations], atol=1e-4)
 
 
+def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monkeypatch):
+    """Batches decoded and forwarded side by side in threads (the few-core CPU path) give the same features and
+    errors, in the right rows, as one batch at a time; and leave torch's thread count as it was."""
+    import threading
+
+    import torch
+
+    import transferlab.features as F
+
+    from .corpus import build_corpus
+
+    photos = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:13]
+    kinds = build_corpus(tmp_path / "corpus", Path(photos[0]), Path(photos[1]))
+    corpus = [str(tmp_path / "corpus" / f) for k in kinds if not k.vanish for f in k.files]
+    sources = [s for pair in zip(photos, corpus, strict=False) for s in pair] + corpus[len(photos) :]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(F, "cpu_lanes", lambda n: (1, threads))
+    ref = featurize(sources, mobilenet, batch_size=4, num_workers=0)
+    seen: set[str] = set()
+    real = mobilenet.forward
+
+    def forward(x, pool="avg"):
+        seen.add(threading.current_thread().name.split("_")[0])
+        assert torch.get_num_threads() == 1  # each lane runs with its share of the threads
+        return real(x, pool=pool)
+
+    monkeypatch.setattr(F, "cpu_lanes", lambda n: (3, 1))
+    monkeypatch.setattr(mobilenet, "forward", forward)
+    got = featurize(sources, mobilenet, batch_size=4, num_workers=0)
+    assert seen == {"transferlab-lane"}  # the lanes really ran
+    assert torch.get_num_threads() == threads
+    assert got.errors == ref.errors and got.n_computed == ref.n_computed == int(ref.ok.sum())
+    assert got.n_computed >= 13 and len(got.errors) >= 20
+    np.testing.assert_allclose(got.features[ref.ok], ref.features[ref.ok], atol=1e-4)
+    assert np.isnan(got.features[~ref.ok]).all()
+
+
+def test_an_error_in_a_lane_reaches_the_caller(small_photos, mobilenet, monkeypatch):
+    import torch
+
+    import transferlab.features as F
+
+    photos = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:12]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(F, "cpu_lanes", lambda n: (2, 1))
+    monkeypatch.setattr(mobilenet, "forward", lambda x, pool="avg": (_ for _ in ()).throw(MemoryError("boom")))
+    with pytest.raises(MemoryError, match="boom"):
+        featurize(photos, mobilenet, batch_size=4, num_workers=0)
+    assert torch.get_num_threads() == threads
+
+
 def test_device_choice_is_checked():
     import torch
 

@@ -30,8 +30,13 @@ def tune_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
+        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
         ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+        # One arena: threads other than the main one (featurize's lanes) would otherwise get their own arenas,
+        # whose 64 MB heaps cannot keep activation buffers and are mapped and unmapped per batch again (2 lanes:
+        # 0.81 × one stream's forward rate with per-thread arenas, 0.95 × with one). Our threads make few, large
+        # allocations, so sharing one arena's lock costs nothing measurable.
+        ok = ok and libc.mallopt(m_arena_max, 1) == 1
     except (OSError, AttributeError):
         return False
     _ALLOCATOR_TUNED = ok

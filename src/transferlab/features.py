@@ -1,11 +1,12 @@
-"""Features: images → backbone features, batched, decoded in worker processes, computed once and cached."""
+"""Features: images → backbone features, batched, decoded in worker processes or lanes, computed once and cached."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -347,7 +348,9 @@ def featurize(
     batch_size
         Forward batch size (None: 32 on the CPU; on a GPU, the largest that fits half the free memory).
     num_workers
-        Decoding processes (None: :func:`default_num_workers`).
+        Decoding processes (None: :func:`default_num_workers`). With none (the default on 2 cores), the CPU runs
+        batches side by side in threads, decode and forward in each (:func:`cpu_lanes`); peak memory then holds
+        one batch's activations per lane.
     progress
         Called with the number of images finished after each batch.
     decode_device
@@ -398,13 +401,18 @@ def featurize(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    batches = (_device_batch(b, decode_device, backbone) for b in loader) if raw else iter(loader)
+    lanes, per_lane = cpu_lanes(-(-len(todo) // batch_size))
+    if raw:
+        batches = _forwarded((_device_batch(b, decode_device, backbone) for b in loader), backbone, pool)
+    elif workers == 0 and lanes > 1 and not on_gpu and getattr(backbone, "runtime", "torch") == "torch":
+        batches = _lane_batches(dataset, batch_size, backbone, pool, lanes, per_lane)
+    else:
+        batches = _forwarded(iter(loader), backbone, pool)
     n_computed = 0
-    for idx, x, bad in batches:
+    for idx, out, bad in batches:
         for i, reason, detail in bad:
             errors[i] = (reason, detail)
-        if x is not None:
-            out = backbone.forward(x, pool=pool).cpu().numpy()
+        if out is not None:
             for row, i in enumerate(idx):
                 feats[i] = out[row]
                 if cache is not None and hashes[i] is not None:
@@ -413,6 +421,74 @@ def featurize(
         if progress is not None:
             progress(len(idx) + len(bad))
     return FeatureResult(feats, errors, n_cached, n_computed, n_damaged=n_damaged, content_hashes=hashes)
+
+
+_Batch = tuple[list[int], "np.ndarray | None", list[tuple[int, str, str]]]
+
+
+def _forwarded(batches: Any, backbone: Any, pool: str) -> Iterator[_Batch]:
+    """``(indices, pixels, errors)`` batches → ``(indices, features, errors)``, the forward pass in this thread."""
+    for idx, x, bad in batches:
+        yield idx, (backbone.forward(x, pool=pool).cpu().numpy() if x is not None else None), bad
+
+
+MAX_LANES = 4
+
+
+def cpu_lanes(n_batches: int) -> tuple[int, int]:
+    """How to split the CPU between concurrent batches: ``(lanes, torch threads per lane)``.
+
+    On few cores, one batch at a time with every core in its forward pass leaves all but one core idle while that
+    batch is decoded. Lanes instead run whole batches (decode, resize, forward) side by side in threads, each
+    with ``threads // lanes`` torch threads: decoding overlaps other lanes' forward passes, and small thread teams
+    lose less to synchronisation and to other processes' load. Measured on 2 cores (BENCHMARKS.md): 2 lanes × 1
+    thread reach ~0.95 × the forward-only ceiling, one batch at a time ~0.76 ×. A single batch (a predict call)
+    keeps one lane with every thread.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    lanes = max(1, min(threads, MAX_LANES, n_batches))
+    return lanes, max(1, threads // lanes)
+
+
+def balanced_batches(n: int, batch_size: int, lanes: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of batches of at most ``batch_size`` items, equal to within one, a multiple of ``lanes``.
+
+    Lanes finish together: with a short last batch, one lane idles while the other works through it (4–8% of
+    a few hundred images' time on 2 cores).
+    """
+    count = -(-n // batch_size)
+    count = min(n, -(-count // lanes) * lanes)
+    bounds = [k * n // count for k in range(count + 1)] if n else [0]
+    return list(itertools.pairwise(bounds))
+
+
+def _lane_batches(
+    dataset: _ImageDataset, batch_size: int, backbone: Any, pool: str, lanes: int, per_lane: int
+) -> Iterator[_Batch]:
+    """Batches decoded and forwarded in ``lanes`` threads with ``per_lane`` torch threads each, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    _ = backbone.module  # build the network once, here, not in two lanes at once
+    threads = torch.get_num_threads()
+
+    def run(bounds: tuple[int, int]) -> _Batch:
+        idx, x, bad = _collate([dataset[k] for k in range(*bounds)])
+        return idx, (backbone.forward(x, pool=pool).numpy() if x is not None else None), bad
+
+    # torch.set_num_threads in a lane sets that thread's OpenMP/MKL team size (thread-local) and torch's default
+    # for threads started later; the finally restores the default, so this call leaves no trace.
+    pool_ = ThreadPoolExecutor(
+        lanes, thread_name_prefix="transferlab-lane", initializer=torch.set_num_threads, initargs=(per_lane,)
+    )
+    try:
+        yield from pool_.map(run, balanced_batches(len(dataset), batch_size, lanes))
+    finally:
+        pool_.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _device_batch(

@@ -131,7 +131,7 @@ def section_cpu(n: int, seed_images: int, epochs: int) -> None:
     rates: dict[str, list[float]] = {"fwd": [], "fwd_lanes": [], "pipe": [], "pipe_one": []}
     for _ in range(3):  # interleaved, so that other tenants' load hits all alike; medians
         rates["fwd"].append(_forward_rate(bb, tensors, 32))
-        rates["fwd_lanes"].append(_lanes_forward_rate(bb, tensors, 32 // lanes, lanes, per_lane))
+        rates["fwd_lanes"].append(_lanes_forward_rate(bb, tensors, 32, lanes, per_lane))
         t = time.perf_counter()
         featurize(paths, bb)
         rates["pipe"].append(len(paths) / (time.perf_counter() - t))
@@ -153,7 +153,7 @@ def section_cpu(n: int, seed_images: int, epochs: int) -> None:
     )
     row(
         "cpu",
-        f"forward-only, {lanes} lanes × {per_lane} thread(s), batch {32 // lanes} each",
+        f"forward-only, {lanes} lanes × {per_lane} thread(s)",
         f"{med['fwd_lanes']:.1f} img/s",
         f"{med['fwd_lanes'] / c:.2f}",
     )

@@ -82,12 +82,17 @@ def test_export_of_a_missing_model_is_one_line(tmp_path):
 
 
 def test_onnxruntime_backend_gives_torch_features_and_exports_once(tmp_path, small_photos, monkeypatch):
+    import transferlab.features as F
     from transferlab.backbones import _onnx, create_backbone
     from transferlab.features import featurize
 
     paths = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:10]
     ref = featurize(paths, create_backbone("mobilenet_v2"), batch_size=4)
-    fast = featurize(paths, create_backbone("mobilenet_v2").use_onnxruntime(tmp_path), batch_size=4)
+    with monkeypatch.context() as m:
+        m.setattr(F, "cpu_lanes", lambda n: (2, 1))  # batches side by side, one onnxruntime thread each
+        bb = create_backbone("mobilenet_v2").use_onnxruntime(tmp_path)
+        fast = featurize(paths, bb, batch_size=4, num_workers=0)
+    assert set(bb._sessions) == {"avg-1"}  # the lanes' sessions, exported and built once
     np.testing.assert_allclose(fast.features, ref.features, atol=1e-5)
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
 

@@ -404,7 +404,7 @@ def featurize(
     lanes, per_lane = cpu_lanes(-(-len(todo) // batch_size))
     if raw:
         batches = _forwarded((_device_batch(b, decode_device, backbone) for b in loader), backbone, pool)
-    elif workers == 0 and lanes > 1 and not on_gpu and getattr(backbone, "runtime", "torch") == "torch":
+    elif workers == 0 and lanes > 1 and not on_gpu:
         batches = _lane_batches(dataset, batch_size, backbone, pool, lanes, per_lane)
     else:
         batches = _forwarded(iter(loader), backbone, pool)
@@ -441,9 +441,9 @@ def cpu_lanes(n_batches: int) -> tuple[int, int]:
     On few cores, one batch at a time with every core in its forward pass leaves all but one core idle while that
     batch is decoded. Lanes instead run whole batches (decode, resize, forward) side by side in threads, each
     with ``threads // lanes`` torch threads: decoding overlaps other lanes' forward passes, and small thread teams
-    lose less to synchronisation and to other processes' load. Measured on 2 cores (BENCHMARKS.md): 2 lanes × 1
-    thread reach ~0.95 × the forward-only ceiling, one batch at a time ~0.76 ×. A single batch (a predict call)
-    keeps one lane with every thread.
+    lose less to synchronisation and to other processes' load. Measured on 2 cores (BENCHMARKS.md): the pipeline
+    with 2 lanes × 1 thread reaches 0.84 × the forward-only ceiling, one batch at a time 0.77 ×. Each lane holds
+    its own batch's activations. A single batch (a predict call) keeps one lane with every thread.
     """
     import torch
 

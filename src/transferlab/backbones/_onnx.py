@@ -72,8 +72,11 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, path: Path, ou
         tmp.unlink(missing_ok=True)
 
 
-def onnx_session(backbone: Backbone, pool: str, cache_root: Path) -> Any:
-    """An onnxruntime session computing ``backbone``'s features, exporting the graph on first use."""
+def onnx_session(backbone: Backbone, pool: str, cache_root: Path, threads: int = 0) -> Any:
+    """An onnxruntime session computing ``backbone``'s features, exporting the graph on first use.
+
+    ``threads``: onnxruntime's intra-op threads (0: its default, one per physical core).
+    """
     import torch
 
     try:
@@ -90,4 +93,5 @@ def onnx_session(backbone: Backbone, pool: str, cache_root: Path) -> Any:
         export_module(features_module(backbone, pool), example, path, "features")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import TransferlabError
+
+_SESSIONS_LOCK = threading.Lock()
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -283,12 +286,16 @@ class Backbone:
         if pool not in ("avg", "flatten"):
             raise TransferlabError(f"pool {pool!r}: choose 'avg' or 'flatten'")
         if self.runtime == "onnxruntime":
-            if pool not in self._sessions:
-                from ._onnx import onnx_session
+            # One session per thread count: featurize's lanes each run with their share of the cores
+            # (torch.get_num_threads() is per thread there), and onnxruntime's team is fixed per session.
+            key = f"{pool}-{torch.get_num_threads()}"
+            with _SESSIONS_LOCK:  # lanes ask at the same moment; export and build once
+                if key not in self._sessions:
+                    from ._onnx import onnx_session
 
-                assert self._onnx_root is not None
-                self._sessions[pool] = onnx_session(self, pool, self._onnx_root)
-            out = self._sessions[pool].run(None, {"pixels": x.contiguous().numpy()})[0]
+                    assert self._onnx_root is not None
+                    self._sessions[key] = onnx_session(self, pool, self._onnx_root, torch.get_num_threads())
+            out = self._sessions[key].run(None, {"pixels": x.contiguous().numpy()})[0]
             return torch.from_numpy(out)
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, channels-last memory

@@ -96,21 +96,15 @@ def _forward_rate(bb, x, batch: int, reps: int = 1) -> float:
 
 def _lanes_forward_rate(bb, x, batch: int, lanes: int, per_lane: int) -> float:
     """Forward-only rate with ``lanes`` batches side by side in threads of ``per_lane`` torch threads each."""
-    from concurrent.futures import ThreadPoolExecutor
+    from transferlab.features import balanced_batches, map_in_lanes
 
-    import torch
+    def forward(bounds: tuple[int, int]):
+        return bb.forward(x[bounds[0] : bounds[1]])
 
-    from transferlab.features import balanced_batches
-
-    threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(lanes, initializer=torch.set_num_threads, initargs=(per_lane,)) as ex:
-            list(ex.map(lambda i: bb.forward(x[i : i + batch]), range(0, 2 * lanes * batch, batch)))  # warm-up
-            t = time.perf_counter()
-            list(ex.map(lambda b: bb.forward(x[b[0] : b[1]]), balanced_batches(len(x), batch, lanes)))
-            return len(x) / (time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
+    list(map_in_lanes(forward, balanced_batches(2 * lanes * batch, batch, lanes), lanes, per_lane))  # warm-up
+    t = time.perf_counter()
+    list(map_in_lanes(forward, balanced_batches(len(x), batch, lanes), lanes, per_lane))
+    return len(x) / (time.perf_counter() - t)
 
 
 def section_cpu(n: int, seed_images: int, epochs: int) -> None:

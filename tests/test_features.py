@@ -188,6 +188,19 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     np.testing.assert_allclose(got.features[orientations], ref.features[orientations], atol=1e-4)
 
 
+def _threads_of_a_new_thread() -> int:
+    """torch's thread count as a thread started now sees it (lanes change the default for new threads)."""
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
 def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monkeypatch):
     """Batches decoded and forwarded side by side in threads (the few-core CPU path) give the same features and
     errors, in the right rows, as one batch at a time; and leave torch's thread count as it was."""
@@ -218,7 +231,7 @@ def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monk
     monkeypatch.setattr(mobilenet, "forward", forward)
     got = featurize(sources, mobilenet, batch_size=4, num_workers=0)
     assert seen == {"transferlab-lane"}  # the lanes really ran
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == _threads_of_a_new_thread() == threads
     assert got.errors == ref.errors and got.n_computed == ref.n_computed == int(ref.ok.sum())
     assert got.n_computed >= 13 and len(got.errors) >= 20
     np.testing.assert_allclose(got.features[ref.ok], ref.features[ref.ok], atol=1e-4)
@@ -236,7 +249,7 @@ def test_an_error_in_a_lane_reaches_the_caller(small_photos, mobilenet, monkeypa
     monkeypatch.setattr(mobilenet, "forward", lambda x, pool="avg": (_ for _ in ()).throw(MemoryError("boom")))
     with pytest.raises(MemoryError, match="boom"):
         featurize(photos, mobilenet, batch_size=4, num_workers=0)
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == _threads_of_a_new_thread() == threads
 
 
 def test_device_choice_is_checked():

@@ -392,22 +392,21 @@ def featurize(
     dataset = (_RawJpegDataset if raw else _ImageDataset)(sources, todo, backbone.transform, backbone.draft_size)
     workers = default_num_workers() if num_workers is None else num_workers
     workers = min(workers, max(0, (len(todo) - 1) // batch_size))  # tiny jobs: worker start-up costs more
-    loader = torch.utils.data.DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate_raw if raw else _collate,
-        pin_memory=on_gpu and not raw,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
     lanes, per_lane = cpu_lanes(-(-len(todo) // batch_size))
-    if raw:
-        batches = _forwarded((_device_batch(b, decode_device, backbone) for b in loader), backbone, pool)
-    elif workers == 0 and lanes > 1 and not on_gpu:
+    if not raw and not on_gpu and workers == 0 and lanes > 1:
         batches = _lane_batches(dataset, batch_size, backbone, pool, lanes, per_lane)
     else:
-        batches = _forwarded(iter(loader), backbone, pool)
+        loader = torch.utils.data.DataLoader(
+            dataset,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate_raw if raw else _collate,
+            pin_memory=on_gpu and not raw,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+        pixels = (_device_batch(b, decode_device, backbone) for b in loader) if raw else iter(loader)
+        batches = (_forwarded(backbone, pool, *b) for b in pixels)
     n_computed = 0
     for idx, out, bad in batches:
         for i, reason, detail in bad:
@@ -426,10 +425,11 @@ def featurize(
 _Batch = tuple[list[int], "np.ndarray | None", list[tuple[int, str, str]]]
 
 
-def _forwarded(batches: Any, backbone: Any, pool: str) -> Iterator[_Batch]:
-    """``(indices, pixels, errors)`` batches → ``(indices, features, errors)``, the forward pass in this thread."""
-    for idx, x, bad in batches:
-        yield idx, (backbone.forward(x, pool=pool).cpu().numpy() if x is not None else None), bad
+def _forwarded(
+    backbone: Any, pool: str, idx: list[int], x: torch.Tensor | None, bad: list[tuple[int, str, str]]
+) -> _Batch:
+    """One ``(indices, pixels, errors)`` batch → ``(indices, features, errors)``, the forward pass in this thread."""
+    return idx, (backbone.forward(x, pool=pool).cpu().numpy() if x is not None else None), bad
 
 
 MAX_LANES = 4
@@ -464,31 +464,39 @@ def balanced_batches(n: int, batch_size: int, lanes: int) -> list[tuple[int, int
     return list(itertools.pairwise(bounds))
 
 
-def _lane_batches(
-    dataset: _ImageDataset, batch_size: int, backbone: Any, pool: str, lanes: int, per_lane: int
-) -> Iterator[_Batch]:
-    """Batches decoded and forwarded in ``lanes`` threads with ``per_lane`` torch threads each, in order."""
+def map_in_lanes(fn: Callable[[Any], Any], items: Sequence[Any], lanes: int, per_lane: int) -> Iterator[Any]:
+    """``fn`` over ``items`` in ``lanes`` threads with ``per_lane`` torch threads each; results in order.
+
+    ``torch.set_num_threads`` in a lane sets that thread's OpenMP/MKL team size (thread-local) and torch's default
+    for threads started later; that default is restored at the end, so a call leaves no trace. An exception in a
+    lane reaches the caller, and the batches not yet started are cancelled.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    _ = backbone.module  # build the network once, here, not in two lanes at once
     threads = torch.get_num_threads()
-
-    def run(bounds: tuple[int, int]) -> _Batch:
-        idx, x, bad = _collate([dataset[k] for k in range(*bounds)])
-        return idx, (backbone.forward(x, pool=pool).numpy() if x is not None else None), bad
-
-    # torch.set_num_threads in a lane sets that thread's OpenMP/MKL team size (thread-local) and torch's default
-    # for threads started later; the finally restores the default, so this call leaves no trace.
-    pool_ = ThreadPoolExecutor(
+    pool = ThreadPoolExecutor(
         lanes, thread_name_prefix="transferlab-lane", initializer=torch.set_num_threads, initargs=(per_lane,)
     )
     try:
-        yield from pool_.map(run, balanced_batches(len(dataset), batch_size, lanes))
+        yield from pool.map(fn, items)
     finally:
-        pool_.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+
+
+def _lane_batches(
+    dataset: _ImageDataset, batch_size: int, backbone: Any, pool: str, lanes: int, per_lane: int
+) -> Iterator[_Batch]:
+    """Batches decoded and forwarded in lanes (:func:`map_in_lanes`), balanced, in order."""
+    _ = backbone.module  # build the network once, here, not in two lanes at once
+    return map_in_lanes(
+        lambda bounds: _forwarded(backbone, pool, *_collate([dataset[k] for k in range(*bounds)])),
+        balanced_batches(len(dataset), batch_size, lanes),
+        lanes,
+        per_lane,
+    )
 
 
 def _device_batch(

@@ -288,13 +288,14 @@ class Backbone:
         if self.runtime == "onnxruntime":
             # One session per thread count: featurize's lanes each run with their share of the cores
             # (torch.get_num_threads() is per thread there), and onnxruntime's team is fixed per session.
-            key = f"{pool}-{torch.get_num_threads()}"
+            threads = torch.get_num_threads()
+            key = f"{pool}-{threads}"
             with _SESSIONS_LOCK:  # lanes ask at the same moment; export and build once
                 if key not in self._sessions:
                     from ._onnx import onnx_session
 
                     assert self._onnx_root is not None
-                    self._sessions[key] = onnx_session(self, pool, self._onnx_root, torch.get_num_threads())
+                    self._sessions[key] = onnx_session(self, pool, self._onnx_root, threads)
             out = self._sessions[key].run(None, {"pixels": x.contiguous().numpy()})[0]
             return torch.from_numpy(out)
         with torch.inference_mode():

@@ -59,10 +59,8 @@ def _photos(n: int) -> list[str]:
 
 def _random_backbone(name: str, device: str = "cpu"):
     """A registered architecture with its real weights when installed, else random ones (for speed only)."""
-    import torch
 
-    from transferlab.backbones import create_backbone, get_backbone_cfg
-    from transferlab.backbones._registry import Backbone, _fuse_conv_bn
+    from transferlab.backbones import ImageBackbone, create_backbone, get_backbone_cfg
     from transferlab.errors import TransferlabError
 
     try:
@@ -70,11 +68,7 @@ def _random_backbone(name: str, device: str = "cpu"):
         _ = bb.module
         return bb, "pretrained"
     except TransferlabError:
-        cfg = get_backbone_cfg(name)
-        bb = Backbone(cfg, Path(os.devnull)).to(device)
-        net = _fuse_conv_bn(cfg.build(None).eval().requires_grad_(False))
-        bb.__dict__["module"] = net.to(device=device, memory_format=torch.channels_last)
-        return bb, "random weights"
+        return ImageBackbone.with_random_weights(get_backbone_cfg(name)).to(device), "random weights"
 
 
 def _forward_rate(bb, x, batch: int, reps: int = 1) -> float:
@@ -110,9 +104,10 @@ def _lanes_forward_rate(bb, x, batch: int, lanes: int, per_lane: int) -> float:
 def section_cpu(n: int, seed_images: int, epochs: int) -> None:
     import torch
 
-    import transferlab.features as F
     from transferlab.backbones import create_backbone
-    from transferlab.features import decode_pixels, featurize
+    from transferlab.decode import decode_pixels
+    from transferlab.features import cpu_lanes
+    from transferlab.features import featurize_images as featurize
     from transferlab.heads import MLPHead
 
     print(f"\n[cpu] mobilenet_v2, {n} photos, batch 32")
@@ -120,8 +115,7 @@ def section_cpu(n: int, seed_images: int, epochs: int) -> None:
     bb = create_backbone("mobilenet_v2")
     tensors = torch.stack([bb.transform(decode_pixels(p, bb.draft_size)) for p in paths])
     featurize(paths[:32], bb)
-    lanes, per_lane = F.cpu_lanes(len(paths) // 32)
-    one_stream = F.cpu_lanes
+    lanes, per_lane = cpu_lanes(len(paths) // 32)
     rates: dict[str, list[float]] = {"fwd": [], "fwd_lanes": [], "pipe": [], "pipe_one": []}
     for _ in range(3):  # interleaved, so that other tenants' load hits all alike; medians
         rates["fwd"].append(_forward_rate(bb, tensors, 32))
@@ -129,13 +123,9 @@ def section_cpu(n: int, seed_images: int, epochs: int) -> None:
         t = time.perf_counter()
         featurize(paths, bb)
         rates["pipe"].append(len(paths) / (time.perf_counter() - t))
-        F.cpu_lanes = lambda n: (1, torch.get_num_threads())  # the pipeline one batch at a time, for comparison
-        try:
-            t = time.perf_counter()
-            featurize(paths, bb)
-            rates["pipe_one"].append(len(paths) / (time.perf_counter() - t))
-        finally:
-            F.cpu_lanes = one_stream
+        t = time.perf_counter()
+        featurize(paths, bb, lanes=1)  # the pipeline one batch at a time, for comparison
+        rates["pipe_one"].append(len(paths) / (time.perf_counter() - t))
     med = {k: statistics.median(v) for k, v in rates.items()}
     c = max(med["fwd"], med["fwd_lanes"])  # the ceiling is the better of the two ways to run the network
     threads = torch.get_num_threads()
@@ -183,7 +173,7 @@ def section_onnx(n: int) -> None:
     import torch
 
     from transferlab.backbones import create_backbone
-    from transferlab.features import featurize
+    from transferlab.features import featurize_images as featurize
 
     print("\n[onnx] torch vs onnxruntime on the CPU (forward-only, batch 32, uint8 input → features)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,9 +210,10 @@ def section_onnx(n: int) -> None:
 
 def section_faces(n: int) -> None:
     from transferlab.backbones import create_backbone
-    from transferlab.faces import SFaceEmbedder
-    from transferlab.features import FACE_DECODE_DRAFT, featurize_faces
-    from transferlab.intake import read_rgb
+    from transferlab.backbones.face_nets import SFaceEmbedder
+    from transferlab.backbones.faces import FACE_DECODE_DRAFT
+    from transferlab.decode import read_rgb
+    from transferlab.features import featurize_faces
 
     print(f"\n[faces] sface (default backbone), {n} photos, no cache")
     paths = _photos(n)
@@ -340,7 +331,7 @@ def _jpeg_folder(folder: Path, n: int) -> list[str]:
 def section_gpu(n: int) -> None:
     import torch
 
-    from transferlab.features import featurize
+    from transferlab.features import featurize_images as featurize
 
     if not torch.cuda.is_available():
         print("\n[gpu] skipped: torch sees no CUDA GPU on this machine")

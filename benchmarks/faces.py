@@ -21,8 +21,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 from transferlab._runtime import tune_allocator  # noqa: E402
 from transferlab.backbones import create_backbone  # noqa: E402
-from transferlab.features import FACE_DECODE_DRAFT, featurize, featurize_faces  # noqa: E402
-from transferlab.intake import intake, read_rgb  # noqa: E402
+from transferlab.backbones.faces import FACE_DECODE_DRAFT  # noqa: E402
+from transferlab.decode import read_rgb  # noqa: E402
+from transferlab.features import featurize_faces  # noqa: E402
+from transferlab.features import featurize_images as featurize  # noqa: E402
+from transferlab.intake import intake  # noqa: E402
 
 
 def main() -> None:

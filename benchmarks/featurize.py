@@ -30,7 +30,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from transferlab._runtime import tune_allocator  # noqa: E402
 from transferlab.backbones import create_backbone  # noqa: E402
-from transferlab.features import decode_pixels, default_num_workers, featurize  # noqa: E402
+from transferlab.decode import decode_pixels  # noqa: E402
+from transferlab.features import default_num_workers  # noqa: E402
+from transferlab.features import featurize_images as featurize  # noqa: E402
 from transferlab.heads import MLPHead  # noqa: E402
 from transferlab.intake import intake  # noqa: E402
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, resource, sys, time
 from transferlab.backbones import create_backbone
-from transferlab.features import featurize
+from transferlab.features import featurize_images as featurize
 from transferlab.intake import intake
 
 root, checkpoints, backbone = sys.argv[1], [int(x) for x in sys.argv[2].split(",") if x], sys.argv[3]

@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transferlab.api import featurize_table, list_images  # noqa: E402
+from transferlab.api import featurize_table  # noqa: E402
 from transferlab.engines import get_engine  # noqa: E402
+from transferlab.intake import list_images  # noqa: E402
 
 
 def make_variants(src: Path, dest: Path, n_variants: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +15,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
 PRESIDENTS = REPO / "data" / "presidents"
+
+
+def run(*args: str, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m transferlab ARGS`` in a subprocess, with its own feature cache when ``cache`` is given."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    if cache is not None:
+        env["TRANSFERLAB_CACHE_DIR"] = str(cache)
+    proc = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
 
 
 @pytest.fixture(autouse=True)

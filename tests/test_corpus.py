@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from transferlab.features import decode_pixels
-from transferlab.intake import SKIP_REASONS, intake, load_rgb
+from transferlab.decode import decode_pixels, load_rgb
+from transferlab.intake import SKIP_REASONS, intake
 
 from .conftest import PRESIDENTS, REPO
 from .corpus import Kind, build_corpus

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from transferlab.cli import app
 
-from .test_cli import run
+from .conftest import run
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -18,9 +18,9 @@ ort = pytest.importorskip("onnxruntime")
 def _pixels(clf, paths):
     import torch
 
-    from transferlab.features import decode_pixels
+    from transferlab.decode import decode_pixels
 
-    bb = clf.backbone_()
+    bb = clf.extractor_.backbone
     return torch.stack([bb.transform(decode_pixels(p, bb.draft_size)) for p in paths]).numpy()
 
 
@@ -82,16 +82,13 @@ def test_export_of_a_missing_model_is_one_line(tmp_path):
 
 
 def test_onnxruntime_backend_gives_torch_features_and_exports_once(tmp_path, small_photos, monkeypatch):
-    import transferlab.features as F
-    from transferlab.backbones import _onnx, create_backbone
-    from transferlab.features import featurize
+    from transferlab.backbones import create_backbone, onnx_graph
+    from transferlab.features import featurize_images as featurize
 
     paths = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:10]
     ref = featurize(paths, create_backbone("mobilenet_v2"), batch_size=4)
-    with monkeypatch.context() as m:
-        m.setattr(F, "cpu_lanes", lambda n: (2, 1))  # batches side by side, one onnxruntime thread each
-        bb = create_backbone("mobilenet_v2").use_onnxruntime(tmp_path)
-        fast = featurize(paths, bb, batch_size=4, num_workers=0)
+    bb = create_backbone("mobilenet_v2").use_onnxruntime(tmp_path)
+    fast = featurize(paths, bb, batch_size=4, num_workers=0, lanes=2)  # side by side, one onnxruntime thread each
     assert set(bb._sessions) == {"avg-1"}  # the lanes' sessions, exported and built once
     np.testing.assert_allclose(fast.features, ref.features, atol=1e-5)
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
@@ -99,6 +96,6 @@ def test_onnxruntime_backend_gives_torch_features_and_exports_once(tmp_path, sma
     def no_export(*a, **k):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(_onnx, "export_module", no_export)
+    monkeypatch.setattr(onnx_graph, "export_module", no_export)
     again = featurize(paths[:3], create_backbone("mobilenet_v2").use_onnxruntime(tmp_path))
     np.testing.assert_allclose(again.features, ref.features[:3], atol=1e-5)

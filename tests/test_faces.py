@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 
 import transferlab
-from transferlab.faces import YuNetDetector
+from transferlab.backbones.face_nets import YuNetDetector
 
-from .conftest import PRESIDENTS, copy_subset
-from .test_cli import run
+from .conftest import PRESIDENTS, copy_subset, run
 
 MANIFEST = pd.read_csv(PRESIDENTS / "manifest.csv")
 
@@ -151,15 +150,16 @@ def test_fallback_answers_photos_without_a_face_and_survives_save_and_load(tmp_p
     ]
     assert lines[0]["fallback"] is True and lines[0]["label"] in {"bush", "clinton", "obama", "trump"}
     assert "box" in lines[1] and "fallback" not in lines[1]
-    with pytest.raises(transferlab.TransferlabError, match="face backbones only"):
-        transferlab.Classifier(backbone="mobilenet_v2", fallback="efficientnet_lite0")
+    with pytest.raises(transferlab.TransferlabError, match="face backbones only"):  # validated before any work
+        transferlab.Classifier(backbone="mobilenet_v2", fallback="efficientnet_lite0").fit([str(face)], ["obama"])
 
 
 PARALLEL_SCRIPT = """
 import sys, json
 import numpy as np
 from transferlab.backbones import create_backbone
-from transferlab.features import featurize, featurize_faces
+from transferlab.features import featurize_faces
+from transferlab.features import featurize_images as featurize
 from transferlab.intake import intake
 paths = intake(sys.argv[1]).table["path"].tolist()[:10]
 featurize(paths[:2], create_backbone("mobilenet_v2"))          # torch/OpenMP threads running in this process
@@ -167,8 +167,8 @@ featurize_faces(paths[:1], create_backbone("sface"))            # OpenCV threads
 bb = create_backbone("dlib_resnet")
 pooled = featurize_faces(paths, bb)                             # single-threaded embedder: worker processes
 serial = [bb.module.faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
-diff = max(float(np.abs(a - b).max()) for a, b in zip(pooled.faces, serial) if len(a))
-print(json.dumps({"n": len(pooled.faces), "errors": len(pooled.errors), "diff": diff}))
+diff = max(float(np.abs(a - b).max()) for a, b in zip(pooled.bags, serial) if len(a))
+print(json.dumps({"n": len(pooled.bags), "errors": len(pooled.errors), "diff": diff}))
 """
 
 
@@ -203,8 +203,8 @@ def test_dlib_backbone_through_the_cli(tmp_path):
 def test_sface_on_onnxruntime_equals_opencv():
     """The float graph (weights dequantized once, faces batched) gives OpenCV's embeddings."""
     pytest.importorskip("onnxruntime")
-    from transferlab.faces import SFaceEmbedder
-    from transferlab.intake import read_rgb
+    from transferlab.backbones.face_nets import SFaceEmbedder
+    from transferlab.decode import read_rgb
 
     fast, ref = SFaceEmbedder("onnxruntime"), SFaceEmbedder("opencv")
     assert (fast.runtime, ref.runtime) == ("onnxruntime", "opencv")

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from transferlab.backbones import create_backbone
-from transferlab.features import featurize, open_cache
+from transferlab.features import featurize_images as featurize
+from transferlab.features import open_cache
 from transferlab.intake import intake
 
 from .conftest import REPO, copy_subset
@@ -85,7 +86,8 @@ def test_batched_and_single_image_features_agree(mobilenet, small_photos):
 KILL_SCRIPT = """
 import sys
 from transferlab.backbones import create_backbone
-from transferlab.features import featurize, open_cache
+from transferlab.features import featurize_images as featurize
+from transferlab.features import open_cache
 from transferlab.intake import intake
 t = intake(sys.argv[1]).table
 bb = create_backbone("mobilenet_v2")
@@ -141,7 +143,7 @@ def test_exif_orientation_on_tensors_matches_pillow(orientation):
     import torch
     from PIL import ImageOps
 
-    from transferlab.features import apply_exif_orientation
+    from transferlab.decode import apply_exif_orientation
 
     rng = np.random.default_rng(orientation)
     img = Image.fromarray(rng.integers(0, 255, (5, 7, 3), dtype=np.uint8))
@@ -157,7 +159,7 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     """The GPU pipeline (raw JPEG bytes → batched decode → upright → transform on the device), run on the CPU:
     same features as the default path and the same errors for the bad-input corpus (all 8 EXIF orientations,
     broken EXIF, mislabelled and non-JPEG files included)."""
-    import transferlab.features as F
+    import transferlab.features.cuda as F
 
     from .conftest import PRESIDENTS
     from .corpus import build_corpus
@@ -169,9 +171,9 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     sources = photos + corpus + [str(PRESIDENTS / "does-not-exist.jpg")]
     ref = featurize(sources, mobilenet, batch_size=8)
     decoded: list[int] = []
-    real = F._decode_on_device
+    real = F.decode_on_device
     monkeypatch.setattr(
-        F, "_decode_on_device", lambda items, *a: decoded.extend(i for i, *_ in items) or real(items, *a)
+        F, "decode_on_device", lambda items, *a: decoded.extend(i for i, *_ in items) or real(items, *a)
     )
     got = featurize(sources, mobilenet, batch_size=8, decode_device="cpu")
     orientations = [
@@ -208,8 +210,6 @@ def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monk
 
     import torch
 
-    import transferlab.features as F
-
     from .corpus import build_corpus
 
     photos = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:13]
@@ -217,8 +217,7 @@ def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monk
     corpus = [str(tmp_path / "corpus" / f) for k in kinds if not k.vanish for f in k.files]
     sources = [s for pair in zip(photos, corpus, strict=False) for s in pair] + corpus[len(photos) :]
     threads = torch.get_num_threads()
-    monkeypatch.setattr(F, "cpu_lanes", lambda n: (1, threads))
-    ref = featurize(sources, mobilenet, batch_size=4, num_workers=0)
+    ref = featurize(sources, mobilenet, batch_size=4, num_workers=0, lanes=1)
     seen: set[str] = set()
     real = mobilenet.forward
 
@@ -227,9 +226,8 @@ def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monk
         assert torch.get_num_threads() == 1  # each lane runs with its share of the threads
         return real(x, pool=pool)
 
-    monkeypatch.setattr(F, "cpu_lanes", lambda n: (3, 1))
     monkeypatch.setattr(mobilenet, "forward", forward)
-    got = featurize(sources, mobilenet, batch_size=4, num_workers=0)
+    got = featurize(sources, mobilenet, batch_size=4, num_workers=0, lanes=3)
     assert seen == {"transferlab-lane"}  # the lanes really ran
     assert torch.get_num_threads() == _threads_of_a_new_thread() == threads
     assert got.errors == ref.errors and got.n_computed == ref.n_computed == int(ref.ok.sum())
@@ -241,14 +239,11 @@ def test_lanes_match_one_batch_at_a_time(tmp_path, small_photos, mobilenet, monk
 def test_an_error_in_a_lane_reaches_the_caller(small_photos, mobilenet, monkeypatch):
     import torch
 
-    import transferlab.features as F
-
     photos = sorted(str(p) for p in small_photos.rglob("*.jpg"))[:12]
     threads = torch.get_num_threads()
-    monkeypatch.setattr(F, "cpu_lanes", lambda n: (2, 1))
     monkeypatch.setattr(mobilenet, "forward", lambda x, pool="avg": (_ for _ in ()).throw(MemoryError("boom")))
     with pytest.raises(MemoryError, match="boom"):
-        featurize(photos, mobilenet, batch_size=4, num_workers=0)
+        featurize(photos, mobilenet, batch_size=4, num_workers=0, lanes=2)
     assert torch.get_num_threads() == _threads_of_a_new_thread() == threads
 
 
@@ -261,8 +256,9 @@ def test_device_choice_is_checked():
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    clf = Classifier("mobilenet_v2", device="tpu")  # scikit-learn's rule: __init__ stores, fit validates
     with pytest.raises(TransferlabError, match="choose auto, cpu"):
-        Classifier("mobilenet_v2", device="tpu")
+        clf.fit(["never-read.jpg"], ["a"])
     if not torch.cuda.is_available():
         with pytest.raises(TransferlabError, match="no CUDA GPU"):
             resolve_device("cuda")

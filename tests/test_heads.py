@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from transferlab.errors import TransferlabError
 from transferlab.heads import HEADS, LogRegHead, MLPHead, SVMHead, make_head
@@ -82,3 +83,65 @@ def test_parameters_are_validated_with_the_allowed_values():
         make_head("logreg", epochs=3)
     with pytest.raises(TransferlabError, match="2 classes"):
         LogRegHead().fit(np.zeros((3, 2)), ["a", "a", "a"])
+    with pytest.raises(ValueError, match="got 1 class"):  # HeadInputError is both, as scikit-learn expects
+        MLPHead(epochs=1).fit(np.zeros((3, 2)), [7, 7, 7])
+
+
+# MLPHead(epochs=5) keeps the run short; every check passes with scikit-learn's own data, none is expected to fail.
+@parametrize_with_checks([LogRegHead(), SVMHead(), MLPHead(epochs=5)])
+def test_heads_pass_scikit_learns_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([3, 10, 7, -1]), np.array(["w", "x", "y", "z"], dtype=object), np.array(["b", "a", "d", "c"])],
+    ids=["int", "object", "str"],
+)
+def test_any_label_type_is_kept_and_round_trips_as_strings(name, labels):
+    X, letters = blobs(n=60)
+    y = labels[np.searchsorted(np.array(list("abcd")), letters)]
+    head = make_head(name, **({"epochs": 3} if name == "mlp" else {})).fit(X, y)
+    assert head.classes_.dtype == labels.dtype
+    np.testing.assert_array_equal(head.classes_, np.sort(labels))
+    assert set(head.predict(X)) <= set(labels)
+    arrays, params = head.to_state()
+    again = HEADS[name].from_state(arrays, params)
+    assert list(again.classes_) == [str(c) for c in head.classes_]
+    assert again.n_features_in_ == head.n_features_in_ == X.shape[1]
+    np.testing.assert_array_equal(head.predict_proba(X), again.predict_proba(X))
+    np.testing.assert_array_equal(head.predict(X).astype(str), again.predict(X))
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_decision_function_follows_scikit_learns_convention(name, k):
+    X, y = blobs(k=k)
+    head = make_head(name).fit(X, y)
+    scores = head.decision_function(X)
+    if k == 2:
+        assert scores.shape == (len(X),)
+        np.testing.assert_array_equal(head.classes_[(scores > 0).astype(int)], head.predict(X))
+        np.testing.assert_allclose(1 / (1 + np.exp(-scores)), head.predict_proba(X)[:, 1], rtol=1e-5, atol=1e-6)
+    else:
+        assert scores.shape == (len(X), k)
+        np.testing.assert_array_equal(head.classes_[scores.argmax(axis=1)], head.predict(X))
+
+
+def test_heads_filled_in_directly_like_the_spark_engine_does_still_predict():
+    X, _ = blobs(d=6)
+    rng = np.random.default_rng(0)
+    lin = LogRegHead()
+    lin.mean_, lin.scale_ = np.zeros(6, np.float32), np.ones(6, np.float32)
+    lin.coef_, lin.intercept_ = rng.normal(size=(4, 6)).astype(np.float32), np.zeros(4, np.float32)
+    mlp = MLPHead(hidden=5)
+    mlp.activation = "sigmoid"
+    mlp.w1_, mlp.b1_ = rng.normal(size=(5, 6)).astype(np.float32), np.zeros(5, np.float32)
+    mlp.w2_, mlp.b2_ = rng.normal(size=(4, 5)).astype(np.float32), np.zeros(4, np.float32)
+    for head in (lin, mlp):
+        head.classes_ = np.array(list("abcd"))
+        assert head.predict_proba(X).shape == (len(X), 4)
+        assert set(head.predict(X)) <= set("abcd")
+        with pytest.raises(ValueError, match="expecting 6 features"):
+            head.predict(X[:, :5])

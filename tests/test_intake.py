@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transferlab.decode import ImageRejected, load_rgb
 from transferlab.errors import TransferlabError
-from transferlab.intake import ImageRejected, attach_manifest, intake, load_rgb
+from transferlab.intake import attach_manifest, intake
 
 from .conftest import PRESIDENTS
 from .corpus import build_corpus

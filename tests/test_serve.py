@@ -29,7 +29,7 @@ from transferlab.serve import MULTIPART_OVERHEAD, create_app
 
 from .conftest import PRESIDENTS, REPO, copy_subset
 
-EXAMPLES = REPO / "src" / "transferlab" / "static" / "examples"
+EXAMPLES = REPO / "src" / "transferlab" / "serve" / "static" / "examples"
 CLASSES = ["bush", "clinton", "obama", "trump"]
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -12,27 +12,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["Classifier", "TransferlabError", "__version__", "list_backbones", "load", "train"]
+__all__ = ["Classifier", "Options", "TransferlabError", "__version__", "list_backbones", "load", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Classifier, load, train
+    from .api import train
     from .backbones import list_backbones
     from .errors import TransferlabError
+    from .options import Options
+    from .pipeline import Classifier, load
+
+_WHERE = {
+    "Classifier": "pipeline",
+    "load": "pipeline",
+    "train": "api",
+    "list_backbones": "backbones",
+    "TransferlabError": "errors",
+    "Options": "options",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Classifier", "load", "train"):
-        from . import api
+    if name in _WHERE:
+        import importlib
 
-        return getattr(api, name)
-    if name == "list_backbones":
-        from .backbones import list_backbones
-
-        return list_backbones
-    if name == "TransferlabError":
-        from .errors import TransferlabError
-
-        return TransferlabError
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

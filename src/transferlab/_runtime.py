@@ -7,6 +7,8 @@ import glob
 import os
 import sys
 
+from .errors import TransferlabError
+
 _ALLOCATOR_TUNED = False
 
 
@@ -57,8 +59,6 @@ def hub_offline_unless_asked(download: bool) -> None:
 
 def check_device(device: str) -> None:
     """Refuse a device name other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (before any work starts)."""
-    from .errors import TransferlabError
-
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
 
@@ -69,8 +69,6 @@ def resolve_device(device: str) -> str:
     On a machine without NVIDIA device files ``auto`` answers ``cpu`` without importing torch (seconds), so a run
     served from the feature cache stays fast.
     """
-    from .errors import TransferlabError
-
     check_device(device)
     if device == "cpu":
         return "cpu"

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .cache import atomic_write_bytes
+from ._atomic import atomic_write_bytes
+from ._version import __version__
 from .errors import TransferlabError
 
 FORMAT = "transferlab-model"
@@ -77,6 +79,7 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TransferlabError(f"{mj}: unreadable model.json ({exc}); retrain or restore the file") from None
     _validate(meta, mj)
+    meta.setdefault("head_file", HEAD_FILE)
     head_file = meta["head_file"]
     if Path(head_file).name != head_file or not head_file.endswith(".safetensors"):
         raise TransferlabError(
@@ -102,17 +105,49 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     return meta, arrays
 
 
-# model.json's required fields and their JSON types; other fields are optional (and extra ones are allowed).
-_SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "format_version": int,
-    "classes": list,
-    "backbone": dict,
-    "head": dict,
-    "head_file": str,
+class _Named(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+
+
+class _Head(_Named):
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelFile(BaseModel):
+    """The fields of ``model.json`` this version reads (others are kept and ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: str
+    format_version: int
+    classes: list[str]
+    backbone: _Named
+    head: _Head
+    head_file: str = HEAD_FILE
+    pool: str | None = None
+    features: dict[str, Any] | None = None
+    face_choice: str | None = None
+    transferlab_version: str | None = None
+    faces: dict[str, Any] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError("should be a list of distinct class names")
+        return classes
+
+
+_JSON_TYPES = {
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "float_type": "a number",
 }
-_NESTED = {("backbone", "name"): str, ("head", "name"): str}
-_OPTIONAL = {"pool": str, "features": dict, "face_choice": str, "transferlab_version": str, "faces": dict}
 
 
 def _validate(meta: Any, mj: Path) -> None:
@@ -120,41 +155,43 @@ def _validate(meta: Any, mj: Path) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise TransferlabError(f'{mj}: not a transferlab model file (no "format": "{FORMAT}")')
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         written_by = meta.get("transferlab_version", "an unknown version")
         raise TransferlabError(
             f"{mj}: model format version {version!r} (written by transferlab {written_by}) is not supported by "
-            f"transferlab {_this_version()}, which reads format version {FORMAT_VERSION}; retrain the model with "
+            f"transferlab {__version__}, which reads format version {FORMAT_VERSION}; retrain the model with "
             "this version, or load it with the version that wrote it"
         )
-    damaged = "; the file is damaged or was edited by hand: retrain the model"
-    meta.setdefault("head_file", HEAD_FILE)
-    for key, kind in _SCHEMA.items():
-        if key not in meta:
-            raise TransferlabError(f"{mj}: missing field {key!r}{damaged}")
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+    try:
+        ModelFile.model_validate(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        field = f"{loc[0]!r}" if len(loc) == 1 else ".".join(loc)
+        damaged = "; the file is damaged or was edited by hand: retrain the model"
+        if err["type"] == "missing" and len(loc) == 1:
+            raise TransferlabError(f"{mj}: missing field {field}{damaged}") from None
+        if err["type"] == "missing":
+            raise TransferlabError(f"{mj}: field {field} should be {_expected(loc)}, found nothing{damaged}") from None
+        if err["type"] in _JSON_TYPES:
+            found = _json_type(type(err.get("input")))
             raise TransferlabError(
-                f"{mj}: field {key!r} should be {_json_type(kind)}, found {_json_type(type(meta[key]))}{damaged}"
-            )
-    for (outer, inner), kind in _NESTED.items():
-        if not isinstance(meta[outer].get(inner), kind):
-            raise TransferlabError(f"{mj}: field {outer}.{inner} should be {_json_type(kind)}{damaged}")
-    for key, kind in _OPTIONAL.items():
-        if key in meta and not isinstance(meta[key], kind):
-            raise TransferlabError(f"{mj}: field {key!r} should be {_json_type(kind)}{damaged}")
-    if "params" in meta["head"] and not isinstance(meta["head"]["params"], dict):
-        raise TransferlabError(f"{mj}: field head.params should be an object{damaged}")
-    classes = meta["classes"]
-    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        raise TransferlabError(f"{mj}: field 'classes' should be a list of distinct class names{damaged}")
+                f"{mj}: field {field} should be {_JSON_TYPES[err['type']]}, found {found}{damaged}"
+            ) from None
+        raise TransferlabError(f"{mj}: field {field} {err['msg'].removeprefix('Value error, ')}{damaged}") from None
+
+
+def _expected(loc: list[str]) -> str:
+    """The JSON type ``model.json`` should have at a nested location, from the schema."""
+    model: Any = ModelFile
+    annotation: Any = None
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return _json_type(annotation)
 
 
 def _json_type(kind: Any) -> str:
     names = {str: "a string", int: "a whole number", list: "a list", dict: "an object", float: "a number"}
+    names[bool] = "a boolean"
     return names.get(kind, "null" if kind is type(None) else getattr(kind, "__name__", str(kind)))
-
-
-def _this_version() -> str:
-    from . import __version__
-
-    return __version__

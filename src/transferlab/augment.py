@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._atomic import atomic_savefig
+from .decode import read_rgb
 from .errors import TransferlabError
 
 
@@ -114,8 +115,6 @@ class AugmentedImages(Sequence):
         return len(self.paths) * self.cfg.copies
 
     def __getitem__(self, j: int) -> Any:  # type: ignore[override]
-        from .intake import read_rgb
-
         i, k = divmod(j, self.cfg.copies)
         seed = int(hashlib.sha256(f"{self.hashes[i]}:{k}".encode()).hexdigest()[:12], 16)
         return augment_image(read_rgb(self.paths[i]), self.cfg, seed)
@@ -131,8 +130,6 @@ def augmentation_grid(path: str, cfg: AugmentConfig, out: Any, n: int = 8) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .intake import read_rgb
 
     img = read_rgb(path)
     img.thumbnail((256, 256))

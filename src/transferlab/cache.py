@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from ._atomic import atomic_write_bytes
 
-__all__ = ["FeatureCache", "atomic_write_bytes", "default_cache_dir", "space_key"]
+__all__ = ["FeatureCache", "ProbeCache", "default_cache_dir", "space_key"]
 
 # Each entry is an ``.npy`` file followed by this marker and the sha256 of the ``.npy`` bytes. The rename makes a
 # kill harmless; the checksum catches what a rename cannot: a disk or copy that damaged or cut a file. np.load
@@ -101,3 +102,56 @@ class FeatureCache:
         np.save(buf, np.ascontiguousarray(feature), allow_pickle=False)
         body = buf.getvalue()
         atomic_write_bytes(self._path(content_hash), body + _CHECK + hashlib.sha256(body).digest())
+
+
+class ProbeCache:
+    """Intake's per-file results (decodable?, content hash, size, perceptual hash) keyed by the sha256 of the file's
+    bytes, so a rerun does not decode everything again.
+
+    Holds hashes and sizes only, never pixels. SQLite gives atomic commits for free, so a killed run leaves a
+    consistent file. A cache is an optimisation: when the database cannot be opened, nothing is cached.
+    """
+
+    def __init__(self, root: Path | None) -> None:
+        self.db: sqlite3.Connection | None = None
+        if root is None:
+            return
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(root / "intake.sqlite", timeout=30)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS probe (key TEXT PRIMARY KEY, ok INT, reason TEXT, detail TEXT,"
+                " chash TEXT, w INT, h INT, phash TEXT)"
+            )
+        except sqlite3.Error:
+            self.db = None
+
+    def get(self, key: str) -> tuple[bool, str, str, str, int, int, int] | None:
+        """``(ok, reason, detail, content_hash, width, height, phash)`` for a file key, or None."""
+        if self.db is None:
+            return None
+        r = self.db.execute("SELECT ok, reason, detail, chash, w, h, phash FROM probe WHERE key=?", (key,)).fetchone()
+        return None if r is None else (bool(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]))
+
+    def put(self, key: str, row: tuple[bool, str, str, str, int, int, int]) -> None:
+        """Remember a file's probe (see :meth:`get`)."""
+        if self.db is not None:
+            ok, reason, detail, chash, w, h, phash = row
+            self.db.execute(
+                "INSERT OR REPLACE INTO probe VALUES (?,?,?,?,?,?,?,?)",
+                (key, int(ok), reason, detail, chash, w, h, str(phash)),
+            )
+
+    def commit(self) -> None:
+        """Make what was put so far durable (a killed intake keeps it)."""
+        if self.db is not None:
+            try:
+                self.db.commit()
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        """Commit and close."""
+        if self.db is not None:
+            self.commit()
+            self.db.close()

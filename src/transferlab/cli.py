@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,11 +14,14 @@ import typer
 
 from ._runtime import hub_offline_unless_asked, tune_allocator
 from .errors import TransferlabError
+from .options import EngineName, FaceChoice, FacesOutput, HeadName, Options, Pool, Runtime, validate_options
+from .report import summary_text
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without a "<bool>" column, paragraphs wrapped as written
     help="Turn a folder of labelled photos into an evaluated classifier: cached pretrained features + a small head.",
 )
 
@@ -35,8 +40,8 @@ Manifest = Annotated[
 ]
 GroupBy = Annotated[str | None, typer.Option("--group-by", help="Also report accuracy per value of this column.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
-Runtime = Annotated[
-    str,
+RuntimeOpt = Annotated[
+    Runtime,
     typer.Option(
         "--runtime",
         help="torch, or onnxruntime (CPU: the network exported once to ONNX; faster for large jobs, same features).",
@@ -50,7 +55,9 @@ Device = Annotated[
         "run on the CPU.",
     ),
 ]
-Engine = Annotated[str, typer.Option("--engine", help="Where features are computed: local (this process) or spark.")]
+Engine = Annotated[
+    EngineName, typer.Option("--engine", help="Where features are computed: local (this process) or spark.")
+]
 Master = Annotated[
     str | None,
     typer.Option(
@@ -64,12 +71,18 @@ Partitions = Annotated[
 ]
 
 
-def _engine(name: str, master: str | None, partitions: int | None = None) -> Any:
+PoolOpt = Annotated[Pool, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")]
+BackboneOpt = Annotated[
+    str, typer.Option(help="Backbone name; see `transferlab backbones`. sface: detected, aligned faces.")
+]
+
+
+def _engine(name: EngineName, master: str | None, partitions: int | None = None) -> Any:
     from .engines import get_engine
 
-    if name != "spark" and partitions is not None:
+    if name != EngineName.spark and partitions is not None:
         raise TransferlabError("--partitions applies to --engine spark only")
-    return get_engine(name, master, **({"partitions": partitions} if partitions is not None else {}))
+    return get_engine(name.value, master, **({"partitions": partitions} if partitions is not None else {}))
 
 
 def _out(text: str) -> None:
@@ -84,36 +97,14 @@ def _console() -> Any:
     return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=True)
 
 
-def _summary(metrics: dict[str, Any], group_by: str | None) -> str:
-    lo, hi = metrics.get("accuracy_ci95", [float("nan"), float("nan")])
-    lines = [
-        f"accuracy {metrics['accuracy']:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics['n']}, "
-        f"log loss {metrics['log_loss']:.3f})"
-    ]
-    if group_by and metrics.get("groups"):
-        for v, g in metrics["groups"].items():
-            pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.get("per_class", {}).items())
-            lines.append(f"  {group_by}={v:<20} accuracy {g['accuracy']:.3f}  n={g['n']:<4} ({pc})")
-    pcs = "  ".join(f"{c} {m['recall']:.2f}" for c, m in metrics["per_class"].items())
-    lines.append(f"  recall per class: {pcs}")
-    if metrics.get("skipped"):
-        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["skipped"].items())))
-    if "found" in metrics:
-        n_skipped = sum(metrics.get("skipped", {}).values())
-        lines.append(f"  files: {metrics['found']} found = {metrics['used']} used + {n_skipped} skipped")
-    return "\n".join(lines)
-
-
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Folder with one subfolder per class, or a CSV with path,label.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.json, report.md, plots).")],
-    backbone: Annotated[
-        str, typer.Option(help="Backbone name; see `transferlab backbones`. sface: detected, aligned faces.")
-    ] = "sface",
-    head: Annotated[str, typer.Option(help="Head: logreg, svm or mlp (the seed's).")] = "logreg",
-    pool: Annotated[str, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")] = "avg",
-    epochs: Annotated[int | None, typer.Option(help="Epochs for the mlp head (default 30).")] = None,
+    backbone: BackboneOpt = "sface",
+    head: Annotated[HeadName, typer.Option(help="Head: logreg, svm or mlp (the seed's).")] = HeadName.logreg,
+    pool: PoolOpt = Pool.avg,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the mlp head (default 30).")] = None,
     test_size: Annotated[float, typer.Option("--test-size", help="Fraction held out for evaluation.")] = 0.25,
     per_class: Annotated[
         int | None, typer.Option("--per-class", help="Use only N training images per class (balanced).")
@@ -130,16 +121,16 @@ def train(
         typer.Option("--batch-size", min=1, help="Featurization batch size (default: 32 on CPU, sized to GPU memory)."),
     ] = None,
     device: Device = "auto",
-    runtime: Runtime = "torch",
-    workers: Annotated[int | None, typer.Option(help="Image decoding processes (default: automatic).")] = None,
+    runtime: RuntimeOpt = Runtime.torch,
+    workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (default: automatic).")] = None,
     face_choice: Annotated[
-        str,
+        FaceChoice,
         typer.Option(
             "--face-choice",
             help="Face backbones: 'mil' trains on the face that carries the label and answers with the most "
             "confident known face; 'largest' always uses the largest face.",
         ),
-    ] = "mil",
+    ] = FaceChoice.mil,
     fallback: Annotated[
         str | None,
         typer.Option(
@@ -150,7 +141,7 @@ def train(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,
-    engine: Engine = "local",
+    engine: Engine = EngineName.local,
     master: Master = None,
     partitions: Partitions = None,
 ) -> None:
@@ -160,44 +151,42 @@ def train(
     skipped with the reason 'no face', and with several faces the one that carries the label is learned.
     """
     hub_offline_unless_asked(download)
+    t = time.perf_counter()
+    if epochs is not None and head != HeadName.mlp:
+        raise TransferlabError(f"--epochs applies to the mlp head only, not {head.value!r}")
+    head_params = {"epochs": epochs} if epochs is not None else {}
+    opts = _options(locals(), head_params=head_params, use_cache=not no_cache, num_workers=workers, verbose=not quiet)
     from .api import train as api_train
 
-    t = time.perf_counter()
-    head_params = {"epochs": epochs} if epochs is not None else None
-    if epochs is not None and head != "mlp":
-        raise TransferlabError(f"--epochs applies to the mlp head only, not {head!r}")
     res = api_train(
         data,
         out,
-        backbone=backbone,
-        head=head,
-        pool=pool,
-        head_params=head_params,
+        options=opts,
         test_size=test_size,
         per_class=per_class,
         seed=seed,
         manifest=manifest,
         group_by=group_by,
-        weights=weights,
-        download=download,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        batch_size=batch_size,
-        num_workers=workers,
-        face_choice=face_choice,
-        fallback=fallback,
-        verbose=not quiet,
-        device=device,
-        runtime=runtime,
         engine=_engine(engine, master, partitions),
     )
     if as_json:
         _out(json.dumps(res.metrics))
         return
-    _out(f"model: {res.out}  ({backbone} + {head}, {res.metrics['n']} held-out images)")
-    _out(_summary(res.metrics, group_by))
+    _out(f"model: {res.out}  ({opts.backbone} + {opts.head.value}, {res.metrics['n']} held-out images)")
+    _out(summary_text(res.metrics, group_by))
     _out(f"features: {res.feature_stats['computed']} computed, {res.feature_stats['cached']} from cache")
     _out(f"report: {res.report_path}   total {time.perf_counter() - t:.1f} s")
+
+
+def _options(flags: dict[str, Any], **values: Any) -> Options:
+    """The model's options from a command's flags: those named like an :class:`Options` field, and ``values``."""
+    return validate_options(**{**{k: v for k, v in flags.items() if k in Options.model_fields}, **values})
+
+
+def _load(model: Path, no_cache: bool, runtime: Runtime, **options: Any) -> Any:
+    from .pipeline import load
+
+    return load(model, use_cache=not no_cache, runtime=runtime.value, **options)
 
 
 @app.command()
@@ -211,27 +200,15 @@ def evaluate(
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     device: Device = "auto",
-    runtime: Runtime = "torch",
+    runtime: RuntimeOpt = Runtime.torch,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved model on every usable image under DATA."""
     hub_offline_unless_asked(False)
-    from .api import load
-
-    clf = load(
-        model,
-        weights=weights,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        verbose=not quiet and not as_json,
-        device=device,
-        runtime=runtime,
-    )
+    verbose = not quiet and not as_json
+    clf = _load(model, no_cache, runtime, weights=weights, cache_dir=cache_dir, verbose=verbose, device=device)
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
-    if as_json:
-        _out(json.dumps(metrics))
-    else:
-        _out(_summary(metrics, group_by))
+    _out(json.dumps(metrics) if as_json else summary_text(metrics, group_by))
 
 
 @app.command()
@@ -241,8 +218,8 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Show only the K most probable classes.")] = None,
     faces: Annotated[
-        str, typer.Option("--faces", help="Face models: 'best' (one answer per image) or 'all' (one per face).")
-    ] = "best",
+        FacesOutput, typer.Option("--faces", help="Face models: 'best' (one answer per image) or 'all' (one per face).")
+    ] = FacesOutput.best,
     unknown_threshold: Annotated[
         float | None,
         typer.Option(
@@ -255,9 +232,9 @@ def predict(
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     device: Device = "auto",
-    runtime: Runtime = "torch",
+    runtime: RuntimeOpt = Runtime.torch,
     quiet: Quiet = False,
-    engine: Engine = "local",
+    engine: Engine = EngineName.local,
     master: Master = None,
     partitions: Partitions = None,
     out: Annotated[
@@ -275,27 +252,20 @@ def predict(
     unless --faces all), 'unknown' when no face is close enough to a class, and 'no face found' without a face.
     """
     hub_offline_unless_asked(False)
-    from .api import expand_paths, load, prediction_counts
+    from ._files import expand_paths
+    from .predictions import display_rows, prediction_counts
 
     files = expand_paths(paths)
     if not files:
         raise TransferlabError("no files found in the given paths")
     eng = _engine(engine, master, partitions)
-    clf = load(
-        model,
-        weights=weights,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        verbose=not quiet and not as_json,
-        device=device,
-        runtime=runtime,
-        engine=eng,
+    if out is not None and (faces != FacesOutput.best or unknown_threshold is not None or top_k is not None):
+        raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
+    verbose = not quiet and not as_json
+    clf = _load(
+        model, no_cache, runtime, weights=weights, cache_dir=cache_dir, verbose=verbose, device=device, engine=eng
     )
-    if faces not in ("best", "all"):
-        raise TransferlabError(f"--faces {faces}: choose 'best' or 'all'")
     if out is not None:
-        if faces != "best" or unknown_threshold is not None or top_k is not None:
-            raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
         summary = eng.predict_table(clf, files, out)
         if as_json:
             _out(json.dumps({"out": str(summary.out), "rows": summary.rows, "errors": summary.errors}))
@@ -305,23 +275,17 @@ def predict(
             raise typer.Exit(1)
         return
     preds = clf.predict_images(files, unknown_threshold=unknown_threshold)
+    every_face = faces == FacesOutput.all
     if as_json:
         for p in preds:
-            for line in p.face_dicts(top_k) if faces == "all" else [p.to_dict(top_k)]:
+            for line in p.face_dicts(top_k) if every_face else [p.to_dict(top_k)]:
                 _out(json.dumps(line))
     else:
         from rich.table import Table
 
-        k = top_k or len(clf.classes_)
         table = Table("file", "label", "probabilities", "face box (x, y, w, h)", box=None, pad_edge=False)
-        for p in preds:
-            if p.error:
-                table.add_row(p.path, "[red]error[/red]", p.error, "")
-                continue
-            for line in p.face_dicts(k) if faces == "all" else [p.to_dict(k)]:
-                probs = "  ".join(f"{c} {v:.2f}" for c, v in line["probabilities"].items())
-                box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""
-                table.add_row(p.path, line["label"] or "", probs, box)
+        for cells in display_rows(preds, top_k or len(clf.classes_), every_face):
+            table.add_row(*cells)
         _console().print(table)
     counts = prediction_counts(preds)
     if not quiet:  # on stderr: stdout stays one JSON object per image with --json
@@ -341,15 +305,15 @@ def featurize(
         Path, typer.Argument(help="Folder of class subfolders, a CSV with path,label, or a folder of images.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Feature table folder to write (Parquet).")],
-    backbone: Annotated[str, typer.Option(help="Backbone name; see `transferlab backbones`.")] = "sface",
-    pool: Annotated[str, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")] = "avg",
+    backbone: BackboneOpt = "sface",
+    pool: PoolOpt = Pool.avg,
     weights: Weights = None,
     download: Download = False,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Featurization batch size.")] = 32,
-    workers: Annotated[int | None, typer.Option(help="Image decoding processes (local engine).")] = None,
-    engine: Engine = "local",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Featurization batch size.")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (local engine).")] = None,
+    engine: Engine = EngineName.local,
     master: Master = None,
     partitions: Partitions = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -361,31 +325,13 @@ def featurize(
     and no features; the run continues.
     """
     hub_offline_unless_asked(download)
+    verbose = not quiet and not as_json
+    opts = _options(locals(), use_cache=not no_cache, num_workers=workers, verbose=verbose)
+    eng = _engine(engine, master, partitions)
     from .api import featurize_table
 
-    summary = featurize_table(
-        data,
-        out,
-        backbone=backbone,
-        pool=pool,
-        weights=weights,
-        download=download,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        batch_size=batch_size,
-        num_workers=workers,
-        engine=_engine(engine, master, partitions),
-        verbose=not quiet and not as_json,
-    )
-    doc = {
-        "out": str(summary.out),
-        "rows": summary.rows,
-        "errors": summary.errors,
-        "computed": summary.n_computed,
-        "cached": summary.n_cached,
-        "engine": engine,
-        "seconds": round(summary.seconds, 2),
-    }
+    summary = featurize_table(data, out, options=opts, engine=eng)
+    doc = summary.to_dict(engine.value)
     if as_json:
         _out(json.dumps(doc))
         return
@@ -412,24 +358,6 @@ def study(
         _out("skipped backbones: " + ", ".join(res.skipped_backbones))
 
 
-def _check_port_free(host: str, port: int) -> None:
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise TransferlabError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            s.bind(address)
-        except OSError as exc:
-            raise TransferlabError(
-                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another --port"
-            ) from None
-
-
 @app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="Model directory written by `transferlab train`.")],
@@ -453,14 +381,14 @@ def serve(
     try:
         import uvicorn
 
-        from .serve import create_app
+        from .serve import check_port_free, create_app
     except ImportError as exc:
         raise TransferlabError(
             f"transferlab serve needs {exc.name}; run `pip install -r requirements.txt` "
             "(or `pip install 'transferlab[serve]'`)"
         ) from None
 
-    _check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
+    check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
     web = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), weights=weights)
     sys.stderr.write(f"serving {model} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)\n")
     uvicorn.run(web, host=host, port=port, log_level="warning" if quiet else "info", server_header=False)
@@ -482,13 +410,7 @@ def export(
     from .export import export_onnx
 
     res = export_onnx(model, onnx, weights=weights)
-    info = {
-        "onnx": str(res.path),
-        "input": {"name": "pixels", "dtype": "uint8", "shape": list(res.input_shape), "layout": "NHWC RGB"},
-        "output": {"name": "probabilities", "classes": res.classes},
-        "max_abs_diff_vs_torch": res.max_abs_diff,
-        "bytes": res.bytes,
-    }
+    info = res.to_dict()
     if as_json:
         _out(json.dumps(info))
         return
@@ -503,22 +425,9 @@ def export(
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
     """List registered backbones: parameters, feature shape, and whether weights are available here."""
     hub_offline_unless_asked(False)
-    from .backbones import get_backbone_cfg, list_backbones
+    from .backbones import catalogue
 
-    rows = []
-    for name in list_backbones():
-        cfg = get_backbone_cfg(name)
-        rows.append(
-            {
-                "name": name,
-                "params": cfg.num_params,
-                "feature_shape": list(cfg.feature_shape),
-                "input_size": list(cfg.input_size),
-                "weights_available": cfg.weights_available(),
-                "weights_source": cfg.weights.describe(),
-                "description": cfg.description,
-            }
-        )
+    rows = catalogue()
     if as_json:
         _out(json.dumps(rows))
         return
@@ -537,17 +446,46 @@ def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
     _console().print(table)
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit status 2."""
+# What a wrong choice is called in its one-line error ("--head forest: unknown head; choose one of: ...").
+_NOUNS = {"--face-choice": "face choice", "--faces": "--faces value"}
+
+
+def _usage_error(exc: typer.TyperException) -> str:
+    """One line for a command-line mistake: the option, the value and what is allowed."""
+    param = getattr(exc, "param", None)
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        opt = max(param.opts, key=len)  # type: ignore[union-attr]
+        found = re.search(r"(\S+) is not one of", str(getattr(exc, "message", "")))
+        value = found.group(1).strip("'\"") if found else "?"
+        noun = _NOUNS.get(opt, opt.removeprefix("--"))
+        return f"{opt} {value}: unknown {noun}; choose one of: {', '.join(str(m.value) for m in kind)}"
+    return str(exc.format_message()).replace("Value error, ", "")  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: every user error becomes one line on stderr and exit status 2."""
+    from typer.main import get_command
+
     tune_allocator()
     try:
-        app()
+        code = get_command(app).main(argv, prog_name="transferlab", standalone_mode=False)
     except TransferlabError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    except typer.TyperException as exc:  # a usage mistake: unknown option, bad value, missing argument
+        sys.stderr.write(f"error: {_usage_error(exc)}\n")
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; finished features are cached and a rerun resumes from there\n")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""Evaluation: metrics from true labels and predicted probabilities, overall and per group."""
+"""Evaluation: metrics from true labels and predicted probabilities, overall and per group, and confidence
+intervals (Wilson for one accuracy, Student's t over repeated seeds)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,53 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from .errors import TransferlabError
+from .predictions import Analysis
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for an accuracy of ``correct``/``n`` (sensible at 0 and 1, unlike ±1.96·se)."""
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for an accuracy of ``correct``/``n`` (sensible at 0 and 1, unlike ±1.96·se).
+
+    Examples
+    --------
+    >>> [round(x, 3) for x in wilson_interval(10, 10)]
+    [0.722, 1.0]
+    """
     if n == 0:
         return (float("nan"), float("nan"))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def mean_ci(values: Any, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and t-interval ``(mean, lower, upper)`` of repeated-seed results (NaNs ignored).
+
+    Examples
+    --------
+    >>> [round(x, 3) for x in mean_ci([0.9, 0.92, 0.94])]
+    [0.92, 0.87, 0.97]
+    """
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    a = a[~np.isnan(a)]
+    if len(a) == 0:
+        return (float("nan"),) * 3
+    m = float(a.mean())
+    if len(a) < 2 or a.std(ddof=1) == 0:
+        return m, m, m
+    lo, hi = stats.t.interval(confidence, len(a) - 1, loc=m, scale=stats.sem(a))
+    return m, float(lo), float(hi)
+
+
+def fmt_ci(values: Any) -> str:
+    """``"mean ± half-width"`` of :func:`mean_ci` with three decimals, ``"—"`` without values."""
+    m, lo, hi = mean_ci(values)
+    return "—" if np.isnan(m) else f"{m:.3f} ± {(hi - lo) / 2:.3f}"
 
 
 def compute_metrics(
@@ -92,3 +129,61 @@ def compute_metrics(
             for v in sorted(set(g))
         }
     return out
+
+
+def rows_to_evaluate(
+    table: pd.DataFrame, classes: Sequence[str], group_by: str | None, skipped: dict[str, int] | None
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows of an intake table a model can be scored on (labels it knows), and the skip counts with the others.
+
+    Raises
+    ------
+    TransferlabError
+        When ``group_by`` names no column of the table.
+    """
+    skipped = dict(skipped or {})
+    if group_by is not None and group_by not in table.columns:
+        cols = [c for c in table.columns if c not in ("path", "label", "content_hash", "width", "height", "group")]
+        raise TransferlabError(
+            f"--group-by {group_by}: no such column; available: {', '.join(cols) or 'none (pass --manifest CSV)'}"
+        )
+    known = table["label"].isin(set(classes))
+    if not known.all():
+        skipped["label not in model"] = skipped.get("label not in model", 0) + int((~known).sum())
+        table = table[known].reset_index(drop=True)
+    return table, skipped
+
+
+def evaluate_analyses(
+    table: pd.DataFrame,
+    analyses: Sequence[Analysis],
+    classes: Sequence[str],
+    *,
+    group_by: str | None = None,
+    skipped: dict[str, int] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics for the photos of an intake table, given the model's analysis of each row.
+
+    Accuracy is over the classes (the answer's most probable class). Rows without an answer are counted in
+    ``skipped`` by reason. Face models (analyses with faces) add ``unknown_rate`` (the share of these photos of
+    known people the open-set rule answers ``unknown``) and ``several_faces``.
+
+    Returns
+    -------
+    metrics, detail
+        The ``evaluate --json`` object, and ``{"rows", "proba"}`` of the answered rows for reports.
+    """
+    skipped = dict(skipped or {})
+    ok = np.array([a.usable for a in analyses], dtype=bool)
+    for a in analyses:
+        if a.error is not None and not a.usable:
+            skipped[a.error[0]] = skipped.get(a.error[0], 0) + 1
+    rows = table[ok].reset_index(drop=True)
+    proba = np.stack([a.proba for a in analyses if a.proba is not None]) if ok.any() else np.zeros((0, len(classes)))
+    groups = rows[group_by].tolist() if group_by is not None else None
+    metrics = compute_metrics(rows["label"].tolist(), proba, list(classes), groups=groups, skipped=skipped)
+    if any(a.faces for a in analyses):
+        known = [a.known for a in analyses if a.usable]
+        metrics["unknown_rate"] = float(1 - np.mean(known)) if known else float("nan")
+        metrics["several_faces"] = int(sum(len(a.faces) > 1 for a in analyses))
+    return metrics, {"rows": rows, "proba": proba}

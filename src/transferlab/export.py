@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backbones.onnx_graph import export_module, features_module
 from .errors import TransferlabError
+from .heads import LogRegHead, MLPHead, SVMHead
+from .pipeline import Classifier, load
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from .api import Classifier
 
 
 def head_module(head: Any) -> torch.nn.Module:
@@ -38,8 +39,6 @@ def head_module(head: Any) -> torch.nn.Module:
         Frozen module; its output equals the head's probabilities up to float rounding.
     """
     import torch
-
-    from .heads import LogRegHead, MLPHead, SVMHead
 
     def const(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
@@ -96,9 +95,9 @@ def pipeline_module(clf: Classifier) -> torch.nn.Module:
             f"{clf.backbone} is a face model: its detector and embedder are OpenCV/dlib networks, not torch, so it "
             "cannot be exported as one graph; export a whole-image model (e.g. --backbone mobilenet_v2)"
         )
-    from .backbones._onnx import features_module
-
-    features = features_module(clf.backbone_(), clf.pool)
+    if not hasattr(clf, "head_"):
+        raise TransferlabError("this classifier is not trained yet; call fit() or load a saved model")
+    features = features_module(clf.extractor_.backbone, clf.options_.pool.value)
 
     class _Pipeline(torch.nn.Module):
         def __init__(self) -> None:
@@ -121,6 +120,16 @@ class ExportResult:
     classes: list[str]
     max_abs_diff: float
     bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``export --json`` object."""
+        return {
+            "onnx": str(self.path),
+            "input": {"name": "pixels", "dtype": "uint8", "shape": list(self.input_shape), "layout": "NHWC RGB"},
+            "output": {"name": "probabilities", "classes": self.classes},
+            "max_abs_diff_vs_torch": self.max_abs_diff,
+            "bytes": self.bytes,
+        }
 
 
 def export_onnx(
@@ -153,12 +162,9 @@ def export_onnx(
     """
     import torch
 
-    from .api import load
-    from .backbones._onnx import export_module
-
     clf = load(model_dir, weights=weights, use_cache=False, device="cpu")
     module = pipeline_module(clf)
-    size = tuple(clf.backbone_().cfg.input_size[1:])
+    size = tuple(clf.extractor_.backbone.cfg.input_size[1:])
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -178,7 +184,7 @@ def _add_metadata(path: Path, clf: Classifier) -> None:
     import onnx
 
     m = onnx.load(str(path))
-    bb = clf.backbone_()
+    bb = clf.extractor_.backbone
     meta = {
         "transferlab.classes": json.dumps([str(c) for c in clf.classes_]),
         "transferlab.backbone": bb.cfg.name,

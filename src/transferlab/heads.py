@@ -1,8 +1,12 @@
 """Heads: scikit-learn-compatible classifiers on feature arrays (they never see images or backbones).
 
-Every head follows the estimator contract (``__init__`` stores parameters; ``fit`` returns self; fitted state ends
-in ``_``) and can export its fitted state as plain arrays (``to_state``/``from_state``), so models are saved as
-safetensors/npz + JSON and loading never unpickles anything.
+Every head follows the estimator contract (``__init__`` stores parameters; ``fit`` validates its input with
+scikit-learn's own utilities and returns self; fitted state ends in ``_``) and passes scikit-learn's
+``check_estimator``. Labels may be of any type (ints, strings, objects); ``classes_`` keeps their own values.
+
+Every head can export its fitted state as plain arrays (``to_state``/``from_state``), so models are saved as
+safetensors/npz + JSON and loading never unpickles anything. Saved class names are strings (``model.json`` keeps
+them as strings), so a loaded head's ``classes_`` are the string form of the labels it was trained on.
 """
 
 from __future__ import annotations
@@ -11,54 +15,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import TransferlabError
 
 
-class _StateMixin:
-    """Export/import of fitted state as ``(arrays, json_params)``."""
-
-    _state_arrays: ClassVar[tuple[str, ...]] = ()
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Fitted arrays (for safetensors/npz) and constructor parameters (for JSON)."""
-        check_is_fitted(self)
-        arrays = {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
-        arrays["classes_"] = np.asarray(self.classes_).astype(str)  # type: ignore[attr-defined]
-        return arrays, self.get_params()  # type: ignore[attr-defined]
-
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Any:
-        """Rebuild a fitted head from :meth:`to_state` output."""
-        head = cls(**params)
-        for k in cls._state_arrays:
-            setattr(head, k, arrays[k])
-        head.classes_ = np.asarray(arrays["classes_"]).astype(str)
-        return head
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Most probable class per row."""
-        proba = self.predict_proba(X)  # type: ignore[attr-defined]
-        return self.classes_[np.argmax(proba, axis=1)]  # type: ignore[attr-defined]
+class HeadInputError(TransferlabError, ValueError):
+    """Training data a head cannot learn from (a :class:`ValueError`, as scikit-learn expects)."""
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-    y = np.asarray(y).astype(str)
-    if len(X) != len(y):
-        raise TransferlabError(f"{len(X)} feature rows but {len(y)} labels")
-    if len(np.unique(y)) < 2:
-        raise TransferlabError("need at least 2 classes to train a classifier")
-    if not np.isfinite(X).all():
-        raise TransferlabError("features contain NaN or infinity; drop images that failed featurization first")
-    return X, y
 
 
 def _one_row_per_class(coef: np.ndarray, intercept: np.ndarray, n_classes: int, scale: float) -> tuple:
@@ -68,22 +38,146 @@ def _one_row_per_class(coef: np.ndarray, intercept: np.ndarray, n_classes: int, 
     return coef.astype(np.float32), intercept.astype(np.float32)
 
 
-class _StandardisedLinear:
-    """Shared by the linear heads: standardise features, then class scores ``x·Wᵀ + b``."""
+class _Head(ClassifierMixin, BaseEstimator):
+    """Input validation, prediction and export of fitted state as ``(arrays, json_params)``, shared by all heads.
+
+    A subclass names its fitted arrays in ``_state_arrays`` and implements ``_logits`` (one column per class, in
+    ``classes_`` order; ``predict_proba`` is their softmax) and ``_n_features_from_arrays``.
+    """
+
+    _state_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Validated ``float32`` features and labels encoded as ``0..k-1``; sets ``classes_`` and ``n_features_in_``."""
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        classes, yi = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            only = classes.tolist()[0]  # "1 class" is what scikit-learn's checks look for
+            raise HeadInputError(
+                f"need at least 2 classes to train a classifier, got 1 class ({only!r}) in {len(y)} labels"
+            )
+        self.classes_ = classes
+        return X, yi
+
+    def _validate_predict(self, X: Any) -> np.ndarray:
+        """Validated ``float32`` features of a fitted head, with the number of features it was fitted on."""
+        check_is_fitted(self)
+        if not hasattr(self, "n_features_in_"):  # fitted arrays set directly (Spark engine): derive it from them
+            self.n_features_in_ = self._n_features_from_arrays()
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def _n_features_from_arrays(self) -> int:
+        raise NotImplementedError
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_samples, n_classes)``, columns in ``classes_`` order, rows summing to 1.
+        """
+        return _softmax(self._logits(self._validate_predict(X)))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class per row.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_samples,)``, values from ``classes_``.
+        """
+        logits = self._logits(self._validate_predict(X))
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Fitted arrays (for safetensors/npz) and constructor parameters (for JSON).
+
+        Returns
+        -------
+        tuple of (dict of str to numpy.ndarray, dict of str to Any)
+            The arrays named in ``_state_arrays`` plus ``classes_`` (as strings), and ``get_params()``.
+        """
+        check_is_fitted(self)
+        arrays = {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
+        arrays["classes_"] = np.asarray(self.classes_).astype(str)
+        return arrays, self.get_params()
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Any:
+        """Rebuild a fitted head from :meth:`to_state` output.
+
+        Parameters
+        ----------
+        arrays
+            Fitted arrays by name, including ``classes_``.
+        params
+            Constructor parameters.
+
+        Returns
+        -------
+        _Head
+            A fitted head of this class; its ``classes_`` are strings.
+        """
+        head = cls(**params)
+        for k in cls._state_arrays:
+            setattr(head, k, arrays[k])
+        head.classes_ = np.asarray(arrays["classes_"]).astype(str)
+        head.n_features_in_ = head._n_features_from_arrays()
+        return head
+
+
+class _StandardisedLinear(_Head):
+    """Shared by the linear heads: standardise features, then class scores ``x·Wᵀ + b`` (one row of W per class)."""
 
     def _fit_scaler(self, X: np.ndarray) -> np.ndarray:
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
         return (X - self.mean_) / self.scale_
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Class scores, one column per class."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_  # type: ignore[attr-defined]
+    def _n_features_from_arrays(self) -> int:
+        return int(np.shape(self.mean_)[0])
+
+    def _class_scores(self, X: np.ndarray) -> np.ndarray:
+        """Linear class scores of validated features, shape ``(n_samples, n_classes)``."""
+        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        return self._class_scores(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Confidence scores, following scikit-learn's convention; ``predict`` picks the highest.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Binary problems: shape ``(n_samples,)``, the log-odds of ``classes_[1]`` (positive means it is
+            predicted). Otherwise shape ``(n_samples, n_classes)``: logits whose softmax is ``predict_proba``.
+        """
+        z = self._logits(self._validate_predict(X))
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
 
 
-class LogRegHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimator):
+class LogRegHead(_StandardisedLinear):
     """Standardised features → multinomial logistic regression.
 
     Parameters
@@ -107,28 +201,38 @@ class LogRegHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimato
         self.C = C
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> LogRegHead:
-        """Fit on features ``X`` (n, d) and labels ``y``."""
+    def fit(self, X: Any, y: Any) -> LogRegHead:
+        """Fit on features and labels.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+        y
+            Labels of any type, shape ``(n_samples,)``; at least 2 classes.
+
+        Returns
+        -------
+        LogRegHead
+            This head, fitted.
+        """
         from sklearn.linear_model import LogisticRegression
 
-        X, y = _check_xy(X, y)
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._fit_scaler(X), y)
-        self.classes_ = clf.classes_.astype(str)
+        X, yi = self._validate_fit(X, y)
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._fit_scaler(X), yi)
+        self.n_iter_ = int(np.max(clf.n_iter_))
         # Binary: logits ±z/2 give softmax = sigmoid(z), the same probabilities as scikit-learn.
         self.coef_, self.intercept_ = _one_row_per_class(clf.coef_, clf.intercept_, len(self.classes_), 0.5)
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, columns in ``classes_`` order."""
-        return _softmax(self.decision_function(X))
 
-
-class SVMHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimator):
+class SVMHead(_StandardisedLinear):
     """Standardised features → linear SVM, with probabilities calibrated on held-out folds.
 
     scikit-learn's ``SVC(probability=True)`` and ``CalibratedClassifierCV`` cannot be saved without pickle, so the
     calibration is done here explicitly: a multinomial logistic regression fitted on out-of-fold SVM scores
-    (Platt scaling generalised to several classes). All fitted state is plain arrays.
+    (Platt scaling generalised to several classes). All fitted state is plain arrays. ``predict`` and
+    ``decision_function`` use the calibrated scores, so they agree with ``predict_proba``.
 
     Parameters
     ----------
@@ -147,38 +251,49 @@ class SVMHead(_StandardisedLinear, _StateMixin, ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> SVMHead:
-        """Fit on features ``X`` (n, d) and labels ``y``."""
+    def fit(self, X: Any, y: Any) -> SVMHead:
+        """Fit the SVM and its calibration on features and labels.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+        y
+            Labels of any type, shape ``(n_samples,)``; at least 2 classes.
+
+        Returns
+        -------
+        SVMHead
+            This head, fitted.
+        """
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
         from sklearn.svm import LinearSVC
 
-        X, y = _check_xy(X, y)
+        X, yi = self._validate_fit(X, y)
         Xs = self._fit_scaler(X)
         svm = LinearSVC(C=self.C, max_iter=20000, random_state=self.random_state)
-        _, counts = np.unique(y, return_counts=True)
-        folds = int(min(self.cv, counts.min()))
+        folds = int(min(self.cv, np.bincount(yi).min()))
         if folds >= 2:
             cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
-            scores = cross_val_predict(svm, Xs, y, cv=cv, method="decision_function")
+            scores = cross_val_predict(svm, Xs, yi, cv=cv, method="decision_function")
         else:  # too few images per class for held-out scores: calibrate on training scores
-            scores = svm.fit(Xs, y).decision_function(Xs)
-        svm.fit(Xs, y)
-        self.classes_ = svm.classes_.astype(str)
+            scores = svm.fit(Xs, yi).decision_function(Xs)
+        svm.fit(Xs, yi)
+        self.n_iter_ = int(svm.n_iter_)
         k = len(self.classes_)
         self.coef_, self.intercept_ = _one_row_per_class(svm.coef_, svm.intercept_, k, 1.0)
         if k == 2:
             scores = np.c_[-scores, scores]
-        cal = LogisticRegression(C=1.0, max_iter=1000).fit(scores, y)
+        cal = LogisticRegression(C=1.0, max_iter=1000).fit(scores, yi)
         self.cal_coef_, self.cal_intercept_ = _one_row_per_class(cal.coef_, cal.intercept_, k, 0.5)
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities."""
-        return _softmax(self.decision_function(X) @ self.cal_coef_.T + self.cal_intercept_)
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        return self._class_scores(X) @ self.cal_coef_.T + self.cal_intercept_
 
 
-class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
+class MLPHead(_Head):
     """The seed's head: flatten → Dense(hidden, ReLU) → Dropout → Dense(n_classes, softmax), Adam, cross-entropy.
 
     With the seed's inputs its trainable parameter count equals the seed's Table 1: VGG16's 7×7×512 feature map
@@ -237,21 +352,49 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         )
 
     def n_trainable_params(self, n_features: int, n_classes: int) -> int:
-        """Trainable parameters for a given input size and number of classes."""
+        """Trainable parameters for a given input size and number of classes.
+
+        Parameters
+        ----------
+        n_features
+            Input features.
+        n_classes
+            Output classes.
+
+        Returns
+        -------
+        int
+            Weights and biases of both layers.
+        """
         return n_features * self.hidden + self.hidden + self.hidden * n_classes + n_classes
 
-    def fit(self, X: np.ndarray, y: np.ndarray, progress: Any = None) -> MLPHead:
-        """Train with Adam for ``epochs`` passes over ``X``."""
+    def fit(self, X: Any, y: Any, progress: Any = None) -> MLPHead:
+        """Train with Adam for ``epochs`` passes over ``X``.
+
+        Parameters
+        ----------
+        X
+            Features, shape ``(n_samples, n_features)``.
+        y
+            Labels of any type, shape ``(n_samples,)``; at least 2 classes.
+        progress
+            Optional callable, called with 1 after each epoch.
+
+        Returns
+        -------
+        MLPHead
+            This head, fitted.
+        """
         import torch
 
-        X, y = _check_xy(X, y)
-        self.classes_, yi = np.unique(y, return_inverse=True)
+        X, yi = self._validate_fit(X, y)
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
         net = self._module(X.shape[1], len(self.classes_))
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         loss_fn = torch.nn.CrossEntropyLoss()
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(yi.astype(np.int64))
+        Xt = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
+        yt = torch.from_numpy(yi.astype(np.int64))
         net.train()
         for _ in range(self.epochs):
             order = torch.randperm(len(Xt), generator=gen)
@@ -268,36 +411,72 @@ class MLPHead(_StateMixin, ClassifierMixin, BaseEstimator):
         self.b1_ = lin1.bias.detach().numpy().copy()
         self.w2_ = lin2.weight.detach().numpy().copy()
         self.b2_ = lin2.bias.detach().numpy().copy()
+        self.n_iter_ = int(self.epochs)
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities (dropout off)."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    def _n_features_from_arrays(self) -> int:
+        return int(np.shape(self.w1_)[1])
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        """Output-layer logits of validated features (dropout off)."""
         z = X @ self.w1_.T + self.b1_
         h = np.maximum(z, 0.0) if self.activation == "relu" else 1.0 / (1.0 + np.exp(-z))
-        return _softmax(h @ self.w2_.T + self.b2_)
+        return h @ self.w2_.T + self.b2_
 
 
-HEADS: dict[str, type[_StateMixin]] = {"mlp": MLPHead, "logreg": LogRegHead, "svm": SVMHead}
+HEADS: dict[str, type[_Head]] = {"mlp": MLPHead, "logreg": LogRegHead, "svm": SVMHead}
 
 
 def make_head(name: str, **params: Any) -> Any:
-    """Create a head by name (``mlp``, ``logreg``, ``svm``) with validated parameters."""
+    """Create a head by name with validated parameters.
+
+    Parameters
+    ----------
+    name
+        ``mlp``, ``logreg`` or ``svm``.
+    **params
+        Constructor parameters of that head.
+
+    Returns
+    -------
+    _Head
+        An unfitted head.
+
+    Raises
+    ------
+    TransferlabError
+        Unknown name (the message lists the choices) or parameter (it lists the allowed ones).
+    """
     if name not in HEADS:
         raise TransferlabError(f"unknown head {name!r}; choose one of: {', '.join(HEADS)}")
     cls = HEADS[name]
-    valid = cls().get_params()  # type: ignore[call-arg,attr-defined]
+    valid = cls().get_params()
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise TransferlabError(
             f"head {name!r} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(valid))}"
         )
-    return cls(**params)  # type: ignore[call-arg]
+    return cls(**params)
 
 
 def head_name(head: Any) -> str:
-    """Registry name of a head instance."""
+    """Registry name of a head instance.
+
+    Parameters
+    ----------
+    head
+        A head.
+
+    Returns
+    -------
+    str
+        Its key in :data:`HEADS`.
+
+    Raises
+    ------
+    TransferlabError
+        If ``head`` is not an instance of one of the registered classes.
+    """
     for name, cls in HEADS.items():
         if type(head) is cls:
             return name

@@ -1,39 +1,32 @@
 """Intake: a folder (or CSV) of labelled photos → a clean, deduplicated table, and a report of what was skipped.
 
 Every file found ends up either in the table of usable images or in the list of skipped files with a reason, so
-that per class ``found == used + sum(skipped)``. Decoding lives here too (:func:`load_rgb`), and every later stage
-(features, predict, serve) decodes through it, so a photo means the same pixels everywhere.
+that per class ``found == used + sum(skipped)``. Files are decoded through :mod:`transferlab.decode`, as in every
+later stage (features, predict, serve), so a photo means the same pixels everywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import sqlite3
-import struct
-import threading
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._files import expand_paths, is_hidden
+from .cache import ProbeCache
+from .decode import ImageRejected, content_hash, load_rgb, max_pixels
 from .errors import TransferlabError
 
-# Formats we read. Everything else Pillow can open (ICO, PSD, PPM, ...) is skipped as "unsupported format":
-# users get a clear reason instead of a model silently trained on odd inputs.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"})
-PIL_STATE_LOCK = threading.RLock()  # guards Image.MAX_IMAGE_PIXELS and warning filters while decoding
-MAX_PIXELS = 64_000_000  # ~ 8000 x 8000; larger images are treated as decompression bombs
-MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"  # overrides MAX_PIXELS, e.g. 200000000 for very large scans
-MIN_SIDE = 32  # smaller than this carries no usable detail for 224 px backbones
 NEAR_DUPLICATE_DISTANCE = 4  # perceptual-hash Hamming distance (of 64 bits) for "the same photo re-encoded"
 
 SKIP_REASONS = (
@@ -47,173 +40,7 @@ SKIP_REASONS = (
     "duplicate",
 )
 
-# File signatures of the formats we read: a file that starts like one but cannot be opened is a damaged image
-# ("unreadable"), not "not an image".
-_SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-
 _INTAKE_VERSION = "2"  # bump when decoding or hashing changes, so cached intake results are recomputed
-
-
-class ImageRejected(Exception):
-    """An input that cannot be used as an image, with a reason from :data:`SKIP_REASONS`."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB, compositing transparency onto white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode != "RGB":
-        return img.convert("RGB")
-    return img
-
-
-def max_pixels() -> int:
-    """The largest image (width × height) decoded: ``$TRANSFERLAB_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
-    env = os.environ.get(MAX_PIXELS_ENV)
-    if not env:
-        return MAX_PIXELS
-    try:
-        value = int(env)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise TransferlabError(f"{MAX_PIXELS_ENV}={env!r}: must be a positive whole number of pixels, e.g. 64000000")
-    return value
-
-
-def _signature(data: bytes) -> str | None:
-    for magic, fmt in _SIGNATURES.items():
-        if data.startswith(magic):
-            return fmt
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def load_rgb(
-    data: bytes,
-    *,
-    draft: tuple[int, int] | None = None,
-    min_side: int = MIN_SIDE,
-    limit: int | None = None,
-) -> Image.Image:
-    """Decode image bytes into an upright 8-bit RGB image, or raise :class:`ImageRejected`.
-
-    Parameters
-    ----------
-    data
-        The file's bytes.
-    draft
-        If given, let the JPEG decoder downscale by a power of two while keeping both sides at least this large
-        (much faster for big photos; identical input for training and prediction because both pass the same value).
-    min_side
-        Images with a side shorter than this are rejected as "too small".
-    limit
-        Largest width × height accepted (default :func:`max_pixels`); larger images are rejected as
-        "decompression bomb" from their header, before any pixel is decoded.
-
-    Returns
-    -------
-    PIL.Image.Image
-        RGB image with EXIF orientation applied and the first frame of animations.
-
-    Examples
-    --------
-    >>> import io
-    >>> from PIL import Image
-    >>> buf = io.BytesIO(); Image.new("L", (64, 48)).save(buf, "PNG")
-    >>> load_rgb(buf.getvalue()).mode
-    'RGB'
-    """
-    if not data:
-        raise ImageRejected("zero-byte", "the file is empty")
-    limit = max_pixels() if limit is None else limit
-    # Pillow's pixel limit and the warning filters are process-wide: one decode at a time sets them (featurize
-    # decodes in threads).
-    with PIL_STATE_LOCK:
-        previous = Image.MAX_IMAGE_PIXELS
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                # Pillow warns (UserWarning) about odd metadata such as a corrupt EXIF block; the photo is still used.
-                warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-                Image.MAX_IMAGE_PIXELS = limit
-                try:
-                    img = Image.open(io.BytesIO(data))
-                except UnidentifiedImageError:
-                    fmt = _signature(data)
-                    if fmt is not None:
-                        raise ImageRejected("unreadable", f"damaged {fmt} file (its header cannot be parsed)") from None
-                    raise ImageRejected("not an image", "no image format recognised") from None
-                if img.format not in SUPPORTED_FORMATS:
-                    raise ImageRejected("unsupported format", f"{img.format}; convert it to JPEG or PNG to use it")
-                if img.width * img.height > limit:
-                    raise ImageRejected(
-                        "decompression bomb",
-                        f"{img.width}x{img.height} pixels exceeds the limit of {limit:,} "
-                        f"(set {MAX_PIXELS_ENV} to raise)",
-                    )
-                if draft is not None and img.format == "JPEG":
-                    img.draft("RGB", draft)
-                img.load()
-                try:
-                    img = ImageOps.exif_transpose(img) or img
-                except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good photo
-                    pass
-                img = _to_rgb(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected("decompression bomb", str(exc)) from None
-        except ImageRejected:
-            raise
-        except (SyntaxError, ValueError, OSError, EOFError, struct.error, MemoryError) as exc:
-            msg = str(exc)
-            if "truncat" in msg.lower() or "premature end" in msg.lower() or isinstance(exc, EOFError):
-                raise ImageRejected("truncated", msg) from None
-            detail = f"corrupt or unreadable image data ({type(exc).__name__}: {msg})"
-            raise ImageRejected("unreadable", detail) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
-    if min(img.size) < min_side:
-        raise ImageRejected("too small", f"{img.width}x{img.height} px, need at least {min_side} px per side")
-    return img
-
-
-def read_rgb(path: str | os.PathLike[str], *, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Read and decode a file through :func:`load_rgb`; I/O problems become ``ImageRejected("unreadable")``."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageRejected("unreadable", exc.strerror or str(exc)) from None
-    return load_rgb(data, draft=draft)
-
-
-def content_hash(img: Image.Image) -> str:
-    """Hash of the decoded pixels (and size): equal for the same photo saved as JPEG, PNG or with other EXIF."""
-    h = hashlib.sha256(f"{img.width}x{img.height}:".encode())
-    h.update(img.tobytes())
-    return h.hexdigest()
 
 
 def _perceptual_hash(img: Image.Image) -> int:
@@ -239,57 +66,6 @@ def _probe_bytes(data: bytes) -> _Probe:
     except ImageRejected as exc:
         return _Probe(False, exc.reason, exc.detail)
     return _Probe(True, "", "", content_hash(img), img.width, img.height, _perceptual_hash(img))
-
-
-class _IntakeCache:
-    """Per-file results keyed by the sha256 of the file's bytes, so a rerun does not decode everything again.
-
-    Holds hashes and sizes only, never pixels. SQLite gives atomic commits for free, so a killed run leaves a
-    consistent file.
-    """
-
-    def __init__(self, root: Path | None) -> None:
-        self.db: sqlite3.Connection | None = None
-        if root is None:
-            return
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(root / "intake.sqlite", timeout=30)
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS probe (key TEXT PRIMARY KEY, ok INT, reason TEXT, detail TEXT,"
-                " chash TEXT, w INT, h INT, phash TEXT)"
-            )
-        except sqlite3.Error:
-            self.db = None  # a cache is an optimisation; never fail a run because of it
-
-    def get(self, key: str) -> _Probe | None:
-        if self.db is None:
-            return None
-        row = self.db.execute("SELECT ok, reason, detail, chash, w, h, phash FROM probe WHERE key=?", (key,))
-        r = row.fetchone()
-        if r is None:
-            return None
-        return _Probe(bool(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]))
-
-    def put(self, key: str, p: _Probe) -> None:
-        if self.db is None:
-            return
-        self.db.execute(
-            "INSERT OR REPLACE INTO probe VALUES (?,?,?,?,?,?,?,?)",
-            (key, int(p.ok), p.reason, p.detail, p.content_hash, p.width, p.height, str(p.phash)),
-        )
-
-    def commit(self) -> None:
-        if self.db is not None:
-            try:
-                self.db.commit()
-            except sqlite3.Error:
-                pass
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.commit()
-            self.db.close()
 
 
 @dataclass
@@ -380,14 +156,10 @@ class Intake:
     root: Path | None = None
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX" or name == "Thumbs.db" or name == "desktop.ini"
-
-
 def class_folders(root: str | os.PathLike[str]) -> list[str]:
     """Names of the class subfolders of ``root`` (hidden folders such as ``__MACOSX`` are not classes)."""
     root = Path(root)
-    return sorted(d for d in os.listdir(root) if (root / d).is_dir() and not _is_hidden(d))
+    return sorted(d for d in os.listdir(root) if (root / d).is_dir() and not is_hidden(d))
 
 
 def scan_folder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -414,9 +186,9 @@ def scan_folder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
                 dirnames[:] = []
                 continue
             visited.add((st.st_dev, st.st_ino))
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for f in sorted(filenames):
-                if not _is_hidden(f):
+                if not is_hidden(f):
                     out.append((os.path.join(dirpath, f), label))
     return out
 
@@ -458,31 +230,29 @@ def _file_key(data: bytes) -> str:
 
 
 def _near_duplicate_groups(phashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Union-find over pairs of perceptual hashes within ``max_distance`` bits; returns a group id per row.
+    """Group photos whose perceptual hashes are within ``max_distance`` bits: one component id per row.
 
-    Vectorised in blocks (numpy popcount on XOR) so 50,000 images stay in seconds and bounded memory.
+    Pairs are found in blocks (numpy popcount on XOR, so 50,000 images stay in seconds and bounded memory); the
+    groups are the connected components of that pair graph (``scipy.sparse.csgraph``). Component ids increase with
+    each group's first row, so the ids sort groups as the rows do.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(phashes)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     h = phashes.astype(np.uint64)
+    rows, cols = [], []
     block = 2048
     for start in range(0, n, block):
-        a = h[start : start + block]
-        d = np.bitwise_count(a[:, None] ^ h[None, :])
+        d = np.bitwise_count(h[start : start + block, None] ^ h[None, :])
         ii, jj = np.nonzero(d <= max_distance)
-        for i, j in zip(ii + start, jj, strict=True):
-            if j > i:
-                ri, rj = find(int(i)), find(int(j))
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)])
+        keep = jj > ii + start
+        rows.append(ii[keep] + start)
+        cols.append(jj[keep])
+    i, j = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, int), np.zeros(0, int))
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels
 
 
 def intake(
@@ -491,6 +261,7 @@ def intake(
     cache_dir: str | os.PathLike[str] | None = None,
     near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
     progress: Callable[[Iterable[Any], int, str], Iterable[Any]] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
 ) -> Intake:
     """Turn a folder of class subfolders, a CSV (``path,label``) or a list of ``(path, label)`` into a clean table.
 
@@ -504,6 +275,8 @@ def intake(
         Maximum perceptual-hash distance (bits of 64) for two photos to count as the same photo.
     progress
         Optional wrapper ``progress(iterable, total, description)`` for a progress bar.
+    manifest
+        A CSV whose extra columns (e.g. ``kind``) are attached to the table (:func:`attach_manifest`).
 
     Returns
     -------
@@ -528,7 +301,7 @@ def intake(
     if not items:
         raise TransferlabError(f"{source}: no files found")
 
-    cache = _IntakeCache(Path(cache_dir) if cache_dir is not None else None)
+    cache = ProbeCache(Path(cache_dir) if cache_dir is not None else None)
     report = IntakeReport()
     report.found = dict(Counter(label for _, label in items))
     if root is not None and extra is None:
@@ -554,10 +327,11 @@ def intake(
                 report.skipped.append(Skipped(path, label, "zero-byte", "the file is empty"))
                 continue
             key = _file_key(data)
-            probe = cache.get(key)
+            row = cache.get(key)
+            probe = _Probe(*row) if row is not None else None
             if probe is None:
                 probe = _probe_bytes(data)
-                cache.put(key, probe)
+                cache.put(key, astuple(probe))
                 if i % 256 == 255:
                     cache.commit()  # a killed intake keeps most of its work
             if not probe.ok:
@@ -622,6 +396,8 @@ def intake(
         table = pd.concat([table, extra.iloc[table["_row"].to_numpy()].reset_index(drop=True)], axis=1)
     table = table.drop(columns=["_phash", "_row"])
     report.used = dict(Counter(table["label"]))
+    if manifest is not None:
+        table = attach_manifest(table, manifest, root)
     return Intake(table=table, report=report, root=root)
 
 
@@ -652,3 +428,28 @@ def attach_manifest(table: pd.DataFrame, manifest: str | os.PathLike[str], root:
         values = m[c].tolist()
         out[c] = [values[r] if r is not None else "" for r in rows]
     return out
+
+
+def list_images(data: str | os.PathLike[str]) -> tuple[list[str], list[str | None]]:
+    """Paths and labels of ``data``: a folder of class subfolders, a CSV (``path,label``) or image files/folders.
+
+    Unlike :func:`intake` nothing is decoded or dropped here: a feature table has a row, perhaps an error row, for
+    every file found.
+
+    Returns
+    -------
+    paths, labels
+        Labels are None for files outside class folders.
+    """
+    p = Path(data)
+    if not p.exists():
+        raise TransferlabError(f"{p}: no such file or folder")
+    if p.is_file() and p.suffix.lower() == ".csv":
+        items: list[tuple[str, str | None]] = list(scan_csv(p)[0])
+    elif p.is_dir() and any((p / d).is_dir() and not is_hidden(d) for d in os.listdir(p)):
+        items = list(scan_folder(p))
+    else:
+        items = [(f, None) for f in expand_paths([p])]
+    if not items:
+        raise TransferlabError(f"{p}: no image files found")
+    return [str(a) for a, _ in items], [b for _, b in items]

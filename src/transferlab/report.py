@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ._atomic import atomic_savefig, atomic_write_text
+from .decode import ImageRejected, read_rgb
 from .intake import IntakeReport
 
 
@@ -83,8 +84,6 @@ def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .intake import ImageRejected, read_rgb
 
     cols = min(4, len(mistakes))
     nrows = int(np.ceil(len(mistakes) / cols))
@@ -233,3 +232,24 @@ def write_report(
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def summary_text(metrics: dict[str, Any], group_by: str | None) -> str:
+    """The few lines ``train`` and ``evaluate`` print: accuracy with its interval, per group, per class, files."""
+    lo, hi = metrics.get("accuracy_ci95", [float("nan"), float("nan")])
+    lines = [
+        f"accuracy {metrics['accuracy']:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics['n']}, "
+        f"log loss {metrics['log_loss']:.3f})"
+    ]
+    if group_by and metrics.get("groups"):
+        for v, g in metrics["groups"].items():
+            pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.get("per_class", {}).items())
+            lines.append(f"  {group_by}={v:<20} accuracy {g['accuracy']:.3f}  n={g['n']:<4} ({pc})")
+    pcs = "  ".join(f"{c} {m['recall']:.2f}" for c, m in metrics["per_class"].items())
+    lines.append(f"  recall per class: {pcs}")
+    if metrics.get("skipped"):
+        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["skipped"].items())))
+    if "found" in metrics:
+        n_skipped = sum(metrics.get("skipped", {}).values())
+        lines.append(f"  files: {metrics['found']} found = {metrics['used']} used + {n_skipped} skipped")
+    return "\n".join(lines)

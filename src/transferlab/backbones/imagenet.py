@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._registry import BackboneCfg, WeightsSource, register_backbone
+from ._registry import BackboneCfg, WeightsSource, register_backbone, register_family
+from ._torch import ImageBackbone
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -14,6 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+
+register_family("imagenet", ImageBackbone)
 
 
 def _forward_features(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """Engines: two ways to run the featurize and predict stages — in this process (``local``) or on Spark.
 
 An engine is not a second pipeline: both call the same stage functions (:mod:`transferlab.features`, the heads,
-:meth:`transferlab.api.Classifier.predict_images`), read and write the same feature cache and write the same
+:meth:`transferlab.Classifier.predict_images`), read and write the same feature cache and write the same
 Parquet tables (:mod:`transferlab.engines._rows`). The Spark engine imports pyspark only when it is used, so
 ``import transferlab`` and the local engine work without it.
 """

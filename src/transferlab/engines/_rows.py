@@ -9,7 +9,7 @@ path       string               the image file
 content_hash string (null)      hash of the decoded pixels (the feature-cache key); null when undecodable
 label      string (null)        the class, when the input named one
 features   list<float32> (null) whole-image backbones: the feature vector; face backbones: every face's row
-                                (:mod:`transferlab.faces` layout) flattened, ``row_width`` values per face
+                                (:mod:`transferlab.backbones.faces` layout) flattened, ``row_width`` values per face
                                 (empty: no face found); null when ``error`` is set
 error      string (null)        why the image has no features (``reason: detail``), else null
 ========== ==================== ==========================================================================
@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_write_bytes
 from ..errors import TransferlabError
+from ..features import FeatureResult, extract
 
 TABLE_COLUMNS = ("path", "content_hash", "label", "features", "error")
 META_FILE = "_transferlab.json"
@@ -46,19 +48,6 @@ def parse_error(text: str) -> tuple[str, str]:
     """Inverse of :func:`error_text`."""
     reason, _, detail = text.partition(": ")
     return reason, detail
-
-
-def is_face(backbone: Any) -> bool:
-    """True for backbones that embed detected faces (variable rows per image)."""
-    return backbone.cfg.family == "face"
-
-
-def row_width(backbone: Any, pool: str) -> int:
-    """Values per feature row: the vector length, or per face the embedding plus box, landmarks and score."""
-    if is_face(backbone):
-        return int(backbone.cfg.feature_shape[0]) + 15
-    shape = backbone.cfg.feature_shape
-    return int(np.prod(shape)) if pool == "flatten" else int(shape[0])
 
 
 @dataclass
@@ -83,17 +72,15 @@ def feature_rows(
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Rows:
-    """Run the featurize stage (:func:`transferlab.features.featurize` or ``featurize_faces``) and return rows.
+    """Run the featurize stage (:func:`transferlab.features.extract`) and return table rows.
 
     Both engines call this, the local one over all images and the Spark one per Arrow batch, so a feature is the
-    same whichever engine computed it.
+    same whichever engine computed it. An image's rows (one, or one per face) are flattened into one list.
     """
-    from ..features import FaceFeatureResult, featurize_any
-
     n = len(sources)
-    res = featurize_any(
-        sources,
+    res = extract(
         backbone,
+        sources,
         pool=pool,
         content_hashes=content_hashes,
         cache=cache,
@@ -102,31 +89,17 @@ def feature_rows(
         progress=progress,
         hash_all=True,
     )
-    if isinstance(res, FaceFeatureResult):
-        feats = [
-            None if i in res.errors or f is None else np.asarray(f, dtype=np.float32).reshape(-1)
-            for i, f in enumerate(res.faces)
-        ]
-    else:
-        feats = [None if i in res.errors else res.features[i] for i in range(n)]
+    feats = [None if b is None else np.asarray(b, dtype=np.float32).reshape(-1) for b in res.bags]
     errors = [error_text(*res.errors[i]) if i in res.errors else None for i in range(n)]
     return Rows(list(res.content_hashes), feats, errors, res.n_cached, res.n_computed)
 
 
-def rows_to_result(backbone: Any, pool: str, rows: Rows) -> Any:
-    """Rebuild the stage's own result type (``FeatureResult`` / ``FaceFeatureResult``) from rows."""
-    from ..features import FaceFeatureResult, FeatureResult
-
-    width = row_width(backbone, pool)
+def rows_to_result(backbone: Any, pool: str, rows: Rows) -> FeatureResult:
+    """Rebuild the stage's result from rows (each image's flat list back into rows of ``row_width``)."""
+    width = backbone.row_width(pool)
     errors = {i: parse_error(e) for i, e in enumerate(rows.errors) if e is not None}
-    if is_face(backbone):
-        faces = [None if f is None else np.asarray(f, dtype=np.float32).reshape(-1, width) for f in rows.features]
-        return FaceFeatureResult(faces, errors, rows.n_cached, rows.n_computed, rows.content_hashes)
-    feats = np.full((len(rows.features), width), np.nan, dtype=np.float32)
-    for i, f in enumerate(rows.features):
-        if f is not None:
-            feats[i] = f
-    return FeatureResult(feats, errors, rows.n_cached, rows.n_computed, content_hashes=rows.content_hashes)
+    bags = [None if f is None else np.asarray(f, dtype=np.float32).reshape(-1, width) for f in rows.features]
+    return FeatureResult(bags, width, errors, rows.n_cached, rows.n_computed, content_hashes=rows.content_hashes)
 
 
 def table_frame(paths: Sequence[str], labels: Sequence[str | None], rows: Rows) -> pd.DataFrame:
@@ -174,8 +147,6 @@ def prepare_out(out: str | os.PathLike[str]) -> Path:
 
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
     """Write ``_transferlab.json`` into a table folder."""
-    from ..cache import atomic_write_bytes
-
     atomic_write_bytes(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
 
 
@@ -213,7 +184,7 @@ def read_feature_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def prediction_frame(preds: Sequence[Any]) -> pd.DataFrame:
-    """Predictions (:class:`transferlab.api.Prediction`) as the prediction table's columns."""
+    """Predictions (:class:`transferlab.predictions.Prediction`) as the prediction table's columns."""
     return pd.DataFrame(
         {
             "path": [p.path for p in preds],

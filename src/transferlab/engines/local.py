@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..features import FeatureResult, extract
 from . import _rows
 
 
@@ -23,11 +24,27 @@ class TableSummary:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self, engine: str) -> dict[str, Any]:
+        """The ``featurize --json`` object."""
+        return {
+            "out": str(self.out),
+            "rows": self.rows,
+            "errors": self.errors,
+            "computed": self.n_computed,
+            "cached": self.n_cached,
+            "engine": engine,
+            "seconds": round(self.seconds, 2),
+        }
+
 
 class LocalEngine:
     """Run every stage in this process (decoding in DataLoader workers where that pays)."""
 
     name = "local"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LocalEngine:
+        # Engines are services, not parameter values: clone() of a Classifier keeps the same engine.
+        return self
 
     def featurize(
         self,
@@ -40,13 +57,11 @@ class LocalEngine:
         batch_size: int,
         num_workers: int | None,
         progress: Callable[[int], None] | None = None,
-    ) -> Any:
-        """The featurize stage: ``FeatureResult`` (whole-image) or ``FaceFeatureResult`` (faces)."""
-        from ..features import featurize_any
-
-        return featurize_any(
-            sources,
+    ) -> FeatureResult:
+        """The featurize stage in this process (:func:`transferlab.features.extract`)."""
+        return extract(
             backbone,
+            sources,
             pool=pool,
             content_hashes=content_hashes,
             cache=cache,
@@ -92,6 +107,6 @@ class LocalEngine:
         preds = clf.predict_images(list(paths))
         out = _rows.prepare_out(out)
         _rows.write_local_table(_rows.prediction_frame(preds), out, _rows.prediction_schema())
-        stats = clf.last_feature_stats
+        counts = clf.extractor_.counts
         n_err = sum(p.error is not None for p in preds)
-        return TableSummary(out, len(preds), n_err, stats.get("cached"), stats.get("computed"), time.perf_counter() - t)
+        return TableSummary(out, len(preds), n_err, counts["cached"], counts["computed"], time.perf_counter() - t)

@@ -3,7 +3,7 @@
 Each stage runs the local stage function inside Spark: featurization through
 :func:`pyspark.ml.functions.predict_batch_udf` (the backbone is built once per Python worker and calls
 :func:`transferlab.engines._rows.feature_rows` per batch), prediction through ``mapInPandas`` with the saved
-model's own :meth:`~transferlab.api.Classifier.predict_images`. So features and answers equal the local engine's,
+model's own :meth:`~transferlab.Classifier.predict_images`. So features and answers equal the local engine's,
 and both engines read and write the same feature cache (on a cluster: a folder every worker can reach).
 
 pyspark is imported only here, when the engine is used.
@@ -23,9 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones import create_backbone
+from ..cache import default_cache_dir
 from ..errors import TransferlabError
+from ..features import open_cache
+from ..heads import LogRegHead, MLPHead
+from ..pipeline import Classifier
 from . import _rows
-from .local import TableSummary
+from .local import LocalEngine, TableSummary
+from .spark_ml import fit_spark_head
 
 PIP_HINT = "pip install pyspark==4.3.0 pyarrow"
 
@@ -168,9 +174,6 @@ def _single_threaded_worker() -> None:
 
 def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[str, Any]]]:
     """Built once per Python worker by ``predict_batch_udf``: the backbone, the cache, and the per-batch stage."""
-    from ..backbones import create_backbone
-    from ..features import open_cache
-
     _single_threaded_worker()
     bb = create_backbone(job.backbone, weights=job.weights)
     if bb.weights_hash != job.weights_hash:
@@ -178,8 +181,7 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
             f"{job.backbone}: weights on this worker ({bb.weights_file}) differ from the driver's; install the same "
             "weights package on every node or pass --weights with a path every node can read"
         )
-    space = "faces" if _rows.is_face(bb) else job.pool
-    cache = open_cache(bb, space, job.cache_root, job.cache_root is not None)
+    cache = open_cache(bb, job.pool, job.cache_root, job.cache_root is not None)
     empty = np.zeros(0, dtype=np.float32)
 
     def featurize_batch(paths: np.ndarray, hashes: np.ndarray) -> list[dict[str, Any]]:
@@ -216,8 +218,6 @@ _PREDICT_CHUNK = 256  # images per predict_images call in a worker: bounded memo
 def _worker_classifier(key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
     """The saved model, loaded once per Python worker from the bytes the driver shipped."""
     if key not in _WORKER_MODELS:
-        from ..api import Classifier
-
         _single_threaded_worker()
         d = Path(tempfile.mkdtemp(prefix="transferlab-model-"))
         for name, data in files.items():
@@ -271,6 +271,11 @@ class SparkEngine:
         self.collect_limit = collect_limit
         self._spark: Any = None
         self._udfs: dict[_Job, Any] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SparkEngine:
+        # An engine is a shared service (one SparkSession), not a parameter value: scikit-learn's clone() of a
+        # Classifier that uses it deep-copies parameters, and must get this same engine back.
+        return self
 
     @property
     def spark(self) -> Any:
@@ -333,12 +338,10 @@ class SparkEngine:
         num_workers: int | None,
         progress: Callable[[int], None] | None = None,
     ) -> Any:
-        """The featurize stage on Spark, collected: ``FeatureResult`` / ``FaceFeatureResult`` like the local one.
+        """The featurize stage on Spark, collected into a ``FeatureResult`` like the local one.
 
         In-memory images (bytes, PIL) are not files a worker can read; they go through the local engine.
         """
-        from .local import LocalEngine
-
         if not sources or not all(isinstance(s, str | os.PathLike) for s in sources):
             return LocalEngine().featurize(
                 sources,
@@ -413,8 +416,6 @@ class SparkEngine:
         key = hashlib.sha256(b"".join(files.values())).hexdigest()
         cache_root = None
         if clf.use_cache:
-            from ..cache import default_cache_dir
-
             cache_root = str(Path(clf.cache_dir) if clf.cache_dir is not None else default_cache_dir())
         options = {
             "weights": str(clf.weights) if clf.weights else None,
@@ -441,8 +442,6 @@ class SparkEngine:
         Below the limit (and for the svm head, which Spark ML has only for two classes) the caller fits the local
         head on the collected matrix, exactly as the local engine does.
         """
-        from ..heads import LogRegHead, MLPHead
-
         if X.size < self.collect_limit or not isinstance(head, LogRegHead | MLPHead):
             return False
         import pandas as pd
@@ -457,59 +456,6 @@ class SparkEngine:
         with _spark_errors(self.master):
             fit_spark_head(head, df, classes)
         return True
-
-
-def fit_spark_head(head: Any, df: Any, classes: np.ndarray) -> Any:
-    """Fit a logreg or mlp head with Spark ML on a DataFrame (``features`` vector, ``label`` = class index).
-
-    The fitted Spark model becomes the head's own fitted state, so the saved artifact is the usual one and local
-    ``predict`` gives the Spark model's probabilities.
-
-    - ``logreg`` → ``LogisticRegression(family="multinomial")`` with the same L2 strength: scikit-learn minimises
-      ``C·Σ loss + ½‖w‖²``, Spark ``mean loss + λ/2‖w‖²`` on standardised features, so ``λ = 1/(n·C)``. Spark
-      reports coefficients on the original scale, so the head stores mean 0 and scale 1.
-    - ``mlp`` → ``MultilayerPerceptronClassifier`` with layers ``[d, hidden, k]``. Spark's hidden layer is a
-      sigmoid (no ReLU, no dropout), so the head is saved with ``activation="sigmoid"``.
-    """
-    from ..heads import LogRegHead, MLPHead
-
-    n = df.count()
-    d = len(df.first()["features"])
-    k = len(classes)
-    if isinstance(head, LogRegHead):
-        from pyspark.ml.classification import LogisticRegression
-
-        model = LogisticRegression(
-            family="multinomial",
-            regParam=1.0 / (n * head.C),
-            elasticNetParam=0.0,
-            standardization=True,
-            maxIter=head.max_iter,
-            tol=1e-6,
-        ).fit(df)
-        head.mean_ = np.zeros(d, dtype=np.float32)
-        head.scale_ = np.ones(d, dtype=np.float32)
-        head.coef_ = model.coefficientMatrix.toArray().astype(np.float32)
-        head.intercept_ = model.interceptVector.toArray().astype(np.float32)
-    elif isinstance(head, MLPHead):
-        from pyspark.ml.classification import MultilayerPerceptronClassifier
-
-        model = MultilayerPerceptronClassifier(
-            layers=[d, head.hidden, k], maxIter=max(100, head.epochs), seed=head.random_state, stepSize=head.lr
-        ).fit(df)
-        w = model.weights.toArray()
-        # Spark's affine layer stores W (out × in) column-major, then the bias: layer by layer.
-        w1, w = w[: d * head.hidden].reshape(d, head.hidden).T, w[d * head.hidden :]
-        b1, w = w[: head.hidden], w[head.hidden :]
-        w2, w = w[: head.hidden * k].reshape(head.hidden, k).T, w[head.hidden * k :]
-        b2 = w[:k]
-        head.activation = "sigmoid"
-        head.w1_, head.b1_, head.w2_, head.b2_ = (a.astype(np.float32) for a in (w1, b1, w2, b2))
-    else:  # pragma: no cover - guarded by SparkEngine.fit_head
-        raise TransferlabError(f"{type(head).__name__}: no Spark ML counterpart")
-    head.classes_ = np.asarray(classes).astype(str)
-    head.spark_model_ = model
-    return head
 
 
 class _spark_errors:

@@ -10,135 +10,32 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing as mp
 import os
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ._atomic import atomic_write_text
-from ._progress import Reporter
-from .augment import AugmentConfig, AugmentedImages
-from .errors import TransferlabError
-
-# The seed's published numbers (shared/docs/SEED.md), shown beside ours.
-SEED_TABLE1 = {
-    "vgg16": {"params": 14_714_688, "trainable": 6_423_812, "load_s": 1.01, "train_min": 12.276, "acc": 0.760},
-    "inception_v3": {"params": 21_802_784, "trainable": 13_108_484, "load_s": 12.41, "train_min": 12.089, "acc": 0.440},
-    "resnet50": {"params": 23_587_712, "trainable": 525_572, "load_s": 11.64, "train_min": 12.040, "acc": 0.260},
-}
-SEED_TABLE2 = {  # per class: (aug acc, aug loss, no-aug acc, no-aug loss)
-    25: (0.580, 1.280, 0.345, 8.801),
-    50: (0.620, 1.306, 0.570, 1.343),
-    100: (0.710, 1.003, 0.690, 1.067),
-    150: (0.760, 0.761, 0.760, 0.8935),
-}
-
-
-@dataclass
-class StudyConfig:
-    """A study, as read from TOML. Relative paths are relative to the config file's folder."""
-
-    name: str
-    data: Path
-    manifest: Path | None = None
-    group_by: str | None = None
-    test_size: float = 0.25
-    seeds: int = 5
-    limit_per_class: int | None = None
-    backbones: list[str] = field(default_factory=lambda: ["available"])
-    heads: list[str] = field(default_factory=lambda: ["mlp", "logreg", "svm"])
-    pool: str = "avg"
-    epochs: int = 30
-    table2_backbone: str = "best"
-    table2_head: str = "mlp"
-    per_class: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 25, 50, 100, 150])
-    augment_modes: list[bool] = field(default_factory=lambda: [False, True])
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    weights: dict[str, str] = field(default_factory=dict)
-    workers: int | None = None  # processes for the runs (None: one per core, at most 4)
-    engine: str = "local"
-    master: str | None = None
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> StudyConfig:
-        """Read and validate a study config; errors name the key and the allowed values."""
-        path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise TransferlabError(f"{path}: no such study config") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise TransferlabError(f"{path}: not valid TOML ({exc})") from None
-        base = path.parent
-
-        def rel(p: str | None) -> Path | None:
-            return None if p is None else (Path(p) if os.path.isabs(p) else (base / p).resolve())
-
-        known = {
-            "name",
-            "data",
-            "manifest",
-            "group_by",
-            "test_size",
-            "seeds",
-            "limit_per_class",
-            "table1",
-            "table2",
-            "augment",
-            "weights",
-            "workers",
-            "engine",
-            "master",
-        }
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise TransferlabError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        if "data" not in doc:
-            raise TransferlabError(f'{path}: needs data = "FOLDER"')
-        t1, t2 = doc.get("table1", {}), doc.get("table2", {})
-        cfg = cls(
-            name=str(doc.get("name", path.stem)),
-            data=rel(doc["data"]),  # type: ignore[arg-type]
-            manifest=rel(doc.get("manifest")),
-            group_by=doc.get("group_by"),
-            test_size=float(doc.get("test_size", 0.25)),
-            seeds=int(doc.get("seeds", 5)),
-            limit_per_class=doc.get("limit_per_class"),
-            backbones=list(t1.get("backbones", ["available"])),
-            heads=list(t1.get("heads", ["mlp", "logreg", "svm"])),
-            pool=str(t1.get("pool", "avg")),
-            epochs=int(t1.get("epochs", 30)),
-            table2_backbone=str(t2.get("backbone", "best")),
-            table2_head=str(t2.get("head", "mlp")),
-            per_class=[int(n) for n in t2.get("per_class", [1, 3, 5, 10, 25, 50, 100, 150])],
-            augment_modes=[bool(a) for a in t2.get("augment", [False, True])],
-            augment=AugmentConfig.from_dict(doc.get("augment", {})),
-            weights={k: str(rel(v)) for k, v in doc.get("weights", {}).items()},
-            workers=None if doc.get("workers", "auto") == "auto" else doc.get("workers"),
-            engine=str(doc.get("engine", "local")),
-            master=doc.get("master"),
-        )
-        if cfg.workers is not None and (not isinstance(cfg.workers, int) or cfg.workers < 1):
-            raise TransferlabError(f'{path}: workers = {cfg.workers!r}; a positive number of processes, or "auto"')
-        from .engines import ENGINES
-
-        if cfg.engine not in ENGINES:
-            raise TransferlabError(f"{path}: engine = {cfg.engine!r}; choose one of: {', '.join(ENGINES)}")
-        if cfg.master is not None and cfg.engine != "spark":
-            raise TransferlabError(f'{path}: master = {cfg.master!r} applies to engine = "spark" only')
-        if cfg.seeds < 1:
-            raise TransferlabError(f"{path}: seeds = {cfg.seeds}; need at least 1 (5 for the seed study)")
-        from .heads import HEADS
-
-        for h in [*cfg.heads, cfg.table2_head]:
-            if h not in HEADS:
-                raise TransferlabError(f"{path}: head {h!r} unknown; choose from {', '.join(HEADS)}")
-        return cfg
+from .._atomic import atomic_write_text
+from .._progress import Reporter
+from .._runtime import tune_allocator
+from ..api import fit_evaluate
+from ..augment import AugmentedImages
+from ..backbones import get_backbone_cfg, list_backbones
+from ..cache import default_cache_dir
+from ..engines import get_engine
+from ..errors import TransferlabError
+from ..features import Extractor
+from ..intake import intake
+from ..options import validate_options
+from ..pipeline import Classifier
+from ..split import split_table
+from .config import StudyConfig
+from .report import write_study_report
 
 
 @dataclass(frozen=True)
@@ -176,26 +73,6 @@ RUN_COLUMNS = [
     "groups",
     "confusion",
 ]
-
-
-def mean_ci(values: Any) -> tuple[float, float, float]:
-    """Mean and 95% t-interval (lower, upper) of repeated-seed results."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=float)
-    a = a[~np.isnan(a)]
-    if len(a) == 0:
-        return (float("nan"),) * 3
-    m = float(a.mean())
-    if len(a) < 2 or a.std(ddof=1) == 0:
-        return m, m, m
-    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
-    return m, m - half, m + half
-
-
-def _fmt_ci(values: Any) -> str:
-    m, lo, hi = mean_ci(values)
-    return "—" if np.isnan(m) else f"{m:.3f} ± {(hi - lo) / 2:.3f}"
 
 
 class RunLog:
@@ -254,12 +131,7 @@ class StudyResult:
 
 
 def _load_table(cfg: StudyConfig, reporter: Reporter, cache_root: Path | None) -> pd.DataFrame:
-    from .intake import attach_manifest, intake
-
-    got = intake(cfg.data, cache_dir=cache_root, progress=reporter.wrap)
-    table = got.table
-    if cfg.manifest is not None:
-        table = attach_manifest(table, cfg.manifest, got.root)
+    table = intake(cfg.data, cache_dir=cache_root, progress=reporter.wrap, manifest=cfg.manifest).table
     if cfg.group_by is not None and cfg.group_by not in table.columns:
         raise TransferlabError(f"group_by = {cfg.group_by!r}: no such column; add a manifest with it")
     if cfg.limit_per_class:
@@ -269,8 +141,6 @@ def _load_table(cfg: StudyConfig, reporter: Reporter, cache_root: Path | None) -
 
 
 def _resolve_backbones(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
-    from .backbones import get_backbone_cfg, list_backbones
-
     names = list_backbones() if cfg.backbones == ["available"] else cfg.backbones
     use, skipped = [], {}
     for n in names:
@@ -293,32 +163,27 @@ def _classifier(
     use_cache: bool,
     verbose: bool = False,
     engine: Any = None,
-) -> Any:
-    from .api import Classifier
-
+) -> Classifier:
     params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
     if head == "mlp":
         params["epochs"] = cfg.epochs
-    return Classifier(
-        backbone,
-        head,
+    opts = validate_options(
+        backbone=backbone,
+        head=head,
         pool=cfg.pool,
         head_params=params,
         weights=cfg.weights.get(backbone),
         cache_dir=cache_dir,
         use_cache=use_cache,
         verbose=verbose,
-        engine=engine,
     )
+    return Classifier.from_options(opts, engine=engine)
 
 
 def _run_one(
     cfg: StudyConfig, table: pd.DataFrame, cell: Cell, seed: int, cache_dir: Any, use_cache: bool
 ) -> dict[str, Any]:
     """One (cell, seed): a fresh split, a head fitted on cached features, evaluated on the held-out side."""
-    from .api import fit_evaluate
-    from .split import split_table
-
     labels = table["label"].to_numpy().astype(str)
     split = split_table(table, test_size=cfg.test_size, seed=seed, per_class=cell.per_class)
     clf = _classifier(cfg, cell.backbone, cell.head, seed, cache_dir, use_cache)
@@ -357,8 +222,6 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(cfg: StudyConfig, table: pd.DataFrame, cache_dir: Any, use_cache: bool) -> None:
     import torch
-
-    from ._runtime import tune_allocator
 
     tune_allocator()
     # One thread per process: the heads are small, and 2 threads per process on 2 cores oversubscribe (an MLP
@@ -406,8 +269,6 @@ def run_study(
     -------
     StudyResult
     """
-    from .cache import default_cache_dir
-
     t_start = time.perf_counter()
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_toml(config)
     out = Path(out)
@@ -420,34 +281,28 @@ def run_study(
     backbones, skipped = _resolve_backbones(cfg)
     log = RunLog(out / "runs.csv")
     facts: dict[str, dict[str, Any]] = {}
-    from .engines import get_engine
-
     engine = get_engine(cfg.engine, cfg.master)  # one engine (one SparkSession) for every run of the study
-
-    featurizers: dict[str, Any] = {}  # one classifier per backbone: its network is built once, for both passes
+    extractors: dict[str, Extractor] = {}  # one per backbone: its network is built once, for both passes
 
     def backbone_facts(backbone: str, augmented: bool = False) -> dict[str, Any]:
-        if backbone not in featurizers:
-            featurizers[backbone] = _classifier(
-                cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine
-            )
-        clf = featurizers[backbone]
+        if backbone not in extractors:
+            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
+            extractors[backbone] = clf.build_extractor(clf.options())
+        ex = extractors[backbone]
+        label = "faces" if get_backbone_cfg(backbone).embeds_faces else "features"
         if backbone not in facts:
             t = time.perf_counter()
-            bb = clf.backbone_()
+            bb = ex.backbone
             _ = bb.module
             load_s = time.perf_counter() - t
             t = time.perf_counter()
-            featurize = clf.featurize_faces if clf.is_face_model else clf.featurize
-            featurize(table["path"].tolist(), table["content_hash"].tolist())
+            res = ex.extract(table["path"].tolist(), table["content_hash"].tolist(), label=label)
             facts[backbone] = {
                 "params": bb.cfg.num_params,
-                "feature_dim": bb.cfg.feature_shape[0]
-                if cfg.pool == "avg" or clf.is_face_model
-                else int(np.prod(bb.cfg.feature_shape)),
+                "feature_dim": bb.embedding_dim if get_backbone_cfg(backbone).embeds_faces else bb.row_width(cfg.pool),
                 "load_s": load_s,
                 "featurize_s": time.perf_counter() - t,
-                **clf.last_feature_stats,
+                **res.stats(),
             }
             rep.info(
                 f"{backbone}: features {facts[backbone]['computed']} computed, "
@@ -457,9 +312,8 @@ def run_study(
             # Every photo's augmented copies, once: each seed's training side is a subset of them.
             aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)
             t = time.perf_counter()
-            (clf.featurize_faces if clf.is_face_model else clf.featurize)(aug, aug.keys())
+            st = ex.extract(aug, aug.keys(), label=label).stats()
             facts[backbone]["augmented_s"] = time.perf_counter() - t
-            st = clf.last_feature_stats
             rep.info(
                 f"{backbone}: augmented copies {st['computed']} computed, {st['cached']} cached "
                 f"({facts[backbone]['augmented_s']:.1f} s)"
@@ -475,8 +329,6 @@ def run_study(
                 log.add(_run_one(cfg, table, cell, seed, cache_dir, use_cache))
                 advance(1)
             return
-        import multiprocessing as mp
-
         # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children.
         ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, table, cache_dir, use_cache)) as pool:
@@ -505,7 +357,5 @@ def run_study(
     atomic_write_text(
         out / "facts.json", json.dumps({"backbones": facts, "skipped": skipped, "seconds": seconds}, indent=2)
     )
-    from .study_report import write_study_report
-
     report = write_study_report(out, cfg, runs, facts, skipped, t2_backbone, table, seconds)
     return StudyResult(out, report, runs, skipped, seconds)

@@ -15,14 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TransferlabError
 
+# Part of the exported file's name: bump when the graph's arithmetic changes (it equals features version 5's).
+EXPORT_VERSION = "5"
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ._registry import Backbone
 
+def features_module(backbone: Any, pool: str) -> torch.nn.Module:
+    """``uint8`` pixels ``(N, H, W, 3)`` → features, with :meth:`ImageBackbone.forward`'s exact arithmetic.
 
-def features_module(backbone: Backbone, pool: str) -> torch.nn.Module:
-    """``uint8`` pixels ``(N, H, W, 3)`` → features, with :meth:`Backbone.forward`'s exact arithmetic."""
+    ``backbone`` is a built :class:`~transferlab.backbones.ImageBackbone` (its ``cfg`` and ``module``).
+    """
     import torch
 
     cfg = backbone.cfg
@@ -72,7 +76,7 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, path: Path, ou
         tmp.unlink(missing_ok=True)
 
 
-def onnx_session(backbone: Backbone, pool: str, cache_root: Path, threads: int = 0) -> Any:
+def onnx_session(backbone: Any, pool: str, cache_root: Path, threads: int = 0) -> Any:
     """An onnxruntime session computing ``backbone``'s features, exporting the graph on first use.
 
     ``threads``: onnxruntime's intra-op threads (0: its default, one per physical core).
@@ -83,9 +87,7 @@ def onnx_session(backbone: Backbone, pool: str, cache_root: Path, threads: int =
         import onnxruntime as ort
     except ImportError:
         raise TransferlabError("--runtime onnxruntime needs `pip install onnxruntime onnx onnxscript`") from None
-    from ..features import FEATURES_VERSION
-
-    key = f"{backbone.cfg.name}-{backbone.weights_hash[:16]}-{pool}-v{FEATURES_VERSION}-torch{torch.__version__}"
+    key = f"{backbone.cfg.name}-{backbone.weights_hash[:16]}-{pool}-v{EXPORT_VERSION}-torch{torch.__version__}"
     path = cache_root / "onnx" / f"{key.replace('+', '_')}.onnx"
     if not path.is_file():
         size = backbone.cfg.input_size

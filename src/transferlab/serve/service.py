@@ -1,0 +1,193 @@
+"""The served model: loaded once, used under one lock, answering a photo's bytes with every face it finds."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..decode import MAX_PIXELS, ImageRejected, load_rgb
+from ..facebag import FaceBagClassifier
+from ..pipeline import load
+from .upload import UploadRejected
+
+STATIC_DIR = Path(__file__).with_name("static")
+EXAMPLES_DIR = STATIC_DIR / "examples"
+
+# decoding's reasons → HTTP status: not a picture at all is an unsupported media type; a picture we cannot use is 422.
+_STATUS_FOR_REASON = {
+    "not an image": 415,
+    "unsupported format": 415,
+    "zero-byte": 422,
+    "truncated": 422,
+    "unreadable": 422,
+    "decompression bomb": 422,
+    "too small": 422,
+}
+
+
+@dataclass
+class _Decoded:
+    image: Any  # PIL image, decoded the way the model decodes
+    width: int  # upright size of the photo the client sent (box coordinates refer to it)
+    height: int
+
+
+class ModelService:
+    """A loaded classifier and the lock that serialises its use.
+
+    Parameters
+    ----------
+    model_dir
+        Directory written by ``transferlab train``.
+    weights
+        Local backbone weights file, for backbones that need one.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        # use_cache=False: features of uploaded photos must not be written anywhere.
+        self.clf = load(self.model_dir, weights=weights, use_cache=False, verbose=False, num_workers=0)
+        self.lock = threading.Lock()
+        self.is_face_model = isinstance(self.clf.head_, FaceBagClassifier)
+        backbone = self.clf.extractor_.backbone  # located and checked now, not on the first request
+        self.draft: tuple[int, int] = backbone.draft_size
+        self.meta: dict[str, Any] = self.clf.model_meta_
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One prediction on a blank image, so lazy library set-up does not land on the first user."""
+        from PIL import Image
+
+        self.clf.predict_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+
+    def info(self, max_upload_bytes: int) -> dict[str, Any]:
+        """The ``GET /api/model`` answer."""
+        meta = self.meta
+        evaluation = meta.get("evaluation", {})
+        classes = [str(c) for c in self.clf.classes_]
+        ci = evaluation.get("accuracy_ci95")
+        groups = {
+            str(k): {"accuracy": _finite(v.get("accuracy")), "n": v.get("n", 0)}
+            for k, v in (evaluation.get("groups") or {}).items()
+        }
+        return {
+            "backbone": self.clf.backbone,
+            "architecture": meta.get("backbone", {}).get("architecture"),
+            "head": self.clf.head,
+            "classes": classes,
+            "face_model": self.is_face_model,
+            "accuracy": _finite(evaluation.get("accuracy")),
+            "accuracy_ci95": [_finite(v) for v in ci] if ci and all(_finite(v) is not None for v in ci) else None,
+            "n_test": evaluation.get("n"),
+            "group_by": evaluation.get("group_by"),
+            "groups": {k: v for k, v in groups.items() if v["accuracy"] is not None} or None,
+            "unknown_threshold": self.clf.head_.threshold_ if self.is_face_model else None,
+            "fallback": self.clf.fallback,
+            "created": meta.get("created"),
+            "transferlab_version": __version__,
+            "max_upload_bytes": max_upload_bytes,
+            "examples": bundled_examples(classes),
+        }
+
+    def _decode(self, data: bytes) -> _Decoded:
+        try:
+            img = load_rgb(data, draft=self.draft)
+        except ImageRejected as exc:
+            raise UploadRejected(_STATUS_FOR_REASON.get(exc.reason, 422), exc.reason, _rejection_text(exc)) from None
+        width, height = _upright_size(data, img.size)
+        return _Decoded(img, width, height)
+
+    def predict(self, data: bytes) -> dict[str, Any]:
+        """The ``POST /api/predict`` answer for a photo's bytes (raises :class:`UploadRejected`)."""
+        with self.lock:
+            decoded = self._decode(data)
+            # Face models get the decoded image (the pixels `transferlab predict` sees, decoded once); whole-image
+            # models get the bytes, so their decoder takes the same path as `transferlab predict` too.
+            source = decoded.image if self.is_face_model else data
+            (pred,) = self.clf.predict_images([source], names=["upload"])
+        return self._answer(pred, decoded)
+
+    def _answer(self, pred: Any, decoded: _Decoded) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": {"width": decoded.width, "height": decoded.height}}
+        if pred.error is not None:
+            if pred.error == "no face found":
+                return {**out, "faces": [], "message": "no face found"}
+            raise UploadRejected(422, "unreadable", f"the photo could not be used ({pred.error})")
+        sx = decoded.width / decoded.image.width
+        sy = decoded.height / decoded.image.height
+        if pred.faces:
+            faces = [
+                {
+                    "box": [round(v * s, 1) for v, s in zip(f["box"], (sx, sy, sx, sy), strict=True)],
+                    "label": f["label"],
+                    "probabilities": _rounded(f["probabilities"]),
+                    "face_score": f["face_score"],
+                    "similarity": f["similarity"],
+                    "answer": bool(f["answer"]),
+                }
+                for f in pred.faces
+            ]
+            out.update(faces=faces, label=pred.label)
+            if pred.label == "unknown":
+                out["message"] = "no face is close enough to a person this model knows"
+            return out
+        entry = {"label": pred.label, "probabilities": _rounded(pred.probabilities), "answer": True}
+        out.update(faces=[entry], label=pred.label)
+        if pred.fallback:
+            out.update(fallback=True, message=f"no face found; the whole-image model ({self.clf.fallback}) answered")
+        return out
+
+
+def _finite(x: Any) -> float | None:
+    """A number JSON can carry: NaN (e.g. the accuracy of an empty test side) becomes null."""
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def _rounded(probabilities: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in probabilities.items()}
+
+
+def _rejection_text(exc: ImageRejected) -> str:
+    advice = {
+        "not an image": "upload a photo (JPEG, PNG, WebP, GIF, BMP or TIFF)",
+        "unsupported format": "convert it to JPEG or PNG",
+        "decompression bomb": f"photos may have at most {MAX_PIXELS:,} pixels",
+        "too small": "upload a larger photo",
+        "truncated": "the file is incomplete; upload it again",
+        "unreadable": "the file is damaged; try another photo",
+        "zero-byte": "the uploaded file is empty",
+    }.get(exc.reason, "try another photo")
+    return f"{exc}; {advice}"
+
+
+def _upright_size(data: bytes, decoded: tuple[int, int]) -> tuple[int, int]:
+    """Size of the upright photo as sent: JPEG draft mode may have decoded it smaller than that."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:  # header only; load_rgb already accepted these bytes
+        w, h = img.size
+    if decoded in ((w, h), (h, w)):
+        return decoded
+    # Draft mode scaled both sides alike; EXIF rotation may have swapped them.
+    return (w, h) if (decoded[0] >= decoded[1]) == (w >= h) else (h, w)
+
+
+def bundled_examples(classes: list[str]) -> list[dict[str, str]]:
+    """The example photos shipped with the page whose people this model knows."""
+    try:
+        listed = json.loads((EXAMPLES_DIR / "examples.json").read_text())
+    except (OSError, ValueError):
+        return []
+    known = set(classes)
+    return [
+        {"url": f"/static/examples/{e['file']}", "label": e["label"], "caption": e["caption"]}
+        for e in listed
+        if e["label"] in known and (EXAMPLES_DIR / e["file"]).is_file()
+    ]

@@ -68,7 +68,7 @@ def main() -> None:
     table = intake(args.data).table.sample(frac=1.0, random_state=0).head(args.images)
     paths = table["path"].tolist()
     bb = create_backbone(args.backbone)
-    _ = bb.module
+    bb.build()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; backbone {args.backbone} "

@@ -41,7 +41,7 @@ if int(sys.argv[4]):
     import torch
     torch.set_num_threads(int(sys.argv[4]))
 bb = create_backbone(backbone)
-_ = bb.module
+bb.build()
 marks["backbone built"] = rss_mb()
 t = time.perf_counter()
 got = intake(root)

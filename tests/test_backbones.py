@@ -22,7 +22,7 @@ def test_registered_facts_match_the_built_network(name):
         from .conftest import PRESIDENTS
 
         photo = np.asarray(Image.open(sorted((PRESIDENTS / "bush").iterdir())[0]).convert("RGB"))
-        rows = create_backbone(name).module.faces(photo)
+        rows = create_backbone(name).pipeline.faces([torch.from_numpy(photo.copy()).permute(2, 0, 1)])[0]
         assert rows.shape == (1, cfg.feature_shape[0] + 15)
         np.testing.assert_allclose(np.linalg.norm(rows[0, : cfg.feature_shape[0]]), 1.0, rtol=1e-5)
         return

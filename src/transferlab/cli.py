@@ -174,7 +174,9 @@ def train(
         return
     _out(f"model: {res.out}  ({opts.backbone} + {opts.head.value}, {res.metrics['n']} held-out images)")
     _out(summary_text(res.metrics, group_by))
-    _out(f"features: {res.feature_stats['computed']} computed, {res.feature_stats['cached']} from cache")
+    st = res.feature_stats
+    rate = f", {st['computed'] / st['seconds']:.0f} photos/s" if st["computed"] and st.get("seconds") else ""
+    _out(f"features: {st['computed']} computed, {st['cached']} from cache{rate}")
     _out(f"report: {res.report_path}   total {time.perf_counter() - t:.1f} s")
 
 

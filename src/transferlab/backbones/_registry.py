@@ -150,6 +150,8 @@ class Backbone(Protocol):
 
     def to(self, device: str) -> Backbone: ...
 
+    def build(self) -> Backbone: ...
+
 
 @dataclass(frozen=True)
 class _Family:

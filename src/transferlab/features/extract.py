@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ def _(backbone: ImageBackbone, sources: Sequence[Any], **kw: Any) -> FeatureResu
 
 @extract.register
 def _(backbone: FaceBackbone, sources: Sequence[Any], **kw: Any) -> FeatureResult:
-    kw = {k: kw[k] for k in ("content_hashes", "cache", "progress", "hash_all") if k in kw}
+    kw = {k: v for k, v in kw.items() if k != "pool"}
     return featurize_faces(sources, backbone, **kw)
 
 
@@ -115,6 +116,7 @@ class Extractor:
         self.reporter = reporter or Reporter(False)
         self.expected_weights = expected_weights
         self.counts: Counter[str] = Counter()  # images cached / computed / failed over every call, for summaries
+        self.seconds = 0.0  # time spent in extract() over every call
         self._backbone: Any = None
 
     @property
@@ -122,10 +124,12 @@ class Extractor:
         """The built backbone (created on first use; weights are located and checked here)."""
         if self._backbone is None:
             bb = create_backbone(self.name, weights=self.weights, download=self.download)
-            if isinstance(bb, ImageBackbone):  # face detectors and embedders run on the CPU (OpenCV, dlib)
-                bb.to(resolve_device(self.device))
-                if self.runtime == "onnxruntime":
-                    bb.use_onnxruntime(Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir())
+            bb.to(resolve_device(self.device))
+            root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+            if isinstance(bb, FaceBackbone):
+                bb.use_cache_root(root)  # where the face networks' float graphs are kept
+            elif self.runtime == "onnxruntime":
+                bb.use_onnxruntime(root)
             if self.expected_weights and bb.weights_hash != self.expected_weights:
                 raise TransferlabError(
                     f"the {self.name} weights here ({bb.weights_file}, sha256 {bb.weights_hash[:12]}) differ from "
@@ -152,10 +156,12 @@ class Extractor:
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
         }
+        start = time.perf_counter()
         with self.reporter.task(label, len(sources)) as advance:
             if self.engine is not None:
                 res: FeatureResult = self.engine.featurize(sources, bb, progress=advance, **kw)
             else:
                 res = extract(bb, sources, progress=advance, **kw)
         self.counts.update(res.stats())
+        self.seconds += time.perf_counter() - start
         return res

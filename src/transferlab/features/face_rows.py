@@ -1,4 +1,9 @@
-"""Face features: every photo → detected, aligned, embedded faces (a bag of rows), computed once and cached."""
+"""Face features: every photo → its detected, aligned, embedded faces (a bag of rows), in batches, cached.
+
+On the CPU batches run side by side in lanes (threads with one core each: measured 2.0× one lane on 2 cores,
+BENCHMARKS.md); dlib's descriptor holds the GIL, so its batches run in worker processes instead. On a GPU the
+files are read in DataLoader workers, JPEGs decoded by nvJPEG and every stage runs on the device.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from .._runtime import tune_allocator
 from ..cache import FeatureCache
-from ..decode import ImageRejected, as_rgb
+from ..decode import ImageRejected, decode_pixels
+from . import cuda, loader
 from .result import FeatureResult
 from .spec import lookup
+
+CPU_BATCH = 24  # photos per batch on the CPU (24–32 measured best on 2 cores; larger batches idle lanes at the end)
+GPU_BATCH = 128
+
+# A batch of photos: (indices with rows, their rows, [(index, reason, detail)] for photos that could not be used).
+FaceBatch = tuple[list[int], list[np.ndarray], list[tuple[int, str, str]]]
 
 
 def featurize_faces(
@@ -20,8 +33,11 @@ def featurize_faces(
     *,
     content_hashes: Sequence[str | None] | None = None,
     cache: FeatureCache | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     hash_all: bool = False,
+    lanes: int | None = None,
 ) -> FeatureResult:
     """Detect, align and embed every face of every image (or fetch the rows from the cache).
 
@@ -30,15 +46,23 @@ def featurize_faces(
     sources
         File paths, raw bytes or PIL images.
     backbone
-        A face backbone (:class:`transferlab.backbones.FaceBackbone`).
+        A face backbone (:class:`transferlab.backbones.FaceBackbone`), on the CPU or a GPU.
     content_hashes, cache, progress, hash_all
         As for :func:`~transferlab.features.images.featurize_images`.
+    batch_size
+        Photos per batch (default 24 on the CPU, 128 on a GPU).
+    num_workers
+        GPU: file-reading processes (default: :func:`~transferlab.features.loader.default_num_workers`); dlib:
+        embedding processes (default: one per core, at most 4).
+    lanes
+        CPU: batches side by side in threads (default: as many as cores, at most 4).
 
     Returns
     -------
     FeatureResult
         An image without a face has an empty ``(0, width)`` bag, not an error: the caller decides the policy.
     """
+    tune_allocator()
     width = backbone.row_width("faces")
     bags: list[np.ndarray | None] = [None] * len(sources)
     hits, hashes, todo, errors = lookup(
@@ -49,27 +73,79 @@ def featurize_faces(
     n_cached = len(hits)
     if progress is not None and n_cached + len(errors):
         progress(n_cached + len(errors))
-    for i, result in _face_rows(backbone, sources, todo):
-        if isinstance(result, tuple):
-            errors[i] = result
-        else:
-            bags[i] = result
+    n_computed = 0
+    for idx, rows, bad in _face_batches(backbone, sources, todo, batch_size, num_workers, lanes):
+        for i, reason, detail in bad:
+            errors[i] = (reason, detail)
+        for i, r in zip(idx, rows, strict=True):
+            bags[i] = r
             if cache is not None and hashes[i] is not None:
-                cache.put(hashes[i], result)
+                cache.put(hashes[i], r)
+        n_computed += len(idx)
         if progress is not None:
-            progress(1)
-    n_computed = len(todo) - sum(1 for i in todo if i in errors)
+            progress(len(idx) + len(bad))
     return FeatureResult(bags, width, errors, n_cached, n_computed, content_hashes=hashes)
 
 
-def _faces_of(model: Any, src: Any, draft: tuple[int, int]) -> Any:
-    """Face rows of one image, or ``(reason, detail)`` when it cannot be used."""
+def _decoded(sources: Sequence[Any], indices: Sequence[int], draft: tuple[int, int]) -> tuple[list[int], list, list]:
+    good, images, bad = [], [], []
+    for i in indices:
+        try:
+            images.append(decode_pixels(sources[i], draft))
+            good.append(i)
+        except ImageRejected as exc:
+            bad.append((i, exc.reason, exc.detail))
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops a batch
+            bad.append((i, "unreadable", f"{type(exc).__name__}: {exc}"))
+    return good, images, bad
+
+
+def _run(pipeline: Any, idx: list[int], images: list, bad: list) -> FaceBatch:
+    """The pipeline on a batch; if the batch fails as a whole, photo by photo, so only the culprit fails."""
     try:
-        return model.faces(np.asarray(as_rgb(src, draft)))
-    except ImageRejected as exc:
-        return (exc.reason, exc.detail)
-    except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
-        return ("unreadable", f"{type(exc).__name__}: {exc}")
+        return idx, pipeline.faces(images), bad
+    except Exception:  # noqa: BLE001 - isolate the photo that broke the batch
+        good, rows = [], []
+        for i, img in zip(idx, images, strict=True):
+            try:
+                rows.append(pipeline.faces([img])[0])
+                good.append(i)
+            except Exception as exc:  # noqa: BLE001 - one bad photo never stops the run
+                bad = [*bad, (i, "unreadable", f"{type(exc).__name__}: {exc}")]
+        return good, rows, bad
+
+
+def _face_batches(
+    backbone: Any,
+    sources: Sequence[Any],
+    todo: list[int],
+    batch_size: int | None,
+    num_workers: int | None,
+    lanes: int | None,
+) -> Iterator[FaceBatch]:
+    """Yield batches of face rows for the images to compute, in order."""
+    if not todo:
+        return
+    import torch
+
+    pipeline = backbone.pipeline
+    draft = backbone.draft_size
+    if pipeline.device != "cpu":
+        yield from _gpu_batches(backbone, sources, todo, batch_size or GPU_BATCH, num_workers)
+        return
+    size = batch_size or CPU_BATCH
+    if backbone.cfg.extra.get("single_threaded") and len(todo) >= 8:
+        yield from _process_batches(backbone, sources, todo, size, num_workers)
+        return
+    threads = torch.get_num_threads()
+    n_lanes = max(1, min(lanes or min(threads, loader.MAX_LANES), -(-len(todo) // size)))
+    per_lane = max(1, threads // n_lanes)
+    _ = pipeline.graphs, pipeline.modules  # build once, here, not in two lanes at once
+
+    def batch(bounds: tuple[int, int]) -> FaceBatch:
+        return _run(pipeline, *_decoded(sources, todo[bounds[0] : bounds[1]], draft))
+
+    yield from loader.map_in_lanes(batch, loader.balanced_batches(len(todo), size, n_lanes), n_lanes, per_lane)
 
 
 _WORKER: dict[str, Any] = {}
@@ -77,37 +153,58 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(backbone: Any) -> None:
     import cv2
+    import torch
 
+    tune_allocator()
+    torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    _WORKER["model"] = backbone.module
-    _WORKER["draft"] = backbone.draft_size
+    _WORKER["backbone"] = backbone
 
 
-def _worker_faces(item: tuple[int, Any]) -> tuple[int, Any]:
-    return item[0], _faces_of(_WORKER["model"], item[1], _WORKER["draft"])
+def _worker_batch(job: tuple[list[int], list[Any]]) -> FaceBatch:
+    indices, items = job
+    bb = _WORKER["backbone"]
+    good, images, bad = _decoded(items, range(len(items)), bb.draft_size)
+    idx, rows, bad = _run(bb.pipeline, good, images, bad)
+    return [indices[k] for k in idx], rows, [(indices[k], r, d) for k, r, d in bad]
 
 
-def _face_rows(backbone: Any, sources: Sequence[Any], todo: list[int]) -> Iterator[tuple[int, Any]]:
-    """Yield ``(index, rows or (reason, detail))`` for the images to compute, in order.
+def _process_batches(
+    backbone: Any, sources: Sequence[Any], todo: list[int], size: int, num_workers: int | None
+) -> Iterator[FaceBatch]:
+    """Batches in worker processes with one thread each (dlib's descriptor runs on one core and holds the GIL)."""
+    import multiprocessing as mp
 
-    Embedders that run on one core (dlib: measured 1.00 CPU-seconds per second, and it holds the GIL, so threads
-    do not help) are spread over processes; OpenCV's SFace already uses every core and runs in-process.
-    """
-    workers = min(os.cpu_count() or 1, 4)
-    if backbone.cfg.extra.get("single_threaded") and workers > 1 and len(todo) >= 8:
-        import multiprocessing as mp
-
-        # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children. The
-        # backbone is pickled without its networks (built on first use), so each worker builds its own.
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(_unbuilt(backbone),)) as pool:
-            yield from pool.imap(_worker_faces, ((i, sources[i]) for i in todo), chunksize=2)
-        return
-    for i in todo:
-        yield i, _faces_of(backbone.module, sources[i], backbone.draft_size)
+    workers = num_workers or min(os.cpu_count() or 1, 4)
+    jobs = [(todo[a:b], [sources[i] for i in todo[a:b]]) for a, b in loader.balanced_batches(len(todo), size, workers)]
+    # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children. The
+    # backbone travels without its built networks; each worker builds its own.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(backbone.unbuilt(),)) as pool:
+        yield from pool.imap(_worker_batch, jobs)
 
 
-def _unbuilt(backbone: Any) -> Any:
-    """A copy of a face backbone without its built networks (which cannot be pickled)."""
-    copy = type(backbone)(backbone.cfg, backbone.weights_file)
-    return copy
+def _gpu_batches(
+    backbone: Any, sources: Sequence[Any], todo: list[int], size: int, num_workers: int | None
+) -> Iterator[FaceBatch]:
+    """Files read by DataLoader workers (raw bytes for JPEGs), decoded on the device by nvJPEG in batches, and every
+    stage of the pipeline on the device."""
+    import torch
+
+    dataset = cuda.RawJpegDataset(sources, todo, lambda image: image, backbone.draft_size)
+    workers = loader.default_num_workers() if num_workers is None else num_workers
+    data = torch.utils.data.DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=size,
+        num_workers=min(workers, max(0, (len(todo) - 1) // size)),
+        collate_fn=cuda.collate_raw,
+        prefetch_factor=4 if workers else None,
+    )
+    device = backbone.pipeline.device
+    for batch in data:
+        bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
+        jpegs = [(i, t[1], t[2]) for i, t, _ in batch if not isinstance(t, str) and t[0] == "jpeg"]
+        pixels = [(i, t[1]) for i, t, _ in batch if not isinstance(t, str) and t[0] != "jpeg"]  # decoded on the CPU
+        good, failed = cuda.decode_on_device(jpegs, device, lambda image: image) if jpegs else ([], [])
+        good += [(i, p.to(device)) for i, p in pixels]
+        yield _run(backbone.pipeline, [i for i, _ in good], [t for _, t in good], bad + failed)

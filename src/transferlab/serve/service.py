@@ -56,7 +56,7 @@ class ModelService:
         self.clf = load(self.model_dir, weights=weights, use_cache=False, verbose=False, num_workers=0)
         self.lock = threading.Lock()
         self.is_face_model = isinstance(self.clf.head_, FaceBagClassifier)
-        backbone = self.clf.extractor_.backbone  # located and checked now, not on the first request
+        backbone = self.clf.extractor_.backbone.build()  # located, checked and built now, not on the first request
         self.draft: tuple[int, int] = backbone.draft_size
         self.meta: dict[str, Any] = self.clf.model_meta_
         self._warm_up()

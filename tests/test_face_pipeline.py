@@ -1,0 +1,174 @@
+"""The batched face pipeline answers as the one-photo-at-a-time OpenCV path did, whatever a batch holds."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferlab.backbones import create_backbone
+from transferlab.backbones.face_pipeline import FacePipeline, similarity_transforms, warp_faces, warp_faces_cv2
+from transferlab.decode import decode_pixels, read_rgb
+from transferlab.features import featurize_faces
+
+from .conftest import PRESIDENTS
+
+EVERY = sorted(PRESIDENTS.glob("*/*.jpg"))
+SAMPLE = EVERY[::4]  # 203 photos, every class and kind
+CROWD = PRESIDENTS / "clinton" / "rileycong_0075_04b377c67b5c.jpg"  # 26 faces
+NO_FACE = Image.new("RGB", (300, 200), (60, 130, 210))
+
+
+@pytest.fixture(scope="module")
+def sface():
+    return create_backbone("sface")
+
+
+def _tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+
+def _clamped(rows: np.ndarray, width: int, height: int) -> np.ndarray:
+    boxes = rows[:, 128:132].copy()
+    x2, y2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width), np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+    boxes[:, 0], boxes[:, 1] = np.clip(boxes[:, 0], 0, width), np.clip(boxes[:, 1], 0, height)
+    boxes[:, 2], boxes[:, 3] = x2 - boxes[:, 0], y2 - boxes[:, 1]
+    return boxes
+
+
+def test_same_faces_boxes_embeddings_and_labels_as_the_opencv_path(sface):
+    """On 203 bundled photos: the same faces, boxes within 1 px (the reference's clamped to the photo), embeddings
+    at cosine ≥ 0.999, and a head trained on one path's embeddings labels ≥ 99.5% of photos alike on the other."""
+    res = featurize_faces([str(p) for p in SAMPLE], sface)
+    assert not res.errors
+    ref_rows, new_rows = [], []
+    for path, new in zip(SAMPLE, res.bags, strict=True):
+        img = np.asarray(read_rgb(path, draft=sface.draft_size))
+        ref = sface.reference.faces(img)
+        assert len(ref) == len(new), path
+        if len(ref):
+            assert np.abs(_clamped(ref, img.shape[1], img.shape[0]) - new[:, 128:132]).max() <= 1.0, path
+            np.testing.assert_allclose(new[:, 132:142], ref[:, 132:142], atol=1e-3)  # landmarks
+            assert (ref[:, :128] * new[:, :128]).sum(1).min() >= 0.999, path
+            ref_rows.append(ref)
+            new_rows.append(new)
+    assert sum(len(r) for r in ref_rows) > 300  # many photos with several faces
+    from sklearn.linear_model import LogisticRegression
+
+    labels = [p.parent.name for p, r in zip(SAMPLE, res.bags, strict=True) if len(r)]
+    largest = [int(np.argmax(r[:, 130] * r[:, 131])) for r in ref_rows]
+    head = LogisticRegression(max_iter=2000).fit(
+        np.stack([r[k, :128] for r, k in zip(ref_rows, largest, strict=True)]), labels
+    )
+    a = head.predict(np.stack([r[k, :128] for r, k in zip(ref_rows, largest, strict=True)]))
+    b = head.predict(np.stack([r[k, :128] for r, k in zip(new_rows, largest, strict=True)]))
+    assert np.mean(a == b) >= 0.995
+
+
+def test_a_batch_answers_as_each_photo_alone(sface):
+    """Batched detection (photos of several sizes in one batch, suppression over the batch) and alignment give what
+    each photo gives on its own."""
+    photos = [decode_pixels(p, sface.draft_size) for p in [*EVERY[::37], CROWD]]
+    together = sface.pipeline.faces(photos)
+    for photo, rows in zip(photos, together, strict=True):
+        (alone,) = sface.pipeline.faces([photo])
+        assert rows.shape == alone.shape
+        np.testing.assert_allclose(rows, alone, atol=1e-5)
+    assert max(len(r) for r in together) >= 20
+
+
+def test_alignment_is_opencvs_warp_bit_for_bit(sface):
+    """The device-independent fixed-point warp equals cv2.warpAffine, faces of every size included."""
+    for path in [CROWD, *EVERY[::101]]:
+        img = decode_pixels(path, sface.draft_size)
+        det = sface.pipeline.detect([img])[0]
+        if not len(det):
+            continue
+        m = similarity_transforms(det[:, 4:14].reshape(-1, 5, 2))
+        np.testing.assert_array_equal(warp_faces(img, m).numpy(), warp_faces_cv2(img, m).numpy())
+
+
+def test_no_face_crowds_odd_sizes_rotations_and_a_bad_file_in_one_batch(sface, tmp_path):
+    """One batch: a photo without a face, one with 26 faces, tiny and very wide images, a photo larger than the
+    detector's input, every EXIF rotation, and a corrupt file: each gets its own answer, only the bad file fails."""
+    face = Image.open(sorted((PRESIDENTS / "bush").iterdir())[0]).convert("RGB")
+    files = {"sky.jpg": NO_FACE, "tiny.png": face.resize((40, 33)), "wide.png": Image.new("RGB", (1000, 150))}
+    big = Image.new("RGB", (1400, 900), (128, 128, 128))
+    big.paste(face.resize((400, 400)), (700, 300))
+    files["big.jpg"] = big
+    for orientation in range(1, 9):  # stored turned, with the EXIF tag that turns it back upright
+        turned = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                  5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+                  8: Image.Transpose.ROTATE_270}  # fmt: skip
+        stored = face.transpose(turned[orientation]) if orientation > 1 else face
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        stored.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+        (tmp_path / f"exif{orientation}.jpg").write_bytes(buf.getvalue())
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes((tmp_path / "big.jpg").read_bytes()[:300])
+    sources = [str(tmp_path / n) for n in (*files, "broken.jpg")] + [
+        str(tmp_path / f"exif{o}.jpg") for o in range(1, 9)
+    ]
+    sources.insert(2, str(CROWD))
+    res = featurize_faces(sources, sface, batch_size=64)  # everything in one batch
+    by_name = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(sources)}
+    assert set(res.errors) == {by_name["broken.jpg"]} and res.errors[by_name["broken.jpg"]][0] == "truncated"
+    assert len(res.bags[by_name["sky.jpg"]]) == 0 and len(res.bags[by_name["wide.png"]]) == 0
+    assert len(res.bags[by_name[CROWD.name]]) >= 20
+    (box,) = res.bags[by_name["big.jpg"]][:, 128:132]
+    assert 700 <= box[0] + box[2] / 2 <= 1100 and 300 <= box[1] + box[3] / 2 <= 700  # full-resolution pixels
+    upright = [res.bags[by_name[f"exif{o}.jpg"]] for o in range(1, 9)]
+    assert all(len(r) == 1 for r in upright)
+    for r in upright[1:]:  # every rotation found the same face in the upright photo
+        assert (r[0, :128] @ upright[0][0, :128]) > 0.95
+        np.testing.assert_allclose(r[0, 128:132], upright[0][0, 128:132], atol=3.0)
+
+
+def test_boxes_are_clamped_to_the_photo(sface):
+    """A face cut by the photo's edge gets a box inside the photo (its landmarks are kept as detected)."""
+    face = Image.open(sorted((PRESIDENTS / "bush").iterdir())[0]).convert("RGB").resize((200, 200))
+    cut = np.asarray(face)[:, 40:]  # the left 40 px of the face are outside the photo
+    (rows,) = sface.pipeline.faces([_tensor(cut)])
+    assert len(rows)
+    x, y, w, h = rows[0, 128:132]
+    assert x >= 0 and y >= 0 and x + w <= cut.shape[1] + 1e-3 and y + h <= cut.shape[0] + 1e-3
+
+
+def test_the_torch_runtime_on_the_cpu_gives_the_same_rows(sface, tmp_path):
+    """The code path a GPU runs (torch for both networks, the fixed-point warp on the device), on the CPU."""
+    torch_pipeline = FacePipeline("sface", device="cpu", runtime="torch", cache_root=tmp_path)
+    photos = [decode_pixels(p, sface.draft_size) for p in EVERY[::61]]
+    for a, b in zip(sface.pipeline.faces(photos), torch_pipeline.faces(photos), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a[:, 128:], b[:, 128:], atol=1e-2)
+        if len(a):
+            assert (a[:, :128] * b[:, :128]).sum(1).min() > 0.9999
+
+
+def test_the_recipe_keys_the_cache(sface):
+    """Rows from another recipe (the one-photo OpenCV path, or a GPU's bf16) never share a cache entry."""
+    from transferlab.features import feature_spec
+
+    spec = feature_spec(sface, "faces")
+    assert spec["pipeline"].startswith("batched") and "precision" not in spec
+    gpu = create_backbone("sface").to("cuda")
+    assert feature_spec(gpu, "faces")["precision"] == "bf16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none on this machine")
+def test_on_a_gpu_the_same_faces_and_close_embeddings():
+    cpu, gpu = create_backbone("sface"), create_backbone("sface").to("cuda")
+    paths = [str(p) for p in SAMPLE[:64]]
+    a, b = featurize_faces(paths, cpu), featurize_faces(paths, gpu)
+    assert a.errors == b.errors
+    for x, y in zip(a.bags, b.bags, strict=True):
+        assert x.shape == y.shape
+        if len(x):
+            np.testing.assert_allclose(x[:, 128:142], y[:, 128:142], atol=2.0)
+            assert (x[:, :128] * y[:, :128]).sum(1).min() > 0.99

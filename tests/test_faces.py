@@ -207,7 +207,11 @@ def test_dlib_backbone_through_the_cli(tmp_path):
 
 def test_sface_on_onnxruntime_equals_opencv():
     """The float graph (weights dequantized once, faces batched) gives OpenCV's embeddings."""
+    import cv2
+
     pytest.importorskip("onnxruntime")
+    if int(cv2.__version__.split(".")[0]) >= 5:
+        pytest.skip("OpenCV 5's dnn module cannot run SFace (setMainGraphInput); the reference needs OpenCV 4")
     from transferlab.backbones.face_nets import SFaceEmbedder
     from transferlab.decode import read_rgb
 

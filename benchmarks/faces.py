@@ -3,7 +3,8 @@
     python benchmarks/faces.py [--images 200]
 
 Rows: detection only (YuNet, batched), the one-photo-at-a-time OpenCV path the batched pipeline replaced, detection +
-alignment + SFace embedding (batched, lanes), the same with dlib's descriptor (worker processes), and transferlab's
+alignment + SFace embedding (batched, lanes), the same with dlib's descriptor and with both fused (`sface_dlib`; worker
+processes), and transferlab's
 whole-image mobilenet_v2 pipeline on the same files. No cache is used.
 """
 
@@ -39,7 +40,7 @@ def main() -> None:
     n = len(paths)
     print(f"{os.cpu_count()} cores; {n} photos (bundled presidents, shuffled: web photos and face crops)")
 
-    sface, dlib = create_backbone("sface").build(), create_backbone("dlib_resnet").build()
+    sface, dlib, fused = (create_backbone(b).build() for b in ("sface", "dlib_resnet", "sface_dlib"))
     decoded = [decode_pixels(p, sface.draft_size) for p in paths]
     t = time.perf_counter()
     n_faces = sum(len(d) for k in range(0, n, 24) for d in sface.pipeline.detect(decoded[k : k + 24]))
@@ -50,7 +51,7 @@ def main() -> None:
     opencv = n / (time.perf_counter() - t)
 
     rows = []
-    for name, bb in (("sface", sface), ("dlib_resnet", dlib)):
+    for name, bb in (("sface", sface), ("dlib_resnet", dlib), ("sface + dlib_resnet (fused)", fused)):
         featurize_faces(paths[:8], bb)  # warm-up
         t = time.perf_counter()
         res = featurize_faces(paths, bb)

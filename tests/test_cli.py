@@ -76,11 +76,32 @@ def test_evaluate_json_shape(cli_model, small_photos):
     obj = json.loads(proc.stdout)
     for key in ("accuracy", "n", "labels", "per_class", "confusion", "log_loss", "skipped", "groups"):
         assert key in obj
-    assert obj["n"] == 48
+    for key in ("accuracy_closed_set", "unknown_rate", "no_face_rate", "n_seen_in_training", "accuracy_unseen"):
+        assert key in obj
+    assert obj["n"] == 48 and obj["n_seen_in_training"] == 36 and obj["n_unseen"] == 12  # trained on 3/4 of them
+    assert "12 others" in proc.stderr and "were used to train this model" in proc.stderr
+    held_out = json.loads((out / "metrics.json").read_text())
+    assert obj["accuracy_unseen"] == pytest.approx(held_out["accuracy"])  # the unseen 12 are the held-out split
     assert set(obj["per_class"]["bush"]) >= {"precision", "recall", "f1", "support"}
     assert set(obj["groups"]) == {"web-photo", "aligned-face-crop"}
     assert all(set(g) >= {"accuracy", "n"} for g in obj["groups"].values())
     assert len(obj["confusion"]) == 4 and obj["accuracy"] > 0.5
+
+
+def test_evaluate_on_training_photos_only_says_it_is_not_held_out(cli_model, tmp_path):
+    import csv
+    import shutil
+
+    out, cache, _ = cli_model
+    with (out / "split.csv").open() as f:
+        train = [r for r in csv.DictReader(f) if r["side"] == "train"]
+    for r in train:
+        (tmp_path / r["label"]).mkdir(exist_ok=True)
+        shutil.copy(r["path"], tmp_path / r["label"])
+    proc = run("evaluate", str(out), str(tmp_path), "--json", cache=cache)
+    obj = json.loads(proc.stdout)
+    assert obj["n_seen_in_training"] == len(train) == 36 and obj["n_unseen"] == 0
+    assert f"all {len(train)} photos were used to train this model; this is not a held-out accuracy" in proc.stderr
 
 
 def test_predict_json_lines_with_errors_for_unusable_files(cli_model, small_photos, tmp_path):

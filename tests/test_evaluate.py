@@ -82,3 +82,37 @@ def test_cpu_batch_size_is_32():
         device = type("D", (), {"type": "cpu"})()
 
     assert auto_batch_size(CPUBackbone()) == 32
+
+
+def test_accuracy_scores_the_answers_as_given_and_the_closed_set_beside_it():
+    """A face model's photo answered ``unknown`` is wrong in ``accuracy`` and right in ``accuracy_closed_set`` when
+    its most probable class is right; photos with no face count in ``no_face_rate``; all per group too."""
+    import pandas as pd
+
+    from transferlab.evaluate import evaluate_analyses
+    from transferlab.predictions import Analysis, FaceFinding
+
+    face = FaceFinding([0, 0, 10, 10], [[0, 0]] * 5, 0.9, np.array([0.9, 0.1]), 0.5, True)
+    table = pd.DataFrame(
+        {
+            "path": list("abcde"),
+            "label": ["x", "x", "y", "y", "x"],
+            "content_hash": list("12345"),
+            "kind": ["web", "web", "web", "crop", "crop"],
+        }
+    )
+    analyses = [
+        Analysis(np.array([0.9, 0.1]), faces=[face], answer=0, known=True),  # x, right
+        Analysis(np.array([0.8, 0.2]), faces=[face], answer=0, known=False),  # x, unknown: right class, wrong answer
+        Analysis(np.array([0.3, 0.7]), faces=[face, face], answer=1, known=True),  # y, right
+        Analysis(np.array([0.6, 0.4]), faces=[face], answer=0, known=True),  # y, wrong
+        Analysis(error=("no face", "no face found")),  # x, no face
+    ]
+    m, detail = evaluate_analyses(table, analyses, ["x", "y"], group_by="kind", skipped={})
+    assert m["n"] == 4 and m["skipped"] == {"no face": 1}
+    assert m["accuracy"] == 0.5 and m["accuracy_closed_set"] == 0.75
+    assert m["unknown_rate"] == 0.25 and m["no_face_rate"] == 0.2 and m["several_faces"] == 1
+    assert detail["answers"] == ["x", "unknown", "y", "x"]
+    web, crop = m["groups"]["web"], m["groups"]["crop"]
+    assert (web["accuracy"], web["accuracy_closed_set"], web["unknown_rate"]) == (2 / 3, 1.0, 1 / 3)
+    assert (crop["accuracy"], crop["no_face_rate"]) == (0.0, 0.5)

@@ -185,3 +185,20 @@ def test_on_a_gpu_the_same_faces_and_close_embeddings():
         if len(x):
             np.testing.assert_allclose(x[:, 128:142], y[:, 128:142], atol=2.0)
             assert (x[:, :128] * y[:, :128]).sum(1).min() > 0.99
+
+
+def test_a_fused_backbone_puts_both_embeddings_side_by_side(sface, tmp_path):
+    """sface_dlib: SFace's and dlib's unit embeddings concatenated and scaled to unit length, same boxes."""
+    fused = create_backbone("sface_dlib").use_cache_root(tmp_path)
+    dlib = create_backbone("dlib_resnet").use_cache_root(tmp_path)
+    assert fused.embedding_dim == 256 and fused.row_width("faces") == 256 + 15
+    photos = [decode_pixels(p, sface.draft_size) for p in [*EVERY[::97], CROWD]]
+    for f, s, d in zip(
+        fused.pipeline.faces(photos), sface.pipeline.faces(photos), dlib.pipeline.faces(photos), strict=True
+    ):
+        assert f.shape == (len(s), 256 + 15)
+        np.testing.assert_allclose(f[:, :128] * np.sqrt(2), s[:, :128], atol=1e-6)
+        np.testing.assert_allclose(f[:, 128:256] * np.sqrt(2), d[:, :128], atol=1e-6)
+        np.testing.assert_array_equal(f[:, 256:], s[:, 128:])
+        np.testing.assert_allclose(np.linalg.norm(f[:, :256], axis=1), 1.0, atol=1e-5)
+    assert fused.recipe("faces") != dlib.recipe("faces")

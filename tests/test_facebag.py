@@ -9,7 +9,14 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from transferlab.errors import TransferlabError
-from transferlab.facebag import FaceBagClassifier, calibrate_unknown_threshold, class_centroids, l2_normalise
+from transferlab.facebag import (
+    FaceBagClassifier,
+    calibrate_threshold_cv,
+    class_centroids,
+    class_prototypes,
+    l2_normalise,
+    prototype_similarity,
+)
 from transferlab.heads import LogRegHead, MLPHead, SVMHead
 
 D = 32
@@ -69,21 +76,53 @@ def test_it_fits_a_clone_and_composes_with_scikit_learn():
 
 
 def test_the_unknown_threshold_keeps_the_requested_share_of_known_faces():
-    """Calibrated on training faces alone (leave-one-out), the threshold keeps about ``keep`` of new faces of the
+    """Calibrated on training faces alone (cross-validated), the threshold keeps about ``keep`` of new faces of the
     same people, and rejects faces of people the model never saw."""
     rng = np.random.default_rng(1)
     people = _people(4, 1)
     who = rng.integers(0, 4, 400)
     X, y = _faces(people, who, rng, noise=1.0), who
+    classes = np.arange(4)
+    protos, owner = class_prototypes(X, y, classes)
     for keep in (0.8, 0.95):
-        thr = calibrate_unknown_threshold(X, y, np.arange(4), keep=keep, admit_others=1.0)
+        thr = calibrate_threshold_cv(X, y, classes, keep=keep, admit_others=1.0)
         new = rng.integers(0, 4, 4000)
-        sims = np.sum(_faces(people, new, rng, noise=1.0) * class_centroids(X, y, np.arange(4))[new], axis=1)
+        sims = prototype_similarity(_faces(people, new, rng, noise=1.0), protos, owner, 4)[np.arange(4000), new]
         assert abs((sims >= thr).mean() - keep) < 0.03
     strangers = _faces(_people(10, 7), rng.integers(0, 10, 1000), rng, noise=1.0)
-    thr = calibrate_unknown_threshold(X, y, np.arange(4))
-    best = np.max(strangers @ class_centroids(X, y, np.arange(4)).T, axis=1)
-    assert (best < thr).mean() > 0.97
+    thr = calibrate_threshold_cv(X, y, classes)
+    assert (prototype_similarity(strangers, protos, owner, 4).max(axis=1) < thr).mean() > 0.97
+
+
+def test_prototypes_are_means_of_several_faces_and_follow_a_person_who_changes():
+    """A person photographed in two looks (young and old, say) gets prototypes near both; no prototype is one face."""
+    rng = np.random.default_rng(3)
+    looks = _people(2, 5)
+    X = _faces(looks, np.repeat([0, 1], 40), rng, noise=0.5)
+    y = np.zeros(80, dtype=int)
+    protos, owner = class_prototypes(X, y, np.array([0]), per_class=4)
+    assert 2 <= len(protos) <= 4 and (owner == 0).all()
+    assert not any(np.isclose(X @ p, 1.0, atol=1e-6).any() for p in protos)
+    assert (protos @ looks.T).max(axis=0).min() > 0.9  # each look has a prototype close to it
+    mean = class_centroids(X, y, np.array([0]))
+    fresh = _faces(looks, np.repeat([0, 1], 200), rng, noise=0.5)
+    by_prototype = prototype_similarity(fresh, protos, owner, 1)[:, 0]
+    assert by_prototype.mean() > (fresh @ mean[0]).mean() + 0.05
+    few = class_prototypes(X[:7], y[:7], np.array([0]))[0]
+    assert len(few) == 1  # under 10 faces: the class mean
+
+
+def test_the_threshold_leans_on_the_prior_when_photos_are_few():
+    """Shrinkage towards the embedder's prior: strong with few faces per class, slight with many."""
+    for n in (24, 400):
+        bags, y, *_ = photo_bags(n=n)
+        free = FaceBagClassifier(LogRegHead()).fit(bags, y)
+        shrunk = FaceBagClassifier(LogRegHead(), threshold_prior=0.1).fit(bags, y)
+        smallest = min(int((y == c).sum()) for c in set(y))
+        expected = (smallest * free.threshold_ + 20 * 0.1) / (smallest + 20)
+        assert shrunk.threshold_ == pytest.approx(expected)
+        pull = abs(shrunk.threshold_ - free.threshold_) / abs(free.threshold_ - 0.1)
+        assert pull > 0.5 if n == 24 else pull < 0.25
 
 
 def test_one_threshold_picks_the_answer_face_and_names_it():

@@ -14,6 +14,7 @@ import typer
 
 from ._runtime import hub_offline_unless_asked, tune_allocator
 from .errors import TransferlabError
+from .evaluate import seen_note
 from .options import EngineName, FaceChoice, FacesOutput, HeadName, Options, Pool, Runtime, validate_options
 from .report import summary_text
 
@@ -210,6 +211,8 @@ def evaluate(
     verbose = not quiet and not as_json
     clf = _load(model, no_cache, runtime, weights=weights, cache_dir=cache_dir, verbose=verbose, device=device)
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
+    if (note := seen_note(metrics)) and not quiet:  # on stderr: stdout stays one JSON object with --json
+        sys.stderr.write(note + "\n")
     _out(json.dumps(metrics) if as_json else summary_text(metrics, group_by))
 
 

@@ -63,6 +63,7 @@ def compute_metrics(
     *,
     groups: Sequence[str] | None = None,
     skipped: dict[str, int] | None = None,
+    answers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1, confusion matrix, log loss and per-group accuracy.
 
@@ -78,31 +79,38 @@ def compute_metrics(
         Optional value per row (e.g. the manifest's ``kind``) for per-group accuracy.
     skipped
         Counts of images that could not be evaluated, by reason (reported, not scored).
+    answers
+        The answers as the model gives them, when they can differ from the most probable class (a face model's
+        ``unknown``). ``accuracy`` scores these; ``accuracy_closed_set`` the most probable class. Default: the most
+        probable class.
 
     Returns
     -------
     dict
-        Keys ``accuracy, n, labels, per_class, confusion, log_loss, skipped`` (and ``groups`` when given), the
-        shape of ``transferlab evaluate --json``.
+        Keys ``accuracy, accuracy_closed_set, n, labels, per_class, confusion, log_loss, skipped`` (and ``groups``
+        when given), the shape of ``transferlab evaluate --json``. Precision, recall, F1 and the confusion matrix are
+        over the classes (closed set).
     """
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
     labels = [str(c) for c in labels]
     y_true = np.asarray(y_true).astype(str)
     n = len(y_true)
-    out: dict[str, Any] = {"accuracy": float("nan"), "n": n, "labels": labels}
+    out: dict[str, Any] = {"accuracy": float("nan"), "accuracy_closed_set": float("nan"), "n": n, "labels": labels}
     if n == 0:
         out.update(per_class={}, confusion=[], log_loss=float("nan"), skipped=dict(skipped or {}))
         if groups is not None:
             out["groups"] = {}
         return out
     y_pred = np.asarray(labels)[np.argmax(proba, axis=1)]
-    correct = y_pred == y_true
+    closed = y_pred == y_true
+    correct = closed if answers is None else np.asarray(answers).astype(str) == y_true
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     lo, hi = wilson_interval(int(correct.sum()), n)
     out.update(
         accuracy=float(correct.mean()),
         accuracy_ci95=[lo, hi],
+        accuracy_closed_set=float(closed.mean()),
         per_class={
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(labels)
@@ -116,6 +124,7 @@ def compute_metrics(
         out["groups"] = {
             str(v): {
                 "accuracy": float(correct[g == v].mean()),
+                "accuracy_closed_set": float(closed[g == v].mean()),
                 "n": int((g == v).sum()),
                 "per_class": {
                     c: {
@@ -164,9 +173,11 @@ def evaluate_analyses(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics for the photos of an intake table, given the model's analysis of each row.
 
-    Accuracy is over the classes (the answer's most probable class). Rows without an answer are counted in
-    ``skipped`` by reason. Face models (analyses with faces) add ``unknown_rate`` (the share of these photos of
-    known people the open-set rule answers ``unknown``) and ``several_faces``.
+    ``accuracy`` scores the answers as the model gives them: for a face model a photo answered ``unknown`` is
+    wrong; ``accuracy_closed_set`` scores the most probable class (what the seed measured). Rows without an answer
+    are counted in ``skipped`` by reason. ``unknown_rate`` is the share of answered photos (all of known people)
+    answered ``unknown``; ``no_face_rate`` the share of photos with no face found; both also per group. Face models
+    add ``several_faces``.
 
     Returns
     -------
@@ -175,15 +186,56 @@ def evaluate_analyses(
     """
     skipped = dict(skipped or {})
     ok = np.array([a.usable for a in analyses], dtype=bool)
+    no_face = np.array([a.error is not None and a.error[0] == "no face" for a in analyses], dtype=bool)
     for a in analyses:
         if a.error is not None and not a.usable:
             skipped[a.error[0]] = skipped.get(a.error[0], 0) + 1
     rows = table[ok].reset_index(drop=True)
-    proba = np.stack([a.proba for a in analyses if a.proba is not None]) if ok.any() else np.zeros((0, len(classes)))
+    used = [a for a in analyses if a.proba is not None]
+    proba = np.stack([a.proba for a in used]) if used else np.zeros((0, len(classes)))
+    answers = [str(classes[int(np.argmax(a.proba))]) if a.known else "unknown" for a in used]
     groups = rows[group_by].tolist() if group_by is not None else None
-    metrics = compute_metrics(rows["label"].tolist(), proba, list(classes), groups=groups, skipped=skipped)
+    metrics = compute_metrics(
+        rows["label"].tolist(), proba, list(classes), groups=groups, skipped=skipped, answers=answers
+    )
+    unknown = np.array([not a.known for a in used], dtype=bool)
+    metrics["unknown_rate"] = float(unknown.mean()) if len(used) else float("nan")
+    counted = ok | no_face
+    metrics["no_face_rate"] = float(no_face[counted].mean()) if counted.any() else float("nan")
+    if group_by is not None:
+        all_groups = table[group_by].astype(str).to_numpy()
+        for v, g in metrics["groups"].items():
+            here = all_groups[ok] == v
+            g["unknown_rate"] = float(unknown[here].mean()) if here.any() else float("nan")
+            g["no_face_rate"] = float(no_face[(all_groups == v) & counted].mean())
     if any(a.faces for a in analyses):
-        known = [a.known for a in analyses if a.usable]
-        metrics["unknown_rate"] = float(1 - np.mean(known)) if known else float("nan")
         metrics["several_faces"] = int(sum(len(a.faces) > 1 for a in analyses))
-    return metrics, {"rows": rows, "proba": proba}
+    return metrics, {"rows": rows, "proba": proba, "answers": answers}
+
+
+def seen_in_training(table: pd.DataFrame, detail: dict[str, Any], training: set[str]) -> dict[str, Any]:
+    """How many of the evaluated photos the model was trained on (by content hash), and the accuracy (answers as
+    given) on the others: ``n_seen_in_training``, ``n_unseen``, ``accuracy_unseen`` (NaN when every photo was
+    seen)."""
+    rows, answers = detail["rows"], np.asarray(detail["answers"], dtype=object)
+    seen_all = table["content_hash"].isin(training).to_numpy()
+    unseen = ~rows["content_hash"].isin(training).to_numpy()
+    correct = answers[unseen] == rows["label"].astype(str).to_numpy()[unseen]
+    return {
+        "n_seen_in_training": int(seen_all.sum()),
+        "n_unseen": int(unseen.sum()),
+        "accuracy_unseen": float(correct.mean()) if unseen.any() else float("nan"),
+    }
+
+
+def seen_note(metrics: dict[str, Any]) -> str | None:
+    """One line saying how many evaluated photos the model was trained on (None when it saw none of them)."""
+    seen, others = metrics.get("n_seen_in_training", 0), metrics.get("n_unseen", 0)
+    if not seen:
+        return None
+    if not others:
+        return f"evaluate: all {seen} photos were used to train this model; this is not a held-out accuracy"
+    return (
+        f"evaluate: {seen} of these photos were used to train this model; accuracy on the {others} others: "
+        f"{metrics['accuracy_unseen']:.3f} (accuracy_unseen)"
+    )

@@ -31,47 +31,79 @@ def class_centroids(X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.nda
     return l2_normalise(np.stack([X[y == c].mean(axis=0) for c in classes]))
 
 
-def calibrate_unknown_threshold(
-    X: np.ndarray, y: np.ndarray, classes: np.ndarray, keep: float = 0.98, admit_others: float = 0.01
-) -> float:
-    """Cosine similarity (to the predicted class's centroid) below which a face is called ``unknown``.
+def class_prototypes(
+    X: np.ndarray, y: np.ndarray, classes: np.ndarray, per_class: int = 4, min_faces: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """A few L2-normalised prototypes per class: k-means means of its faces, each the mean of about ``min_faces``
+    faces or more (``k = min(per_class, n // min_faces)``, at least one: the class mean).
 
-    Two views of the training faces set it, and the stricter one wins:
-
-    - *known people*: each face against its own class centroid computed without it (leave-one-out), i.e. how new
-      photos of a known person score; the threshold keeps ``keep`` of them;
-    - *other people*: each face against the centroids of the classes it does not belong to, a stand-in for the
-      people the model has never seen; the threshold lets only ``admit_others`` of them through.
-
-    Parameters
-    ----------
-    X
-        L2-normalised embeddings of the chosen training faces.
-    y
-        Their labels.
-    classes
-        Class order of the centroids.
-    keep, admit_others
-        The two target rates.
+    A person looks different across years, lighting and poses; the nearest of a few prototypes follows that better
+    than one mean. No prototype is a single face's embedding (unless the class has one face).
 
     Returns
     -------
-    float
+    prototypes, owner
+        ``(p, d)`` prototypes and the index into ``classes`` of each one's class.
     """
-    own: list[np.ndarray] = []
-    others: list[np.ndarray] = []
-    centroids = class_centroids(X, y, classes)
-    for k, c in enumerate(classes):
+    from sklearn.cluster import KMeans
+
+    protos, owner = [], []
+    for j, c in enumerate(classes):
         Xc = X[y == c]
-        if len(Xc) >= 2:
-            loo = l2_normalise(Xc.sum(axis=0)[None, :] - Xc)
-            own.append(np.sum(loo * Xc, axis=1))
-        others.append(X[y != c] @ centroids[k])
+        k = max(1, min(per_class, len(Xc) // min_faces))
+        centres = (
+            Xc.mean(axis=0, keepdims=True) if k == 1 else KMeans(k, n_init=4, random_state=0).fit(Xc).cluster_centers_
+        )
+        protos.append(l2_normalise(centres))
+        owner += [j] * len(centres)
+    return np.concatenate(protos).astype(np.float32), np.asarray(owner)
+
+
+def prototype_similarity(faces: np.ndarray, prototypes: np.ndarray, owner: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n, n_classes)``: each face's cosine similarity to the nearest prototype of each class."""
+    sims = faces @ prototypes.T
+    out = np.full((len(faces), n_classes), -2.0, dtype=np.float32)
+    for j in range(n_classes):
+        out[:, j] = sims[:, owner == j].max(axis=1)
+    return out
+
+
+def calibrate_threshold_cv(
+    X: np.ndarray,
+    y: np.ndarray,
+    classes: np.ndarray,
+    *,
+    per_class: int = 4,
+    keep: float = 0.98,
+    admit_others: float = 0.01,
+    folds: int = 5,
+) -> float:
+    """The unknown threshold on prototype similarity, calibrated by cross-validation on the training faces.
+
+    Each fold's faces are scored against prototypes built from the other folds: against their own class's (how a
+    new photo of a known person scores; the threshold keeps ``keep`` of them) and against every other class's (a
+    stand-in for people the model never saw; it admits only ``admit_others`` of them). The stricter bound wins.
+    """
+    rng = np.random.default_rng(0)
+    fold = rng.permutation(len(X)) % max(2, min(folds, len(X)))
+    own, others = [], []
+    for f in np.unique(fold):
+        fit, held = fold != f, fold == f
+        present = np.asarray([c for c in classes if (y[fit] == c).any()])
+        if len(present) == 0:
+            continue
+        protos, owner = class_prototypes(X[fit], y[fit], present, per_class)
+        sims = prototype_similarity(X[held], protos, owner, len(present))
+        yh = y[held]
+        for j, c in enumerate(present):
+            own.append(sims[yh == c, j])
+            others.append(sims[yh != c, j])
     bounds = []
-    if own:
-        bounds.append(float(np.quantile(np.concatenate(own), 1.0 - keep)))
-    if others and sum(len(o) for o in others):
-        bounds.append(float(np.quantile(np.concatenate(others), 1.0 - admit_others)))
+    own_all, others_all = np.concatenate(own) if own else [], np.concatenate(others) if others else []
+    if len(own_all):
+        bounds.append(float(np.quantile(own_all, 1.0 - keep)))
+    if len(others_all):
+        bounds.append(float(np.quantile(others_all, 1.0 - admit_others)))
     return max(bounds) if bounds else 0.0
 
 
@@ -114,8 +146,9 @@ class FaceBagClassifier(BaseEstimator):
     max_iter
         Most MIL rounds.
     threshold
-        Cosine similarity below which a face is ``unknown``; None calibrates it on the training faces
-        (:func:`calibrate_unknown_threshold` with ``keep`` and ``admit_others``) into ``threshold_``.
+        Cosine similarity (to the nearest prototype of the face's most probable class) below which a face is
+        ``unknown``; None calibrates it on the training faces by cross-validation
+        (:func:`calibrate_threshold_cv` with ``keep`` and ``admit_others``) into ``threshold_``.
     keep, admit_others
         Calibration targets: the share of known people's faces kept, and of other classes' faces admitted.
     unknown_label
@@ -125,6 +158,13 @@ class FaceBagClassifier(BaseEstimator):
     choice_folds
         With a number, each training photo's face is chosen by a model fitted on the other folds (out of fold), so
         a photo's current choice cannot vote for itself; None chooses in sample.
+    prototypes
+        Prototypes per class for the open set (:func:`class_prototypes`); 1 is the class mean.
+    threshold_prior, prior_strength
+        A threshold known before any training photo is seen (the embedder's own same-person similarity; SFace:
+        0.363), and how many faces it is worth: the calibrated threshold is shrunk towards it, ``(n·t + s·prior) /
+        (n + s)`` with ``n`` the smallest class's face count. With 3 photos per class the calibration alone set
+        0.68 once and answered ``unknown`` for a quarter of known people; with hundreds it barely moves.
 
     Attributes
     ----------
@@ -132,6 +172,8 @@ class FaceBagClassifier(BaseEstimator):
         The fitted clone.
     classes_, centroids_, threshold_
         Classes, their L2-normalised mean chosen faces, and the threshold in use.
+    prototypes_, prototype_class_
+        The open set's prototypes and the index of each one's class.
     chosen_
         Index of the chosen face per training bag.
     n_iter_
@@ -152,10 +194,16 @@ class FaceBagClassifier(BaseEstimator):
         unknown_label: str = "unknown",
         choice_estimator: Any = None,
         choice_folds: int | None = None,
+        prototypes: int = 4,
+        threshold_prior: float | None = None,
+        prior_strength: float = 20.0,
     ) -> None:
         self.estimator = estimator
         self.choice_estimator = choice_estimator
         self.choice_folds = choice_folds
+        self.prototypes = prototypes
+        self.threshold_prior = threshold_prior
+        self.prior_strength = prior_strength
         self.face_choice = face_choice
         self.max_iter = max_iter
         self.threshold = threshold
@@ -226,11 +274,17 @@ class FaceBagClassifier(BaseEstimator):
         self.classes_ = np.asarray(self.estimator_.classes_)
         self.chosen_ = chosen
         self.centroids_ = class_centroids(X, y, self.classes_)
-        self.threshold_ = (
-            float(self.threshold)
-            if self.threshold is not None
-            else calibrate_unknown_threshold(X, y, self.classes_, self.keep, self.admit_others)
-        )
+        self.prototypes_, self.prototype_class_ = class_prototypes(X, y, self.classes_, self.prototypes)
+        if self.threshold is not None:
+            self.threshold_ = float(self.threshold)
+        else:
+            t = calibrate_threshold_cv(
+                X, y, self.classes_, per_class=self.prototypes, keep=self.keep, admit_others=self.admit_others
+            )
+            if self.threshold_prior is not None:
+                n = min(int((y == c).sum()) for c in self.classes_)
+                t = (n * t + self.prior_strength * self.threshold_prior) / (n + self.prior_strength)
+            self.threshold_ = float(t)
         return self
 
     def _rechoose(self, bags: list[np.ndarray], y: np.ndarray, chosen: np.ndarray, multi: list[int]) -> np.ndarray:
@@ -297,7 +351,7 @@ class FaceBagClassifier(BaseEstimator):
             if len(bag) == 0:
                 raise TransferlabError(f"bag {i} has no face; photos without faces are answered elsewhere")
             proba = proba_all[offsets[i] : offsets[i + 1]]
-            sims = np.sum(bag * self.centroids_[np.argmax(proba, axis=1)], axis=1)
+            sims = self.similarity(bag)[np.arange(len(bag)), np.argmax(proba, axis=1)]
             known = sims >= thr
             if self.face_choice == "mil":
                 # Among faces that clear the threshold, the most confident; else the closest to a class.
@@ -306,6 +360,13 @@ class FaceBagClassifier(BaseEstimator):
                 answer = int(start[i]) if start is not None else 0
             out.append(BagAnswer(proba, sims, known, answer))
         return out
+
+    def similarity(self, faces: np.ndarray) -> np.ndarray:
+        """``(n, n_classes)``: each face's cosine similarity to the nearest prototype of each class."""
+        check_is_fitted(self)
+        protos = getattr(self, "prototypes_", self.centroids_)
+        owner = getattr(self, "prototype_class_", np.arange(len(self.centroids_)))
+        return prototype_similarity(np.asarray(faces, np.float32), protos, owner, len(self.classes_))
 
     def predict_proba(self, bags: Sequence[np.ndarray], *, start: Sequence[int] | None = None) -> np.ndarray:
         """Class probabilities of each photo's answer face, ``(n, n_classes)`` (the closed-set view)."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import load_artifact, save_artifact
+from .backbones import get_backbone_cfg
 from .errors import TransferlabError
 from .facebag import FaceBagClassifier
 from .features import Extractor, feature_spec
@@ -22,6 +23,9 @@ from .heads import HEADS, head_name
 
 FALLBACK_PREFIX = "fallback."
 CENTROIDS = "open_set.centroids"
+PROTOTYPES = "open_set.prototypes"
+PROTOTYPE_CLASS = "open_set.prototype_class"
+TRAINING_HASHES = "training.content_hashes"
 
 
 @dataclass
@@ -81,14 +85,27 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "face_choice": opts.face_choice.value,
         **getattr(clf, "meta_", {}),
     }
+    hashes = getattr(clf, "training_hashes_", [])
+    if hashes:  # content hashes (of decoded pixels), so evaluate can tell photos it was trained on
+        arrays[TRAINING_HASHES] = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(-1, 32)
     fallback = getattr(clf, "fallback_", None)
     if bag is not None:
         arrays[CENTROIDS] = bag.centroids_.astype(np.float32)
+        arrays[PROTOTYPES] = bag.prototypes_.astype(np.float32)
+        arrays[PROTOTYPE_CLASS] = np.asarray(bag.prototype_class_, dtype=np.int32)
         meta["faces"] = {
             "unknown_threshold": float(bag.threshold_),
-            "similarity": "cosine between the face embedding and its predicted class's mean embedding",
-            "calibration": "higher of: keeps 98% of training faces of their own class (leave-one-out); "
-            "admits 1% of training faces of the other classes",
+            "similarity": "cosine between the face embedding and the nearest prototype of its predicted class "
+            "(k-means means of at least 5 training faces, up to 4 per class)",
+            "calibration": f"5-fold cross-validation on the training faces; the higher of: keeps {bag.keep:.0%} of "
+            f"faces of their own class, admits {bag.admit_others:.0%} of faces of the other classes"
+            + (
+                f"; shrunk towards the embedder's same-person cosine {bag.threshold_prior} as if {bag.prior_strength:g}"
+                " faces"
+                if bag.threshold_prior
+                else ""
+            ),
+            "targets": {"keep_known": bag.keep, "admit_others": bag.admit_others, "prior": bag.threshold_prior},
             "several_faces": "answer with the face that most confidently matches a known class",
             "no_face": (
                 f"answered by the whole-image fallback model ({opts.fallback})"
@@ -159,15 +176,22 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         **kwargs,
     )
     opts = clf.options_ = clf.options()
-    own = {k: v for k, v in arrays.items() if not k.startswith(FALLBACK_PREFIX)}
-    head = _head_from(meta, own, path)
+    own = {k: v for k, v in arrays.items() if not k.startswith(FALLBACK_PREFIX) and k != TRAINING_HASHES}
+    head_arrays = {k: v for k, v in own.items() if not k.startswith("open_set.")}
+    if TRAINING_HASHES in arrays:
+        clf.training_hashes_ = [row.tobytes().hex() for row in np.asarray(arrays[TRAINING_HASHES], np.uint8)]
+    head = _head_from(meta, head_arrays, path)
     if opts.embeds_faces:
         if CENTROIDS not in own or "faces" not in meta:
             raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
-        bag = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value)
+        prior = get_backbone_cfg(opts.backbone).extra.get("same_person_cosine")
+        bag = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, threshold_prior=prior)
         bag.estimator_, bag.classes_ = head, head.classes_
         bag.centroids_ = np.asarray(own[CENTROIDS], dtype=np.float32)
         bag.threshold_ = float(meta["faces"]["unknown_threshold"])
+        if PROTOTYPES in own:  # models from before prototypes compare with the class means
+            bag.prototypes_ = np.asarray(own[PROTOTYPES], dtype=np.float32)
+            bag.prototype_class_ = np.asarray(own[PROTOTYPE_CLASS], dtype=np.int64)
         head = bag
     clf.head_ = head
     clf.classes_ = np.asarray(meta["classes"]).astype(str)

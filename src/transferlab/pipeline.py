@@ -26,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from . import model_state
 from ._progress import Reporter
 from ._version import __version__
-from .backbones import face_areas
+from .backbones import face_areas, get_backbone_cfg
 from .cache import default_cache_dir
 from .errors import TransferlabError
-from .evaluate import evaluate_analyses, rows_to_evaluate
+from .evaluate import evaluate_analyses, rows_to_evaluate, seen_in_training
 from .facebag import FaceBagClassifier
 from .features import Extractor, FeatureResult
 from .heads import LogRegHead, MLPHead
@@ -43,6 +43,10 @@ from .predictions import Analysis, FaceFinding, Prediction
 # noise of this one. So the choice stays with this model and the figures stay as they were; FaceBagClassifier takes
 # any other (``choice_estimator``, ``choice_folds``).
 MIL_CHOICE: dict[str, Any] = {"choice_estimator": LogisticRegression(C=1.0, max_iter=2000), "choice_folds": None}
+# The open-set rule (benchmarks/accuracy.py, BENCHMARKS.md): similarity to the nearest of up to 4 prototypes of the
+# predicted class, the threshold calibrated by 5-fold cross-validation (keep 98% of known people's faces, admit 1% of
+# other classes' faces) and shrunk towards the embedder's own same-person similarity as if that were 20 faces.
+OPEN_SET: dict[str, Any] = {"prototypes": 4, "keep": 0.98, "admit_others": 0.01}
 
 
 class Classifier(BaseEstimator):
@@ -179,7 +183,8 @@ class Classifier(BaseEstimator):
             raise TransferlabError("no usable training images (all were skipped); see the intake report")
         if opts.embeds_faces:
             bags, start = self._face_bags(res, used)
-            self.head_ = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **MIL_CHOICE)
+            rule = {"threshold_prior": get_backbone_cfg(opts.backbone).extra.get("same_person_cosine"), **OPEN_SET}
+            self.head_ = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **MIL_CHOICE)
             self._fit_head(self.head_, bags, y[used], start=start)
             stats = self.head_.choice_stats_
             self.face_stats_ = {
@@ -193,6 +198,8 @@ class Classifier(BaseEstimator):
         self.classes_ = np.asarray(self.head_.classes_).astype(str)
         self.fit_seconds_["head"] = time.perf_counter() - t
         self.train_used_, self.train_errors_ = used, errors
+        known = (res.content_hashes[i] for i in used) if res.content_hashes else ()
+        self.training_hashes_ = sorted({h for h in known if isinstance(h, str) and len(h) == 64})  # real photos only
         skipped = dict(Counter(r for r, _ in errors.values()))
         per_class = {str(k): int(v) for k, v in Counter(y[used]).items()}
         self.meta_ = {"training_data": {"n_images": len(used), "per_class": per_class, "skipped": skipped}}
@@ -300,7 +307,10 @@ class Classifier(BaseEstimator):
         self._check_fitted()
         table, skipped = rows_to_evaluate(table, self.classes_, group_by, skipped)
         analyses = self.analyse(table["path"].tolist(), table["content_hash"].tolist())
-        return evaluate_analyses(table, analyses, list(self.classes_), group_by=group_by, skipped=skipped)
+        metrics, detail = evaluate_analyses(table, analyses, list(self.classes_), group_by=group_by, skipped=skipped)
+        if getattr(self, "training_hashes_", None):
+            metrics.update(seen_in_training(table, detail, set(self.training_hashes_)))
+        return metrics, detail
 
     # -- persistence ------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

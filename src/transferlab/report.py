@@ -200,8 +200,10 @@ def write_report(
             f"{f['images_with_several_faces']} (labelled person not the largest face in "
             f"{f['several_faces_not_largest_chosen']})",
             f"- held-out photos with several faces: {metrics.get('several_faces', 0)}",
-            f"- unknown threshold (cosine similarity to the class mean): {f['unknown_threshold']:.3f}; held-out "
-            f"photos of known people it would answer `unknown`: {metrics.get('unknown_rate', float('nan')):.1%}",
+            f"- unknown threshold (cosine similarity to the nearest prototype of the face's most probable class, "
+            f"calibrated by cross-validation on the training faces): {f['unknown_threshold']:.3f}; held-out photos "
+            f"of known people answered `unknown`: {metrics.get('unknown_rate', float('nan')):.1%}; accuracy as "
+            f"answered {metrics['accuracy']:.3f}, of the most probable class {metrics['accuracy_closed_set']:.3f}",
         ]
     lines += [
         "",
@@ -241,6 +243,11 @@ def summary_text(metrics: dict[str, Any], group_by: str | None) -> str:
         f"accuracy {metrics['accuracy']:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics['n']}, "
         f"log loss {metrics['log_loss']:.3f})"
     ]
+    if metrics.get("unknown_rate") or metrics.get("no_face_rate"):
+        lines.append(
+            f"  answered unknown {metrics['unknown_rate']:.1%} of known people, no face {metrics['no_face_rate']:.1%}; "
+            f"most probable class: accuracy {metrics['accuracy_closed_set']:.3f}"
+        )
     if group_by and metrics.get("groups"):
         for v, g in metrics["groups"].items():
             pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.get("per_class", {}).items())

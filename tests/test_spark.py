@@ -162,6 +162,18 @@ def test_train_on_spark_gives_the_local_model(small_photos, engine, tmp_path):
     np.testing.assert_allclose(a.head_.coef_, b.head_.coef_, atol=1e-4)
 
 
+def test_a_fine_tuned_model_featurizes_on_spark_with_its_tuned_blocks(small_photos, engine, tmp_path):
+    import transferlab
+
+    kw = dict(backbone="mobilenet_v2", finetune=1, finetune_params={"epochs": 1, "copies": 1}, test_size=0.25)
+    local = transferlab.train(small_photos, tmp_path / "local", cache_dir=tmp_path / "c1", **kw)
+    spark = transferlab.train(small_photos, tmp_path / "spark", engine=engine, cache_dir=tmp_path / "c2", **kw)
+    assert spark.metrics["accuracy"] == local.metrics["accuracy"]
+    a, b = transferlab.load(tmp_path / "local"), transferlab.load(tmp_path / "spark")
+    assert a.model_meta_["features"]["finetuned_sha256"] == b.model_meta_["features"]["finetuned_sha256"]
+    np.testing.assert_allclose(a.head_.coef_, b.head_.coef_, atol=1e-4)
+
+
 @pytest.mark.parametrize("head", ["logreg", "mlp"])
 def test_spark_ml_head_is_saved_as_a_model_local_predict_reproduces(spark, head, tmp_path):
     """Over the collect limit the head is fitted by Spark ML; the saved model answers as the Spark model does."""

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from transferlab.augment import AugmentConfig, AugmentedImages
+from transferlab.backbones import get_backbone_cfg
 from transferlab.errors import TransferlabError
 from transferlab.evaluate import mean_ci
 from transferlab.study import StudyConfig, run_study
@@ -35,7 +36,9 @@ def test_quick_study_writes_both_tables_with_intervals(quick_study):
     out, _ = quick_study
     cfg = StudyConfig.from_toml(QUICK)
     runs = pd.read_csv(out / "runs.csv")
-    t1_cells = len(cfg.backbones) * len(cfg.heads)
+    tunable = [b for b in cfg.backbones if get_backbone_cfg(b).blocks is not None]
+    t1_cells = (len(cfg.backbones) + len(tunable)) * len(cfg.heads)
+    assert cfg.finetune == 1 and tunable == ["mobilenet_v2"]
     t2_cells = len(cfg.per_class) * len(cfg.augment_modes)
     assert len(runs) == (t1_cells + t2_cells) * cfg.seeds
     assert runs.groupby("cell")["seed"].nunique().eq(cfg.seeds).all()
@@ -47,9 +50,11 @@ def test_quick_study_writes_both_tables_with_intervals(quick_study):
         line = next(x for x in report.splitlines() if x.startswith(f"| {b} | {h} |"))
         assert f"{acc.mean():.3f} ± {half:.3f}" in line
         assert mean_ci(acc) == pytest.approx((acc.mean(), acc.mean() - half, acc.mean() + half))
-    for b in cfg.backbones:
+    for b in cfg.backbones + [f"{t}+finetune1" for t in tunable]:
         for h in cfg.heads:
             assert f"| {b} | {h} |" in report
+    for h in cfg.heads:  # what fine-tuning bought, paired by seed
+        assert f"- Fine-tuning the last 1 block of mobilenet_v2 ({h} head): accuracy " in report
     for n in cfg.per_class:
         assert f"\n| {n} | " in report
     assert "± " in report and "Where we differ from the seed" in report
@@ -72,8 +77,10 @@ def test_rerun_of_a_finished_study_runs_nothing(quick_study, tmp_path):
 def test_a_killed_study_resumes_with_the_same_finished_rows(tmp_path):
     out = tmp_path / "study"
     cache = tmp_path / "cache"
+    config = tmp_path / "quick.toml"  # the quick study without its fine-tuned rows (covered above), to save time
+    config.write_text(QUICK.read_text().replace("finetune = 1", "finetune = 0").replace('"../', f'"{REPO}/'))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(cache)}
-    cmd = [sys.executable, "-m", "transferlab", "study", str(QUICK), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "transferlab", "study", str(config), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + 180
     runs_csv = out / "runs.csv"

@@ -95,6 +95,8 @@ def fit_evaluate(
         sources = Chain(sources, extra_train[0])
         hashes, y = hashes + list(extra_train[1]), np.concatenate([y, np.asarray(extra_train[2]).astype(str)])
     clf.fit_sources(sources, y, hashes)
+    if "finetune" in clf.fit_seconds_:
+        timings["fine-tuning (trunk maps + epochs)"] = clf.fit_seconds_["finetune"]
     timings["features (train)"] = clf.fit_seconds_["features"]
     timings["head"] = clf.fit_seconds_["head"]
     n = len(train_idx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._atomic import atomic_write_bytes
+from ._files import file_sha256
 from ._version import __version__
 from .errors import TransferlabError
 
@@ -41,8 +43,11 @@ def save_artifact(path: str | os.PathLike[str], meta: dict[str, Any], arrays: di
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     numeric = {k: np.ascontiguousarray(v) for k, v in arrays.items() if v.dtype.kind in "fiub"}
-    atomic_write_bytes(out / HEAD_FILE, save(numeric))
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "head_file": HEAD_FILE}
+    blob = save(numeric)
+    atomic_write_bytes(out / HEAD_FILE, blob)
+    # The two files are replaced one after the other; the hash lets a reader tell a pair cut apart by a kill.
+    head_sha = hashlib.sha256(blob).hexdigest()
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "head_file": HEAD_FILE, "head_sha256": head_sha}
     atomic_write_bytes(out / "model.json", json.dumps(doc, indent=2, default=_json_default).encode())
     return out
 
@@ -97,6 +102,11 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     if start[8:9] != b"{" and (start[:1] == b"\x80" or start[:2] == b"PK"):
         raise TransferlabError(
             f"{head_path}: is a pickle or torch.save file, not safetensors; refused (loading it could run code)"
+        )
+    expected = meta.get("head_sha256")  # absent in models saved before it was recorded
+    if expected is not None and file_sha256(head_path) != expected:
+        raise TransferlabError(
+            f"{head_path}: does not match {mj} (a save was interrupted, or a file was replaced); retrain the model"
         )
     try:
         arrays = load_file(str(head_path))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._atomic import atomic_savefig
-from .decode import read_rgb
+from .decode import as_rgb, read_rgb
 from .errors import TransferlabError
 
 
@@ -106,7 +106,7 @@ class AugmentedImages(Sequence):
     Nothing is decoded until a copy is needed, and copies whose features are cached are never decoded at all.
     """
 
-    def __init__(self, paths: Sequence[str], content_hashes: Sequence[str], cfg: AugmentConfig) -> None:
+    def __init__(self, paths: Sequence[Any], content_hashes: Sequence[str], cfg: AugmentConfig) -> None:
         self.paths = list(paths)
         self.hashes = list(content_hashes)
         self.cfg = cfg
@@ -117,7 +117,7 @@ class AugmentedImages(Sequence):
     def __getitem__(self, j: int) -> Any:  # type: ignore[override]
         i, k = divmod(j, self.cfg.copies)
         seed = int(hashlib.sha256(f"{self.hashes[i]}:{k}".encode()).hexdigest()[:12], 16)
-        return augment_image(read_rgb(self.paths[i]), self.cfg, seed)
+        return augment_image(as_rgb(self.paths[i]), self.cfg, seed)
 
     def keys(self) -> list[str]:
         """Cache keys: content hash + augmentation config + copy index."""

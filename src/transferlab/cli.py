@@ -140,6 +140,9 @@ def train(
             "detectable face, instead of skipping them.",
         ),
     ] = None,
+    finetune: Annotated[
+        int, typer.Option(min=0, help="Train the last N blocks of a whole-image backbone with the head (0: frozen).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,
     engine: Engine = EngineName.local,

@@ -26,6 +26,7 @@ CENTROIDS = "open_set.centroids"
 PROTOTYPES = "open_set.prototypes"
 PROTOTYPE_CLASS = "open_set.prototype_class"
 TRAINING_HASHES = "training.content_hashes"
+FINETUNED_PREFIX = "finetuned."
 
 
 @dataclass
@@ -85,6 +86,18 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "face_choice": opts.face_choice.value,
         **getattr(clf, "meta_", {}),
     }
+    tuned = clf.extractor_.tuned
+    if tuned:  # the fine-tuned blocks' tensors, beside the head's (safetensors: no unpickling on load)
+        arrays.update({FINETUNED_PREFIX + k: np.asarray(v) for k, v in tuned.items()})
+        ft = getattr(clf, "finetune_", None)
+        meta["finetune"] = {
+            "blocks": opts.finetune,
+            "params": opts.finetune_params,
+            "config": opts.finetune_config().params(),
+            "sha256": clf.extractor_.backbone.tuned_hash,
+            "tensors": len(tuned),
+            **({"best_epoch": ft.best_epoch, "history": ft.history, "trunk": ft.trunk} if ft is not None else {}),
+        }
     hashes = getattr(clf, "training_hashes_", [])
     if hashes:  # content hashes (of decoded pixels), so evaluate can tell photos it was trained on
         arrays[TRAINING_HASHES] = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(-1, 32)
@@ -173,10 +186,19 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         head_params=meta["head"].get("params", {}),
         face_choice=meta.get("face_choice", "mil"),
         fallback=fmeta["backbone"]["name"] if fmeta else None,
+        finetune=int(meta.get("finetune", {}).get("blocks", 0)),
+        finetune_params=meta.get("finetune", {}).get("params") or None,
         **kwargs,
     )
     opts = clf.options_ = clf.options()
-    own = {k: v for k, v in arrays.items() if not k.startswith(FALLBACK_PREFIX) and k != TRAINING_HASHES}
+    tuned = {k.removeprefix(FINETUNED_PREFIX): v for k, v in arrays.items() if k.startswith(FINETUNED_PREFIX)}
+    if opts.finetune and not tuned:
+        raise TransferlabError(f"{path}: fine-tuned model without its fine-tuned weights; the model is damaged")
+    own = {
+        k: v
+        for k, v in arrays.items()
+        if not k.startswith((FALLBACK_PREFIX, FINETUNED_PREFIX)) and k != TRAINING_HASHES
+    }
     head_arrays = {k: v for k, v in own.items() if not k.startswith("open_set.")}
     if TRAINING_HASHES in arrays:
         clf.training_hashes_ = [row.tobytes().hex() for row in np.asarray(arrays[TRAINING_HASHES], np.uint8)]
@@ -195,7 +217,7 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         head = bag
     clf.head_ = head
     clf.classes_ = np.asarray(meta["classes"]).astype(str)
-    clf.extractor_ = clf.build_extractor(opts, expected=meta["backbone"].get("weights_sha256"))
+    clf.extractor_ = clf.build_extractor(opts, expected=meta["backbone"].get("weights_sha256"), tuned=tuned or None)
     if fmeta:
         sub = {k.removeprefix(FALLBACK_PREFIX): v for k, v in arrays.items() if k.startswith(FALLBACK_PREFIX)}
         fx = clf.build_extractor(opts, fmeta["backbone"]["name"], expected=fmeta["backbone"].get("weights_sha256"))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .backbones import get_backbone_cfg
 from .errors import TransferlabError
+from .finetune import FinetuneConfig
 from .heads import make_head
 
 DEFAULT_BACKBONE = "sface"
@@ -96,6 +97,9 @@ class Options(BaseModel):
         or ``cuda:N``.
     runtime
         ``torch`` or ``onnxruntime`` (CPU only: the network exported once to ONNX; the same features within 1e-5).
+    finetune, finetune_params
+        Whole-image backbones only: train the last ``finetune`` blocks of the network with the head (0: frozen),
+        with these :class:`~transferlab.finetune.FinetuneConfig` parameters (e.g. ``{"epochs": 10}``).
     verbose
         Show progress bars and status lines on stderr.
     """
@@ -116,6 +120,8 @@ class Options(BaseModel):
     fallback: str | None = None
     device: str = "auto"
     runtime: Runtime = Runtime.torch
+    finetune: int = Field(0, ge=0)
+    finetune_params: dict[str, Any] = Field(default_factory=dict)
     verbose: bool = False
 
     @field_validator("backbone", "fallback")
@@ -140,12 +146,33 @@ class Options(BaseModel):
                 raise TransferlabError(f"--fallback applies to face backbones only, not {self.backbone!r}")
             if get_backbone_cfg(self.fallback).embeds_faces:
                 raise TransferlabError(f"--fallback {self.fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
+        if self.finetune:
+            cfg = get_backbone_cfg(self.backbone)
+            if cfg.embeds_faces:
+                raise TransferlabError(
+                    f"--finetune applies to whole-image backbones (e.g. mobilenet_v2), not {self.backbone!r}: its "
+                    "face networks run on onnxruntime/OpenCV/dlib here, not as trainable torch modules"
+                )
+            if cfg.blocks is None:
+                raise TransferlabError(f"--finetune: backbone {self.backbone!r} cannot be fine-tuned")
+            if self.finetune >= cfg.num_blocks:
+                raise TransferlabError(
+                    f"--finetune {self.finetune}: {self.backbone} has {cfg.num_blocks} blocks; choose 1 to "
+                    f"{cfg.num_blocks - 1}"
+                )
+            self.finetune_config()  # raises naming a bad parameter
+        elif self.finetune_params:
+            raise TransferlabError("finetune parameters given without --finetune N")
         return self
 
     @property
     def embeds_faces(self) -> bool:
         """True when the backbone embeds detected faces rather than whole photos."""
         return get_backbone_cfg(self.backbone).embeds_faces
+
+    def finetune_config(self) -> FinetuneConfig:
+        """How the top blocks are trained (``finetune`` > 0)."""
+        return FinetuneConfig.from_params(self.finetune, self.finetune_params)
 
     def make_head(self) -> Any:
         """A new, unfitted head with these options' parameters."""

@@ -32,6 +32,7 @@ from .errors import TransferlabError
 from .evaluate import evaluate_analyses, rows_to_evaluate, seen_in_training
 from .facebag import FaceBagClassifier
 from .features import Extractor, FeatureResult
+from .finetune import FinetuneResult, finetune
 from .heads import LogRegHead, MLPHead
 from .intake import Intake, intake
 from .options import DEFAULT_BACKBONE, Options, validate_options
@@ -53,7 +54,8 @@ class Classifier(BaseEstimator):
     """A frozen pretrained backbone with a small trainable head.
 
     Parameters are those of :class:`transferlab.options.Options` (backbone, head, pool, head_params, weights,
-    download, cache_dir, use_cache, batch_size, num_workers, face_choice, fallback, verbose, device, runtime), and
+    download, cache_dir, use_cache, batch_size, num_workers, face_choice, fallback, verbose, device, runtime,
+    finetune, finetune_params), and
     ``engine``: where the featurize stage runs, None (this process) or an engine from
     :func:`transferlab.engines.get_engine` (e.g. Spark). Features and answers are the same either way.
 
@@ -82,6 +84,8 @@ class Classifier(BaseEstimator):
         verbose: bool = False,
         device: str = "auto",
         runtime: str = "torch",
+        finetune: int = 0,
+        finetune_params: dict[str, Any] | None = None,
         engine: Any = None,
     ) -> None:
         self.backbone = backbone
@@ -99,6 +103,8 @@ class Classifier(BaseEstimator):
         self.verbose = verbose
         self.device = device
         self.runtime = runtime
+        self.finetune = finetune
+        self.finetune_params = finetune_params
         self.engine = engine
 
     @classmethod
@@ -115,8 +121,11 @@ class Classifier(BaseEstimator):
         """True when the backbone embeds detected faces rather than whole images."""
         return self.options().embeds_faces
 
-    def build_extractor(self, opts: Options, backbone: str | None = None, expected: str | None = None) -> Extractor:
-        """The featurize stage for these options (or for another backbone: the fallback's)."""
+    def build_extractor(
+        self, opts: Options, backbone: str | None = None, expected: str | None = None, tuned: Any = None
+    ) -> Extractor:
+        """The featurize stage for these options (or for another backbone: the fallback's); ``tuned``: the
+        fine-tuned tensors of a saved fine-tuned model."""
         if isinstance(self.engine, str) and self.engine != "local":
             raise TransferlabError(f"engine {self.engine!r}: pass transferlab.engines.get_engine({self.engine!r})")
         return Extractor(
@@ -133,6 +142,7 @@ class Classifier(BaseEstimator):
             engine=None if isinstance(self.engine, str) else self.engine,
             reporter=Reporter(opts.verbose),
             expected_weights=expected,
+            tuned=tuned,
         )
 
     def featurize(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> FeatureResult:
@@ -171,9 +181,14 @@ class Classifier(BaseEstimator):
         self.extractor_ = self.build_extractor(opts)
         y = np.asarray(labels).astype(str)
         hashes = None if content_hashes is None else list(content_hashes)
+        self.fit_seconds_ = {}
+        if opts.finetune:
+            t = time.perf_counter()
+            self.finetune_ = _finetune(self.extractor_, opts, sources, hashes, y)
+            self.fit_seconds_["finetune"] = time.perf_counter() - t
         t = time.perf_counter()
         res = self.featurize(sources, hashes)
-        self.fit_seconds_ = {"features": time.perf_counter() - t}
+        self.fit_seconds_["features"] = time.perf_counter() - t
         t = time.perf_counter()
         self.feature_stats_ = res.stats()
         errors = dict(res.errors)
@@ -327,6 +342,27 @@ class Classifier(BaseEstimator):
         ``kwargs`` override runtime options such as ``weights``, ``cache_dir``, ``device`` or ``verbose``.
         """
         return model_state.restore(cls, path, **kwargs)  # type: ignore[no-any-return]
+
+
+def _finetune(
+    extractor: Extractor, opts: Options, sources: Sequence[Any], hashes: list[str | None] | None, y: np.ndarray
+) -> FinetuneResult:
+    """Fine-tune the extractor's backbone on the training photos; its features then come from the tuned network."""
+    result = finetune(
+        extractor.backbone,
+        sources,
+        hashes,
+        y,
+        opts.finetune_config(),
+        cache_dir=opts.cache_dir,
+        use_cache=opts.use_cache,
+        batch_size=opts.batch_size,
+        num_workers=opts.num_workers,
+        reporter=extractor.reporter,
+    )
+    extractor.tuned = result.state
+    extractor.backbone.tune(result.state)
+    return result
 
 
 def _faceless(res: FeatureResult) -> list[int]:

@@ -17,7 +17,7 @@ from ._registry import (
     register_backbone,
     register_family,
 )
-from ._torch import ImageBackbone
+from ._torch import ImageBackbone, TrunkBackbone, load_tuned, split_blocks
 from .faces import FaceBackbone, face_areas
 
 __all__ = [
@@ -25,12 +25,15 @@ __all__ = [
     "BackboneCfg",
     "FaceBackbone",
     "ImageBackbone",
+    "TrunkBackbone",
     "WeightsSource",
     "catalogue",
     "create_backbone",
     "face_areas",
     "get_backbone_cfg",
     "list_backbones",
+    "load_tuned",
     "register_backbone",
     "register_family",
+    "split_blocks",
 ]

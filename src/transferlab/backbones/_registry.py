@@ -98,6 +98,10 @@ class BackboneCfg:
     extra: dict[str, Any] = field(default_factory=dict)
     # Model files besides ``weights`` that must be present (face detectors, landmark models): (package, path) pairs.
     files: tuple[tuple[str, str], ...] = ()
+    # Fine-tuning (``--finetune N``): ``blocks(module)`` lists the built network as ``num_blocks`` modules whose
+    # composition, in order, is the network; the last N are trained. None: the backbone cannot be fine-tuned.
+    blocks: Callable[[torch.nn.Module], list[torch.nn.Module]] | None = None
+    num_blocks: int = 0
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing that turns a photo into the network's input (stored with models and caches)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from functools import cached_property
@@ -51,6 +52,7 @@ class ImageBackbone:
         self.runtime = "torch"
         self._onnx_root: Path | None = None
         self._sessions: dict[str, Any] = {}
+        self.tuned: dict[str, np.ndarray] | None = None  # fine-tuned weights of the top blocks (``tune``)
 
     @classmethod
     def with_random_weights(cls, cfg: BackboneCfg) -> ImageBackbone:
@@ -88,6 +90,8 @@ class ImageBackbone:
                 f"{self.cfg.name}: cannot load weights from {self.weights_file} ({type(exc).__name__}: "
                 f"{str(exc)[:200]}); the file must be a state dict for {self.cfg.architecture}"
             ) from None
+        if self.tuned:
+            load_tuned(module, self.tuned, self.cfg.name)
         module = _fuse_conv_bn(module.eval().requires_grad_(False))
         # channels_last lets oneDNN pick its fastest convolution kernels on CPU and tensor cores on GPU.
         return module.to(device=self._device, memory_format=torch.channels_last)
@@ -109,6 +113,26 @@ class ImageBackbone:
         """sha256 of the weights file (part of every cache key, so other weights never reuse features)."""
         return file_sha256(self.weights_file)
 
+    def tune(self, state: dict[str, np.ndarray] | None) -> ImageBackbone:
+        """Use fine-tuned weights for some of the network's tensors (``state``: names as in its state dict)."""
+        self.tuned = dict(state) if state else None
+        self.__dict__.pop("module", None)
+        self.__dict__.pop("tuned_hash", None)
+        self._sessions.clear()
+        return self
+
+    @cached_property
+    def tuned_hash(self) -> str | None:
+        """sha256 of the fine-tuned tensors (names, shapes and values), or None for the pretrained network."""
+        if not self.tuned:
+            return None
+        h = hashlib.sha256()
+        for name in sorted(self.tuned):
+            arr = np.ascontiguousarray(self.tuned[name])
+            h.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
     def recipe(self, pool: str) -> dict[str, Any]:
         """How this backbone's features are made: network, weights, preprocessing, pooling and precision."""
         spec = {
@@ -118,6 +142,8 @@ class ImageBackbone:
             "preprocessing": self.cfg.preprocessing(),
             "pool": pool,
         }
+        if self.tuned_hash:  # fine-tuned top blocks: features never mix with the pretrained network's
+            spec["finetuned_sha256"] = self.tuned_hash
         if self.precision != "fp32":  # GPU features (bf16) never mix with CPU ones (fp32)
             spec["precision"] = self.precision
         return spec
@@ -200,3 +226,82 @@ class ImageBackbone:
                 return fmap.float().mean(dim=(2, 3))
             # Channels-last order (h, w, C) matches the seed's Keras flatten of an NHWC feature map.
             return fmap.float().permute(0, 2, 3, 1).reshape(fmap.shape[0], -1)
+
+
+def split_blocks(cfg: BackboneCfg, module: torch.nn.Module, n: int) -> tuple[list[torch.nn.Module], list[str]]:
+    """The network's blocks (``cfg.blocks``) and the state-dict prefixes of its last ``n`` blocks.
+
+    Raises
+    ------
+    TransferlabError
+        When the backbone cannot be fine-tuned or ``n`` is not between 1 and its number of blocks less one.
+    """
+    if cfg.blocks is None:
+        raise TransferlabError(f"--finetune: backbone {cfg.name!r} cannot be fine-tuned (no blocks registered)")
+    blocks = cfg.blocks(module)
+    if not 1 <= n < len(blocks):
+        raise TransferlabError(f"--finetune {n}: {cfg.name} has {len(blocks)} blocks; choose 1 to {len(blocks) - 1}")
+    names = {id(m): name for name, m in module.named_modules()}
+    prefixes: list[str] = []
+    for block in blocks[-n:]:
+        if id(block) in names:
+            prefixes.append(names[id(block)] + ".")
+        else:  # a block grouped from several children (a stem, a head): its children are named
+            prefixes.extend(names[id(child)] + "." for child in block.children())
+    return blocks, prefixes
+
+
+def load_tuned(module: torch.nn.Module, state: dict[str, np.ndarray], name: str) -> None:
+    """Copy fine-tuned tensors into a freshly built network (every name must exist there, with its shape)."""
+    import torch
+
+    own = module.state_dict()
+    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(np.shape(v))]
+    if bad:
+        raise TransferlabError(
+            f"{name}: fine-tuned weights do not fit this network ({bad[0]!r}); the model is damaged or from "
+            "another architecture, retrain it"
+        )
+    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
+
+
+class TrunkBackbone(ImageBackbone):
+    """The frozen part of a network below its last ``n`` blocks, as a backbone: its "features" are the activation
+    map entering block ``len(blocks) - n``, flattened channels-last, computed (and cached) like any feature."""
+
+    def __init__(self, parent: ImageBackbone, n: int) -> None:
+        super().__init__(parent.cfg, parent.weights_file)
+        self.n = n
+        self._device = parent._device
+        self.__dict__["weights_hash"] = parent.weights_hash
+        self._shape: tuple[int, int, int] | None = None
+
+    @cached_property
+    def module(self) -> torch.nn.Module:
+        """The frozen trunk in eval mode (batch norm folded), channels-last."""
+        import torch
+
+        assert self.cfg.build is not None
+        full = self.cfg.build(self.weights_file).eval().requires_grad_(False)
+        blocks, _ = split_blocks(self.cfg, full, self.n)
+        trunk = _fuse_conv_bn(torch.nn.Sequential(*blocks[: -self.n]))
+        return trunk.to(device=self._device, memory_format=torch.channels_last)
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the activation map the trunk gives."""
+        if self._shape is None:
+            import torch
+
+            with torch.inference_mode():
+                out = self.module(torch.zeros(1, *self.cfg.input_size, device=self._device))
+            self._shape = (int(out.shape[1]), int(out.shape[2]), int(out.shape[3]))
+        return self._shape
+
+    def recipe(self, pool: str) -> dict[str, Any]:
+        """The network's recipe, cut before its last ``n`` blocks."""
+        return {**super().recipe(pool), "trunk_without_last_blocks": self.n}
+
+    def row_width(self, pool: str) -> int:
+        """Values per row: the whole activation map."""
+        return int(np.prod(self.map_shape))

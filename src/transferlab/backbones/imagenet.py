@@ -114,6 +114,52 @@ def _build_inception_v3(weights_file: Path | None) -> torch.nn.Module:
     return _forward_features(_timm_from_file("inception_v3", weights_file))
 
 
+# Blocks for fine-tuning (``--finetune N`` trains the last N): each list, composed in order, is the network the
+# builder returns (tested against it). Blocks follow each architecture's own units: MobileNetV2's inverted residuals,
+# EfficientNet's MBConv blocks, ResNet's bottlenecks, Inception's mixed modules, VGG's five conv stages.
+def _mobilenet_v2_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return list(module.children())
+
+
+def _seq(*mods: torch.nn.Module) -> torch.nn.Module:
+    import torch
+
+    return torch.nn.Sequential(*mods)
+
+
+def _efficientnet_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    b = module.body
+    return [_seq(b.conv_stem, b.bn1), *(blk for stage in b.blocks for blk in stage), _seq(b.conv_head, b.bn2)]
+
+
+def _vgg16_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    import torch
+
+    stages: list[torch.nn.Module] = []
+    current: list[torch.nn.Module] = []
+    for layer in module.children():
+        current.append(layer)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            stages.append(_seq(*current))
+            current = []
+    return stages
+
+
+def _resnet50_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    b = module.body
+    return [
+        _seq(b.conv1, b.bn1, b.act1, b.maxpool),
+        *(blk for layer in (b.layer1, b.layer2, b.layer3, b.layer4) for blk in layer),
+    ]
+
+
+def _inception_v3_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    b = module.body
+    stem = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Pool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "Pool2")
+    mixed = ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
+    return [_seq(*(getattr(b, n) for n in stem)), *(getattr(b, f"Mixed_{m}") for m in mixed)]
+
+
 register_backbone(
     BackboneCfg(
         name="mobilenet_v2",
@@ -134,6 +180,8 @@ register_backbone(
         num_params=2_223_872,
         license="BSD-3-Clause (torchvision weights)",
         description="MobileNetV2, ImageNet-1k (torchvision); small and fast on CPU",
+        blocks=_mobilenet_v2_blocks,
+        num_blocks=19,
     )
 )
 
@@ -157,6 +205,8 @@ register_backbone(
         num_params=3_371_008,
         license="Apache-2.0",
         description="EfficientNet-Lite0, ImageNet-1k; more accurate than MobileNetV2 at similar cost",
+        blocks=_efficientnet_blocks,
+        num_blocks=18,
     )
 )
 
@@ -175,6 +225,8 @@ register_backbone(
         num_params=14_714_688,
         license="BSD-3-Clause (torchvision weights)",
         description="VGG-16 as in the seed study (Table 1)",
+        blocks=_vgg16_blocks,
+        num_blocks=5,
     )
 )
 
@@ -193,6 +245,8 @@ register_backbone(
         num_params=23_508_032,
         license="BSD-3-Clause (torchvision weights)",
         description="ResNet-50 as in the seed study (Table 1)",
+        blocks=_resnet50_blocks,
+        num_blocks=17,
     )
 )
 
@@ -211,5 +265,7 @@ register_backbone(
         num_params=21_785_568,
         license="Apache-2.0 (timm) / BSD (torchvision weights)",
         description="Inception V3 as in the seed study (Table 1)",
+        blocks=_inception_v3_blocks,
+        num_blocks=12,
     )
 )

@@ -87,7 +87,8 @@ def onnx_session(backbone: Any, pool: str, cache_root: Path, threads: int = 0) -
         import onnxruntime as ort
     except ImportError:
         raise TransferlabError("--runtime onnxruntime needs `pip install onnxruntime onnx onnxscript`") from None
-    key = f"{backbone.cfg.name}-{backbone.weights_hash[:16]}-{pool}-v{EXPORT_VERSION}-torch{torch.__version__}"
+    tuned = f"-ft{backbone.tuned_hash[:16]}" if getattr(backbone, "tuned_hash", None) else ""
+    key = f"{backbone.cfg.name}-{backbone.weights_hash[:16]}{tuned}-{pool}-v{EXPORT_VERSION}-torch{torch.__version__}"
     path = cache_root / "onnx" / f"{key.replace('+', '_')}.onnx"
     if not path.is_file():
         size = backbone.cfg.input_size

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,8 @@ class _Job:
     pool: str
     cache_root: str | None
     batch_size: int
+    # A fine-tuned model's top-block tensors travel with the job (a few MB for mobilenet_v2's last two blocks).
+    tuned: dict[str, np.ndarray] | None = field(default=None, hash=False, compare=False)
 
 
 def _job(backbone: Any, pool: str, cache: Any, batch_size: int) -> _Job:
@@ -157,7 +159,8 @@ def _job(backbone: Any, pool: str, cache: Any, batch_size: int) -> _Job:
     registered = located is not None and Path(located) == Path(backbone.weights_file)
     weights = None if registered else str(backbone.weights_file)
     cache_root = str(cache.dir.parent.parent) if cache is not None else None
-    return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size)
+    tuned = getattr(backbone, "tuned", None)
+    return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size, tuned)
 
 
 def _single_threaded_worker() -> None:
@@ -177,6 +180,8 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
     """Built once per Python worker by ``predict_batch_udf``: the backbone, the cache, and the per-batch stage."""
     _single_threaded_worker()
     bb = create_backbone(job.backbone, weights=job.weights)
+    if job.tuned:
+        bb.tune(job.tuned)
     if bb.weights_hash != job.weights_hash:
         raise TransferlabError(
             f"{job.backbone}: weights on this worker ({bb.weights_file}) differ from the driver's; install the same "

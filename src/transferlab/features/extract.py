@@ -83,6 +83,8 @@ class Extractor:
         Where progress bars go.
     expected_weights
         sha256 the weights must have (a saved model's), or None.
+    tuned
+        Fine-tuned tensors of a whole-image backbone's top blocks (a saved fine-tuned model's), or None.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Extractor:
         engine: Any = None,
         reporter: Reporter | None = None,
         expected_weights: str | None = None,
+        tuned: dict[str, Any] | None = None,
     ) -> None:
         self.name = backbone
         self.pool = pool
@@ -115,6 +118,7 @@ class Extractor:
         self.engine = engine
         self.reporter = reporter or Reporter(False)
         self.expected_weights = expected_weights
+        self.tuned = tuned
         self.counts: Counter[str] = Counter()  # images cached / computed / failed over every call, for summaries
         self.seconds = 0.0  # time spent in extract() over every call
         self._backbone: Any = None
@@ -124,6 +128,8 @@ class Extractor:
         """The built backbone (created on first use; weights are located and checked here)."""
         if self._backbone is None:
             bb = create_backbone(self.name, weights=self.weights, download=self.download)
+            if self.tuned:
+                bb.tune(self.tuned)
             bb.to(resolve_device(self.device))
             root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
             if isinstance(bb, FaceBackbone):

@@ -16,6 +16,13 @@ from ..errors import TransferlabError
 from ..options import EngineName, HeadName, Pool
 
 PER_CLASS = [1, 3, 5, 10, 25, 50, 100, 150]
+FINETUNED = "+finetune"  # Table 1's fine-tuned rows: backbone "mobilenet_v2+finetune2" (its last 2 blocks trained)
+
+
+def split_backbone(name: str) -> tuple[str, int]:
+    """``"mobilenet_v2+finetune2"`` → ``("mobilenet_v2", 2)``; a frozen backbone's name → ``(name, 0)``."""
+    base, _, n = name.partition(FINETUNED)
+    return base, int(n or 0)
 
 
 class _Table1(BaseModel):
@@ -25,6 +32,7 @@ class _Table1(BaseModel):
     heads: list[HeadName] = Field(default_factory=lambda: [HeadName.mlp, HeadName.logreg, HeadName.svm])
     pool: Pool = Pool.avg
     epochs: int = Field(30, ge=1)
+    finetune: int = Field(0, ge=0)
 
 
 class _Table2(BaseModel):
@@ -80,6 +88,7 @@ class StudyConfig:
     heads: list[str] = field(default_factory=lambda: ["mlp", "logreg", "svm"])
     pool: str = "avg"
     epochs: int = 30
+    finetune: int = 0  # Table 1 also fine-tunes this many top blocks of each whole-image backbone (0: frozen only)
     table2_backbone: str = "best"
     table2_head: str = "mlp"
     per_class: list[int] = field(default_factory=lambda: list(PER_CLASS))
@@ -125,6 +134,7 @@ class StudyConfig:
             heads=[h.value for h in f.table1.heads],
             pool=f.table1.pool.value,
             epochs=f.table1.epochs,
+            finetune=f.table1.finetune,
             table2_backbone=f.table2.backbone,
             table2_head=f.table2.head.value,
             per_class=f.table2.per_class,

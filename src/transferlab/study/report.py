@@ -14,7 +14,7 @@ from .._atomic import atomic_savefig, atomic_write_text
 from ..augment import augmentation_grid
 from ..evaluate import fmt_ci, mean_ci
 from ..report import plot_confusion
-from .config import StudyConfig
+from .config import FINETUNED, StudyConfig, split_backbone
 
 # The seed's published numbers (shared/docs/SEED.md), shown beside ours.
 SEED_TABLE1 = {
@@ -105,6 +105,24 @@ def _plot_table1(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _finetune_lines(t1: pd.DataFrame) -> list[str]:
+    """What fine-tuning bought: each fine-tuned row against the same backbone and head frozen, paired by seed."""
+    lines = []
+    for (b, h), rows in t1[t1["backbone"].str.contains(FINETUNED, regex=False)].groupby(["backbone", "head"]):
+        base, n = split_backbone(b)
+        frozen = t1[(t1["backbone"] == base) & (t1["head"] == h)].set_index("seed")["accuracy"]
+        tuned = rows.set_index("seed")["accuracy"]
+        seeds = sorted(set(frozen.index) & set(tuned.index))
+        if seeds:
+            gain = (tuned[seeds] - frozen[seeds]).astype(float)
+            what = f"the last {n} block{'s' if n > 1 else ''} of {base} ({h} head)"
+            lines.append(
+                f"- Fine-tuning {what}: accuracy {fmt_ci(tuned[seeds])} against {fmt_ci(frozen[seeds])} frozen, "
+                f"a change of {fmt_ci(gain)} (same seeds and splits)."
+            )
+    return ["", *lines] if lines else []
+
+
 def write_study_report(
     out: Path,
     cfg: StudyConfig,
@@ -133,7 +151,7 @@ def write_study_report(
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for (b, h), rows in t1.groupby(["backbone", "head"]):
-        f = facts.get(b, {})
+        f = facts.get(split_backbone(b)[0], {})
         seed = SEED_TABLE1.get(b)
         params = f"{f['params']:,}" if f.get("params") else "n/a"
         lines.append(
@@ -148,6 +166,7 @@ def write_study_report(
                 f"| {b} (seed) | mlp | {seed['params']:,} | {seed['trainable']:,} | {seed['load_s']} | — | "
                 f"{seed['train_min'] * 60:.0f} (GPU, with the network) | — | — | — | {seed['acc']} |"
             )
+    lines += _finetune_lines(t1)
     if skipped:
         lines += ["", "Skipped backbones: " + "; ".join(f"`{b}`: {why}" for b, why in skipped.items()) + "."]
     lines += [

@@ -34,7 +34,7 @@ from ..intake import intake
 from ..options import validate_options
 from ..pipeline import Classifier
 from ..split import split_table
-from .config import StudyConfig
+from .config import FINETUNED, StudyConfig, split_backbone
 from .report import write_study_report
 
 
@@ -167,7 +167,10 @@ def _classifier(
     params: dict[str, Any] = {"random_state": seed} if head in ("mlp", "svm") else {}
     if head == "mlp":
         params["epochs"] = cfg.epochs
+    backbone, finetune = split_backbone(backbone)
     opts = validate_options(
+        finetune=finetune,
+        finetune_params={"seed": seed} if finetune else {},
         backbone=backbone,
         head=head,
         pool=cfg.pool,
@@ -336,6 +339,9 @@ def run_study(
                 advance(1)
 
     table1 = [Cell("table1", b, h, None, False) for b in backbones for h in cfg.heads]
+    if cfg.finetune:  # fine-tuned rows beside the frozen ones, for every backbone that can be fine-tuned
+        tunable = [b for b in backbones if get_backbone_cfg(b).blocks is not None]
+        table1 += [Cell("table1", f"{b}{FINETUNED}{cfg.finetune}", h, None, False) for b in tunable for h in cfg.heads]
     n_runs = (len(table1) + len(cfg.per_class) * len(cfg.augment_modes)) * cfg.seeds
     with rep.task("study", n_runs) as advance:
         for b in backbones:
@@ -343,10 +349,11 @@ def run_study(
         run_cells(table1, advance)
         runs = log.frame()
         t2_backbone = cfg.table2_backbone
-        if t2_backbone == "best":
-            t1 = runs[(runs["table"] == "table1") & (runs["head"] == cfg.table2_head)]
+        if t2_backbone == "best":  # among frozen backbones: Table 2 is the seed's frozen-source protocol
+            frozen = runs[(runs["table"] == "table1") & ~runs["backbone"].str.contains(FINETUNED, regex=False)]
+            t1 = frozen[frozen["head"] == cfg.table2_head]
             if t1.empty:
-                t1 = runs[runs["table"] == "table1"]
+                t1 = frozen
             t2_backbone = t1.groupby("backbone")["accuracy"].mean().idxmax()
         table2 = [Cell("table2", t2_backbone, cfg.table2_head, n, a) for n in cfg.per_class for a in cfg.augment_modes]
         backbone_facts(t2_backbone, augmented=any(cfg.augment_modes))

@@ -84,6 +84,29 @@ def test_only_the_last_n_blocks_change_and_the_trunk_is_cached_once(small_photos
     assert all(np.array_equal(second.state[k], first.state[k]) for k in first.state)  # seeded: same result
 
 
+def test_the_same_fine_tuning_is_reused_and_a_changed_one_is_not(small_photos, tmp_path):
+    paths, labels = _photos(small_photos)
+    hashes = [f"photo-{i}" for i in range(len(paths))]  # content hashes as the intake table gives them
+    bb = create_backbone("mobilenet_v2")
+    cfg = FinetuneConfig.from_params(1, {"epochs": 1, "copies": 1})
+    first = finetune(bb, paths, hashes, labels, cfg, cache_dir=tmp_path)
+    again = finetune(bb, paths, hashes, labels, cfg, cache_dir=tmp_path)
+    assert not first.reused and again.reused and again.trunk == {"computed": 0, "cached": 0}
+    assert again.history == first.history and again.best_epoch == first.best_epoch
+    assert all(np.array_equal(again.state[k], first.state[k]) for k in first.state)
+    other_seed = FinetuneConfig.from_params(1, {"epochs": 1, "copies": 1, "seed": 1})
+    assert not finetune(bb, paths, hashes, labels, other_seed, cache_dir=tmp_path).reused
+    relabelled = labels[1:] + labels[:1]
+    assert not finetune(bb, paths, hashes, relabelled, cfg, cache_dir=tmp_path).reused
+    stored = sorted((tmp_path / "finetuned").glob("*.safetensors"))
+    assert len(stored) == 3
+    for path in stored:  # a damaged entry is trained again (and rewritten), never read
+        path.write_bytes(path.read_bytes()[:100])
+    retrained = finetune(bb, paths, hashes, labels, cfg, cache_dir=tmp_path)
+    assert not retrained.reused and all(np.array_equal(retrained.state[k], first.state[k]) for k in first.state)
+    assert finetune(bb, paths, hashes, labels, cfg, cache_dir=tmp_path).reused
+
+
 def test_a_fine_tuned_model_round_trips_through_save_load_and_onnx(small_photos, tmp_path):
     paths, labels = _photos(small_photos)
     clf = Classifier("mobilenet_v2", finetune=2, finetune_params=QUICK, cache_dir=tmp_path / "c").fit(paths, labels)

@@ -15,19 +15,26 @@ the fine-tuned network, as for a frozen one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write_bytes
 from ._progress import Reporter
 from .augment import AugmentConfig, AugmentedImages
 from .backbones import ImageBackbone, TrunkBackbone, split_blocks
 from .errors import TransferlabError
-from .features import extract, open_cache
+from .features import extract, feature_spec, open_cache
+
+# Bump when training changes (loop, schedule, split), so cached fine-tunings from older code are never reused.
+FINETUNE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class FinetuneResult:
         Trunk activation maps ``computed`` now and read from the ``cached`` store.
     seconds
         Wall time of the ``trunk`` maps and of the ``epochs``.
+    reused
+        True when the same fine-tuning (same network, photos in the same order, labels and parameters) was found in
+        the cache and nothing was trained.
     """
 
     state: dict[str, np.ndarray]
@@ -120,6 +130,7 @@ class FinetuneResult:
     best_epoch: int = 0
     trunk: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
 
 
 def _maps(res: Any, shape: tuple[int, int, int], rows: Sequence[int]) -> np.ndarray:
@@ -139,6 +150,71 @@ def _validation_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarra
         return idx, idx[:0]
     train, val = next(StratifiedShuffleSplit(1, test_size=n_val, random_state=seed).split(idx, y))
     return np.sort(train), np.sort(val)
+
+
+def _tuned_key(
+    trunk: TrunkBackbone, config: FinetuneConfig, hashes: Sequence[str | None] | None, y: np.ndarray
+) -> str | None:
+    """What determines a fine-tuning's result: the trunk's recipe, the parameters, and the photos (content hashes,
+    in order) with their labels. None when a photo's content hash is unknown (nothing is then cached)."""
+    if hashes is None or any(not isinstance(h, str) for h in hashes):
+        return None
+    blob = json.dumps(
+        {
+            "version": FINETUNE_VERSION,
+            "trunk": feature_spec(trunk, "flatten"),
+            "config": asdict(config),
+            "photos": [list(p) for p in zip(hashes, y.tolist(), strict=True)],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _load_tuned(path: Path) -> FinetuneResult | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            info = json.loads((f.metadata() or {})["result"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, KeyError, ValueError):
+        return None  # missing or damaged: train again (and overwrite it)
+    return FinetuneResult(state, info["history"], info["best_epoch"], {"computed": 0, "cached": 0}, reused=True)
+
+
+def _save_tuned(path: Path, result: FinetuneResult) -> None:
+    from safetensors.numpy import save
+
+    meta = {"result": json.dumps({"history": result.history, "best_epoch": result.best_epoch})}
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in result.state.items()}, metadata=meta))
+
+
+def prepare_trunk(
+    backbone: ImageBackbone,
+    sources: Sequence[Any],
+    content_hashes: Sequence[str],
+    config: FinetuneConfig,
+    *,
+    cache_dir: Any = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, int]:
+    """Compute and cache the trunk maps of photos and of all their augmented copies, ahead of fine-tuning runs
+    (a study's seeds each fine-tune on a subset of them). Returns the counts ``computed`` and ``cached``."""
+    reporter = reporter or Reporter(False)
+    trunk = TrunkBackbone(backbone, config.blocks)
+    cache = open_cache(trunk, "flatten", cache_dir, True)
+    kw = {"pool": "flatten", "cache": cache, "batch_size": batch_size, "num_workers": num_workers}
+    aug = AugmentedImages(list(sources), list(content_hashes), AugmentConfig(config.copies))
+    counts = {"computed": 0, "cached": 0}
+    for label, items, keys in (("trunk", sources, content_hashes), ("augmented", aug, aug.keys())):
+        with reporter.task(label, len(items)) as advance:
+            res = extract(trunk, items, content_hashes=keys, progress=advance, **kw)
+        counts["computed"] += res.n_computed
+        counts["cached"] += res.n_cached
+    return counts
 
 
 def finetune(
@@ -183,6 +259,12 @@ def finetune(
     t0 = time.perf_counter()
     trunk = TrunkBackbone(backbone, config.blocks)
     cache = open_cache(trunk, "flatten", cache_dir, use_cache)
+    key = _tuned_key(trunk, config, content_hashes, y_all) if cache is not None else None
+    stored = cache.dir.parent.parent / "finetuned" / f"{key}.safetensors" if cache is not None and key else None
+    if stored is not None and (found := _load_tuned(stored)) is not None:
+        reporter.info(f"fine-tuning: the same run's tuned blocks are in the cache ({stored.name}); nothing to train")
+        found.seconds = {"trunk": 0.0, "epochs": 0.0, "reused": time.perf_counter() - t0}
+        return found
     kw = {"pool": "flatten", "cache": cache, "batch_size": batch_size, "num_workers": num_workers}
     with reporter.task("trunk", len(sources)) as advance:
         res = extract(trunk, sources, content_hashes=content_hashes, progress=advance, **kw)
@@ -301,10 +383,13 @@ def finetune(
                 break
     assert best is not None
     state = {k: v.float().cpu().numpy().copy() for k, v in best[2].items()}
-    return FinetuneResult(
+    result = FinetuneResult(
         state=state,
         history=history,
         best_epoch=best[1],
         trunk=trunk_counts,
         seconds={"trunk": t_trunk, "epochs": time.perf_counter() - t1},
     )
+    if stored is not None:  # a rerun (or the study's other heads) with the same photos and parameters reuses it
+        _save_tuned(stored, result)
+    return result

@@ -96,7 +96,11 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             "config": opts.finetune_config().params(),
             "sha256": clf.extractor_.backbone.tuned_hash,
             "tensors": len(tuned),
-            **({"best_epoch": ft.best_epoch, "history": ft.history, "trunk": ft.trunk} if ft is not None else {}),
+            **(
+                {"best_epoch": ft.best_epoch, "history": ft.history, "trunk": ft.trunk, "reused": ft.reused}
+                if ft is not None
+                else {}
+            ),
         }
     hashes = getattr(clf, "training_hashes_", [])
     if hashes:  # content hashes (of decoded pixels), so evaluate can tell photos it was trained on

@@ -30,6 +30,7 @@ from ..cache import default_cache_dir
 from ..engines import get_engine
 from ..errors import TransferlabError
 from ..features import Extractor
+from ..finetune import prepare_trunk
 from ..intake import intake
 from ..options import validate_options
 from ..pipeline import Classifier
@@ -310,6 +311,20 @@ def run_study(
                 f"{backbone}: features {facts[backbone]['computed']} computed, "
                 f"{facts[backbone]['cached']} cached ({facts[backbone]['featurize_s']:.1f} s)"
             )
+        tuned = cfg.finetune and get_backbone_cfg(backbone).blocks is not None
+        if tuned and "trunk_s" not in facts[backbone] and use_cache:
+            # Trunk maps of every photo and augmented copy, once: each fine-tuning run reads its subset from the cache.
+            t = time.perf_counter()
+            st = prepare_trunk(
+                ex.backbone,
+                table["path"].tolist(),
+                table["content_hash"].tolist(),
+                validate_options(backbone=backbone, finetune=cfg.finetune).finetune_config(),
+                cache_dir=cache_dir,
+                reporter=rep,
+            )
+            facts[backbone]["trunk_s"] = time.perf_counter() - t
+            rep.info(f"{backbone}: trunk maps {st['computed']} computed, {st['cached']} cached")
         if augmented and "augmented_s" not in facts[backbone] and use_cache:
             # Every photo's augmented copies, once: each seed's training side is a subset of them.
             aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)

@@ -126,24 +126,7 @@ class Classifier(BaseEstimator):
     ) -> Extractor:
         """The featurize stage for these options (or for another backbone: the fallback's); ``tuned``: the
         fine-tuned tensors of a saved fine-tuned model."""
-        if isinstance(self.engine, str) and self.engine != "local":
-            raise TransferlabError(f"engine {self.engine!r}: pass transferlab.engines.get_engine({self.engine!r})")
-        return Extractor(
-            backbone or opts.backbone,
-            pool=opts.pool.value,
-            weights=opts.weights if backbone is None else None,
-            download=opts.download,
-            device=opts.device,
-            runtime=opts.runtime.value,
-            cache_dir=opts.cache_dir,
-            use_cache=opts.use_cache,
-            batch_size=opts.batch_size,
-            num_workers=opts.num_workers,
-            engine=None if isinstance(self.engine, str) else self.engine,
-            reporter=Reporter(opts.verbose),
-            expected_weights=expected,
-            tuned=tuned,
-        )
+        return make_extractor(opts, self.engine, backbone, expected, tuned)
 
     def featurize(self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None) -> FeatureResult:
         """Feature rows for images (paths, bytes or PIL images): one per photo, or one per face."""
@@ -197,19 +180,13 @@ class Classifier(BaseEstimator):
         if len(used) == 0:
             raise TransferlabError("no usable training images (all were skipped); see the intake report")
         if opts.embeds_faces:
-            bags, start = self._face_bags(res, used)
-            rule = {"threshold_prior": get_backbone_cfg(opts.backbone).extra.get("same_person_cosine"), **OPEN_SET}
-            self.head_ = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **MIL_CHOICE)
-            self._fit_head(self.head_, bags, y[used], start=start)
-            stats = self.head_.choice_stats_
-            self.face_stats_ = {
-                "images_with_faces": stats["bags"],
-                "images_with_several_faces": stats["bags_with_several_faces"],
-                "several_faces_not_largest_chosen": stats["several_faces_not_start_chosen"],
-            }
+            bags, start = _face_bags(self.extractor_.backbone, res, used)
+            self.head_ = _face_head(opts)
+            _fit_head(self.head_, bags, y[used], self.engine, self.head, self.extractor_.reporter, start=start)
+            self.face_stats_ = _face_stats(self.head_.choice_stats_)
         else:
             self.head_ = opts.make_head()
-            self._fit_head(self.head_, res.features[used], y[used])
+            _fit_head(self.head_, res.features[used], y[used], self.engine, self.head, self.extractor_.reporter)
         self.classes_ = np.asarray(self.head_.classes_).astype(str)
         self.fit_seconds_["head"] = time.perf_counter() - t
         self.train_used_, self.train_errors_ = used, errors
@@ -222,25 +199,6 @@ class Classifier(BaseEstimator):
             fallback = model_state.Fallback(self.build_extractor(opts, opts.fallback), LogRegHead())
             self.fallback_ = fallback.fit(sources, hashes, y)
         return self
-
-    def _face_bags(self, res: FeatureResult, indices: Sequence[int]) -> tuple[list[np.ndarray], list[int]]:
-        """The embeddings of each photo's faces, and the index of its largest face."""
-        dim = self.extractor_.backbone.embedding_dim
-        bags = [res.bags[i] for i in indices]
-        return [b[:, :dim] for b in bags], [int(np.argmax(face_areas(b))) for b in bags]
-
-    def _fit_head(self, head: Any, X: Any, y: np.ndarray, **params: Any) -> None:
-        reporter = self.extractor_.reporter
-        inner = head.estimator if isinstance(head, FaceBagClassifier) else head
-        fit_head = getattr(self.engine, "fit_head", None)
-        if fit_head is not None and head is inner and fit_head(head, X, y):
-            reporter.info(f"trained {self.head} head with Spark ML on {len(X)} images")  # over the engine's limit
-        elif isinstance(inner, MLPHead):
-            with reporter.task("head", inner.epochs) as advance:
-                head.fit(X, y, progress=advance, **params)
-        else:
-            reporter.info(f"training {self.head} head on {len(X)} images")
-            head.fit(X, y, **params)
 
     # -- prediction -------------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -260,18 +218,14 @@ class Classifier(BaseEstimator):
             for i, p in zip(ok, self.head_.predict_proba(res.features[ok]) if ok else [], strict=True):
                 out[i].proba = p
             return out
-        bags, start = self._face_bags(res, ok)
+        bags, start = _face_bags(self.extractor_.backbone, res, ok)
         for i, bag in zip(ok, self.head_.analyse(bags, start=start, threshold=threshold), strict=True):
             rows = res.bags[i]
             faces = [FaceFinding.from_row(r, bag.proba[k], bag.similarity[k], bag.known[k]) for k, r in enumerate(rows)]
             out[i] = Analysis(bag.proba[bag.answer], faces=faces, answer=bag.answer, known=bool(bag.known[bag.answer]))
         no_face = _faceless(res)
         fallback = getattr(self, "fallback_", None)
-        answers = [None] * len(no_face)
-        if fallback is not None and no_face:
-            hashes_of = None if hashes is None else [hashes[i] for i in no_face]
-            answers = fallback.proba([sources[i] for i in no_face], hashes_of, self.classes_)
-        for i, p in zip(no_face, answers, strict=True):
+        for i, p in zip(no_face, _fallback_answers(fallback, no_face, sources, hashes, self.classes_), strict=True):
             out[i] = Analysis(p, fallback=True) if p is not None else Analysis(error=("no face", "no face found"))
         return out
 
@@ -344,6 +298,65 @@ class Classifier(BaseEstimator):
         return model_state.restore(cls, path, **kwargs)  # type: ignore[no-any-return]
 
 
+def make_extractor(
+    opts: Options, engine: Any, backbone: str | None = None, expected: str | None = None, tuned: Any = None
+) -> Extractor:
+    """The featurize stage for ``opts`` on ``engine`` (or for another backbone, without ``opts.weights``)."""
+    if isinstance(engine, str) and engine != "local":
+        raise TransferlabError(f"engine {engine!r}: pass transferlab.engines.get_engine({engine!r})")
+    return Extractor(
+        backbone or opts.backbone,
+        pool=opts.pool.value,
+        weights=opts.weights if backbone is None else None,
+        download=opts.download,
+        device=opts.device,
+        runtime=opts.runtime.value,
+        cache_dir=opts.cache_dir,
+        use_cache=opts.use_cache,
+        batch_size=opts.batch_size,
+        num_workers=opts.num_workers,
+        engine=None if isinstance(engine, str) else engine,
+        reporter=Reporter(opts.verbose),
+        expected_weights=expected,
+        tuned=tuned,
+    )
+
+
+def _fit_head(head: Any, X: Any, y: np.ndarray, engine: Any, name: str, reporter: Reporter, **params: Any) -> None:
+    """Fit a head: with Spark ML when the engine takes it, with a progress bar for the MLP, else plainly."""
+    inner = head.estimator if isinstance(head, FaceBagClassifier) else head
+    fit_head = getattr(engine, "fit_head", None)
+    if fit_head is not None and head is inner and fit_head(head, X, y):
+        reporter.info(f"trained {name} head with Spark ML on {len(X)} images")  # over the engine's limit
+    elif isinstance(inner, MLPHead):
+        with reporter.task("head", inner.epochs) as advance:
+            head.fit(X, y, progress=advance, **params)
+    else:
+        reporter.info(f"training {name} head on {len(X)} images")
+        head.fit(X, y, **params)
+
+
+def _face_bags(backbone: Any, res: FeatureResult, indices: Sequence[int]) -> tuple[list[np.ndarray], list[int]]:
+    """The embeddings of each photo's faces, and the index of its largest face."""
+    bags = [res.bags[i] for i in indices]
+    return [b[:, : backbone.embedding_dim] for b in bags], [int(np.argmax(face_areas(b))) for b in bags]
+
+
+def _face_head(opts: Options) -> FaceBagClassifier:
+    """The configured head in a face bag, with the MIL choice and the open-set rule (see the constants above)."""
+    rule = {"threshold_prior": get_backbone_cfg(opts.backbone).extra.get("same_person_cosine"), **OPEN_SET}
+    return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **MIL_CHOICE)
+
+
+def _face_stats(stats: dict[str, int]) -> dict[str, int]:
+    """``model.json``'s names for the face choice's statistics."""
+    return {
+        "images_with_faces": stats["bags"],
+        "images_with_several_faces": stats["bags_with_several_faces"],
+        "several_faces_not_largest_chosen": stats["several_faces_not_start_chosen"],
+    }
+
+
 def _finetune(
     extractor: Extractor, opts: Options, sources: Sequence[Any], hashes: list[str | None] | None, y: np.ndarray
 ) -> FinetuneResult:
@@ -363,6 +376,15 @@ def _finetune(
     extractor.tuned = result.state
     extractor.backbone.tune(result.state)
     return result
+
+
+def _fallback_answers(
+    fallback: Any, rows: list[int], sources: Sequence[Any], hashes: Sequence[str | None] | None, classes: Any
+) -> list[Any]:
+    """The whole-image fallback's probabilities for photos without a face (None each without a fallback)."""
+    if fallback is None or not rows:
+        return [None] * len(rows)
+    return fallback.proba([sources[i] for i in rows], None if hashes is None else [hashes[i] for i in rows], classes)
 
 
 def _faceless(res: FeatureResult) -> list[int]:

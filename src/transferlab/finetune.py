@@ -190,6 +190,24 @@ def _save_tuned(path: Path, result: FinetuneResult) -> None:
     atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in result.state.items()}, metadata=meta))
 
 
+def _trunk_maps(
+    trunk: TrunkBackbone,
+    items: Sequence[Any],
+    keys: Sequence[str | None] | None,
+    cache: Any,
+    label: str,
+    reporter: Reporter,
+    batch_size: int | None,
+    num_workers: int | None,
+) -> Any:
+    """The trunk's activation maps for ``items`` (photos or augmented copies), flattened, through the cache."""
+    with reporter.task(label, len(items)) as advance:
+        return extract(
+            trunk, items, pool="flatten", content_hashes=keys, cache=cache, batch_size=batch_size,
+            num_workers=num_workers, progress=advance,
+        )  # fmt: skip
+
+
 def prepare_trunk(
     backbone: ImageBackbone,
     sources: Sequence[Any],
@@ -206,12 +224,10 @@ def prepare_trunk(
     reporter = reporter or Reporter(False)
     trunk = TrunkBackbone(backbone, config.blocks)
     cache = open_cache(trunk, "flatten", cache_dir, True)
-    kw = {"pool": "flatten", "cache": cache, "batch_size": batch_size, "num_workers": num_workers}
     aug = AugmentedImages(list(sources), list(content_hashes), AugmentConfig(config.copies))
     counts = {"computed": 0, "cached": 0}
     for label, items, keys in (("trunk", sources, content_hashes), ("augmented", aug, aug.keys())):
-        with reporter.task(label, len(items)) as advance:
-            res = extract(trunk, items, content_hashes=keys, progress=advance, **kw)
+        res = _trunk_maps(trunk, items, keys, cache, label, reporter, batch_size, num_workers)
         counts["computed"] += res.n_computed
         counts["cached"] += res.n_cached
     return counts
@@ -265,9 +281,7 @@ def finetune(
         reporter.info(f"fine-tuning: the same run's tuned blocks are in the cache ({stored.name}); nothing to train")
         found.seconds = {"trunk": 0.0, "epochs": 0.0, "reused": time.perf_counter() - t0}
         return found
-    kw = {"pool": "flatten", "cache": cache, "batch_size": batch_size, "num_workers": num_workers}
-    with reporter.task("trunk", len(sources)) as advance:
-        res = extract(trunk, sources, content_hashes=content_hashes, progress=advance, **kw)
+    res = _trunk_maps(trunk, sources, content_hashes, cache, "trunk", reporter, batch_size, num_workers)
     ok = [i for i in range(len(sources)) if i not in res.errors]
     if not ok:
         raise TransferlabError("fine-tuning: no usable training images (all were skipped)")
@@ -276,8 +290,7 @@ def finetune(
     hashes = [res.content_hashes[i] if res.content_hashes and res.content_hashes[i] else f"photo-{i}" for i in ok]
     fit_idx = [ok[j] for j in fit_rows]
     aug = AugmentedImages([sources[i] for i in fit_idx], [hashes[j] for j in fit_rows], AugmentConfig(config.copies))
-    with reporter.task("augmented", len(aug)) as advance:
-        res_aug = extract(trunk, aug, content_hashes=aug.keys(), progress=advance, **kw)
+    res_aug = _trunk_maps(trunk, aug, aug.keys(), cache, "augmented", reporter, batch_size, num_workers)
     shape = trunk.map_shape
     X = torch.from_numpy(_maps(res, shape, ok))
     # versions[j] lists the rows of X / X_aug holding photo fit_rows[j] and its augmented copies

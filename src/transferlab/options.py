@@ -153,13 +153,7 @@ class Options(BaseModel):
                     f"--finetune applies to whole-image backbones (e.g. mobilenet_v2), not {self.backbone!r}: its "
                     "face networks are frozen graphs converted from ONNX (YuNet, SFace) or dlib's, not trainable"
                 )
-            if cfg.blocks is None:
-                raise TransferlabError(f"--finetune: backbone {self.backbone!r} cannot be fine-tuned")
-            if self.finetune >= cfg.num_blocks:
-                raise TransferlabError(
-                    f"--finetune {self.finetune}: {self.backbone} has {cfg.num_blocks} blocks; choose 1 to "
-                    f"{cfg.num_blocks - 1}"
-                )
+            cfg.check_finetune(self.finetune)
             self.finetune_config()  # raises naming a bad parameter
         elif self.finetune_params:
             raise TransferlabError("finetune parameters given without --finetune N")

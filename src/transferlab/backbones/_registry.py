@@ -129,6 +129,15 @@ class BackboneCfg:
         whole photo (one row)."""
         return _FAMILIES.get(self.family, _Family(None, False)).faces
 
+    def check_finetune(self, n: int) -> None:
+        """Raise :class:`TransferlabError` unless the last ``n`` blocks of this backbone can be fine-tuned."""
+        if self.blocks is None:
+            raise TransferlabError(f"--finetune: backbone {self.name!r} cannot be fine-tuned")
+        if not 1 <= n < self.num_blocks:
+            raise TransferlabError(
+                f"--finetune {n}: {self.name} has {self.num_blocks} blocks; choose 1 to {self.num_blocks - 1}"
+            )
+
     def weights_available(self) -> bool:
         """Whether weights (and every other model file) can be loaded here without a network."""
         if self.weights.locate() is None:

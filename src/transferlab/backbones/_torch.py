@@ -236,11 +236,9 @@ def split_blocks(cfg: BackboneCfg, module: torch.nn.Module, n: int) -> tuple[lis
     TransferlabError
         When the backbone cannot be fine-tuned or ``n`` is not between 1 and its number of blocks less one.
     """
-    if cfg.blocks is None:
-        raise TransferlabError(f"--finetune: backbone {cfg.name!r} cannot be fine-tuned (no blocks registered)")
+    cfg.check_finetune(n)
+    assert cfg.blocks is not None
     blocks = cfg.blocks(module)
-    if not 1 <= n < len(blocks):
-        raise TransferlabError(f"--finetune {n}: {cfg.name} has {len(blocks)} blocks; choose 1 to {len(blocks) - 1}")
     names = {id(m): name for name, m in module.named_modules()}
     prefixes: list[str] = []
     for block in blocks[-n:]:

@@ -313,7 +313,9 @@ class FacePipeline:
         if len(crops) == 0:
             return np.zeros((0, 128), np.float32)
         if self.flip:
-            both = _unit(self._run("embedder", torch_cat([crops, crops.flip(-1)]))[0].astype(np.float32))
+            import torch
+
+            both = _unit(self._run("embedder", torch.cat([crops, crops.flip(-1)]))[0].astype(np.float32))
             return _unit(both[: len(crops)] + both[len(crops) :])
         return _unit(self._run("embedder", crops)[0].astype(np.float32))
 
@@ -380,13 +382,6 @@ def frozen(module: Any, name: str, device: str, dtype: Any) -> Any:
 
 def _unit(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
-def torch_cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat`` (imported where torch is already loaded)."""
-    import torch
-
-    return torch.cat(parts)
 
 
 def clamp_boxes(detections: np.ndarray, width: int, height: int) -> np.ndarray:

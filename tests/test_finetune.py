@@ -131,7 +131,11 @@ def test_a_fine_tuned_model_round_trips_through_save_load_and_onnx(small_photos,
 
     arrays = {k: v for k, v in load_file(str(tmp_path / "model" / HEAD_FILE)).items() if "finetuned." not in k}
     save_file(arrays, str(tmp_path / "model" / HEAD_FILE))
-    with pytest.raises(TransferlabError, match="does not match"):
+    with pytest.raises(TransferlabError, match="does not match"):  # head file no longer the one model.json names
+        load(tmp_path / "model")
+    meta.pop("head_sha256")  # as a model saved before the head's hash was recorded
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TransferlabError, match="fine-tuned model without its fine-tuned weights"):
         load(tmp_path / "model")
 
 

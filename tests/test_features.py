@@ -155,10 +155,21 @@ def test_exif_orientation_on_tensors_matches_pillow(orientation):
     np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
 
 
-def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_photos, mobilenet, monkeypatch):
-    """The GPU pipeline (raw JPEG bytes → batched decode → upright → transform on the device), run on the CPU:
-    same features as the default path and the same errors for the bad-input corpus (all 8 EXIF orientations,
-    broken EXIF, mislabelled and non-JPEG files included)."""
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_photos, mobilenet, monkeypatch, device):
+    """The GPU pipeline (raw JPEG bytes → batched decode → upright → transform on the device), on the CPU and on a
+    GPU (nvJPEG, the fast recipe): the same errors as the default path for the bad-input corpus (all 8 EXIF
+    orientations, broken EXIF, mislabelled and non-JPEG files, in mixed batches) and the same features (on the CPU
+    to rounding; nvJPEG and bf16 move them by up to ~1 % in cosine)."""
     import transferlab.features.cuda as F
 
     from .conftest import PRESIDENTS
@@ -175,7 +186,8 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     monkeypatch.setattr(
         F, "decode_on_device", lambda items, *a: decoded.extend(i for i, *_ in items) or real(items, *a)
     )
-    got = featurize(sources, mobilenet, batch_size=8, decode_device="cpu")
+    bb = mobilenet if device == "cpu" else create_backbone("mobilenet_v2").to("cuda").use_recipe("fast")
+    got = featurize(sources, bb, batch_size=8, decode_device=device)
     orientations = [
         sources.index(str(tmp_path / "corpus" / f)) for k in kinds if "orientation" in k.kind for f in k.files
     ]
@@ -186,8 +198,9 @@ def test_batched_device_decode_path_matches_the_loader_path(tmp_path, small_phot
     # and the small (exactly decoded) EXIF-rotated files tightly.
     a, b = ref.features[ok], got.features[ok]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() > 0.98, cos.min()
-    np.testing.assert_allclose(got.features[orientations], ref.features[orientations], atol=1e-4)
+    assert cos.min() > (0.98 if device == "cpu" else 0.95), cos.min()
+    if device == "cpu":
+        np.testing.assert_allclose(got.features[orientations], ref.features[orientations], atol=1e-4)
 
 
 def _threads_of_a_new_thread() -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
 import sys
+from collections.abc import Iterator
 
 from .errors import TransferlabError
 
@@ -85,3 +87,24 @@ def resolve_device(device: str) -> str:
     raise TransferlabError(
         f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu"
     )
+
+
+@contextlib.contextmanager
+def exact_fp32(device: str) -> Iterator[None]:
+    """Within the block, fp32 on a CUDA GPU is fp32: TF32 off for cuDNN convolutions and cuBLAS matmuls.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for fp32 convolutions by default, which moves features at the 1e-3
+    level; the portable recipe promises the CPU's features to float rounding, so it turns TF32 off while it runs and
+    restores the caller's settings after. A no-op elsewhere.
+    """
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -277,6 +277,7 @@ def featurize_table(
         runtime=opts.runtime.value,
         cache_dir=opts.cache_dir,
         use_cache=opts.use_cache,
+        recipe=opts.recipe_name,
     )
     bb = extractor.backbone
     paths, labels = list_images(data)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ._runtime import resolve_device
 from .artifact import load_artifact, save_artifact
-from .backbones import get_backbone_cfg
+from .backbones import device_recipe, get_backbone_cfg, recorded_recipe
 from .errors import TransferlabError
 from .facebag import FaceBagClassifier
 from .features import Extractor, feature_spec
@@ -84,6 +85,7 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "pool": opts.pool.value,
         "head": head,
         "face_choice": opts.face_choice.value,
+        "recipe": {"name": opts.recipe_name, "device": resolve_device(opts.device)},
         **getattr(clf, "meta_", {}),
     }
     tuned = clf.extractor_.tuned
@@ -162,6 +164,7 @@ def _head_from(meta: dict[str, Any], arrays: dict[str, Any], path: Any) -> Any:
 
 
 RUNTIME_OPTIONS = (
+    "recipe",
     "weights",
     "cache_dir",
     "use_cache",
@@ -172,6 +175,31 @@ RUNTIME_OPTIONS = (
     "batch_size",
     "num_workers",
 )
+
+
+def _says(recipe: dict[str, str]) -> str:
+    return ("nvJPEG decoding" if recipe["decode"] == "nvjpeg" else "CPU decoding") + f" in {recipe['precision']}"
+
+
+def recipe_note(trained: dict[str, str], here: dict[str, str]) -> str | None:
+    """One line when features here are made differently from the model's training features, else None.
+
+    Examples
+    --------
+    >>> recipe_note({"precision": "fp32", "decode": "cpu"}, {"precision": "fp32", "decode": "cpu"}) is None
+    True
+    """
+    if trained == here:
+        return None
+    hint = (
+        "--recipe fast chose speed over parity"
+        if here["decode"] == "nvjpeg"
+        else "train with --recipe portable (the default) for the same answers on every device"
+    )
+    return (
+        f"note: this model's features were made with {_says(trained)}, here with {_says(here)}; a few answers may "
+        f"differ from its evaluation ({hint})"
+    )
 
 
 def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -194,7 +222,11 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         finetune_params=meta.get("finetune", {}).get("params") or None,
         **kwargs,
     )
+    trained = recorded_recipe(meta.get("features", {}))
+    if clf.recipe is None:  # reproduce the recipe the model was trained with, where this device can
+        clf.recipe = "portable" if trained == device_recipe("cpu") else "fast"
     opts = clf.options_ = clf.options()
+    clf.recipe_note_ = recipe_note(trained, device_recipe(resolve_device(opts.device), opts.recipe_name))
     tuned = {k.removeprefix(FINETUNED_PREFIX): v for k, v in arrays.items() if k.startswith(FINETUNED_PREFIX)}
     if opts.finetune and not tuned:
         raise TransferlabError(f"{path}: fine-tuned model without its fine-tuned weights; the model is damaged")

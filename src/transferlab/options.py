@@ -44,6 +44,13 @@ class Runtime(enum.StrEnum):
     onnxruntime = "onnxruntime"
 
 
+class Recipe(enum.StrEnum):
+    """How features are made on a GPU (:func:`transferlab.backbones.device_recipe`)."""
+
+    portable = "portable"
+    fast = "fast"
+
+
 class FaceChoice(enum.StrEnum):
     """Which face of a photo is learned from and answers."""
 
@@ -97,6 +104,10 @@ class Options(BaseModel):
         or ``cuda:N``.
     runtime
         ``torch`` or ``onnxruntime`` (CPU only: the network exported once to ONNX; the same features within 1e-5).
+    recipe
+        ``portable``: features are the same on every device (JPEGs decoded on the CPU, fp32 without TF32 on a GPU);
+        ``fast``: on a CUDA GPU, nvJPEG decoding and bf16 (several times faster there, features differ from the
+        CPU's at the 1e-2 level). None: ``portable`` for training; a saved model's own recipe when it is loaded.
     finetune, finetune_params
         Whole-image backbones only: train the last ``finetune`` blocks of the network with the head (0: frozen),
         with these :class:`~transferlab.finetune.FinetuneConfig` parameters (e.g. ``{"epochs": 10}``).
@@ -120,6 +131,7 @@ class Options(BaseModel):
     fallback: str | None = None
     device: str = "auto"
     runtime: Runtime = Runtime.torch
+    recipe: Recipe | None = None
     finetune: int = Field(0, ge=0)
     finetune_params: dict[str, Any] = Field(default_factory=dict)
     verbose: bool = False
@@ -163,6 +175,11 @@ class Options(BaseModel):
     def embeds_faces(self) -> bool:
         """True when the backbone embeds detected faces rather than whole photos."""
         return get_backbone_cfg(self.backbone).embeds_faces
+
+    @property
+    def recipe_name(self) -> str:
+        """The recipe features are made with (``portable`` unless ``fast`` was chosen)."""
+        return (self.recipe or Recipe.portable).value
 
     def finetune_config(self) -> FinetuneConfig:
         """How the top blocks are trained (``finetune`` > 0)."""

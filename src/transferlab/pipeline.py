@@ -55,7 +55,7 @@ class Classifier(BaseEstimator):
 
     Parameters are those of :class:`transferlab.options.Options` (backbone, head, pool, head_params, weights,
     download, cache_dir, use_cache, batch_size, num_workers, face_choice, fallback, verbose, device, runtime,
-    finetune, finetune_params), and
+    recipe, finetune, finetune_params), and
     ``engine``: where the featurize stage runs, None (this process) or an engine from
     :func:`transferlab.engines.get_engine` (e.g. Spark). Features and answers are the same either way.
 
@@ -84,6 +84,7 @@ class Classifier(BaseEstimator):
         verbose: bool = False,
         device: str = "auto",
         runtime: str = "torch",
+        recipe: str | None = None,
         finetune: int = 0,
         finetune_params: dict[str, Any] | None = None,
         engine: Any = None,
@@ -103,6 +104,7 @@ class Classifier(BaseEstimator):
         self.verbose = verbose
         self.device = device
         self.runtime = runtime
+        self.recipe = recipe
         self.finetune = finetune
         self.finetune_params = finetune_params
         self.engine = engine
@@ -319,6 +321,7 @@ def make_extractor(
         reporter=Reporter(opts.verbose),
         expected_weights=expected,
         tuned=tuned,
+        recipe=opts.recipe_name,
     )
 
 

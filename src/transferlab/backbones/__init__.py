@@ -8,12 +8,15 @@ from . import faces as _faces  # noqa: F401  (registers the face family and back
 from . import imagenet as _imagenet  # noqa: F401  (registers the ImageNet family and backbones)
 from ._factory import create_backbone
 from ._registry import (
+    RECIPES,
     Backbone,
     BackboneCfg,
     WeightsSource,
     catalogue,
+    device_recipe,
     get_backbone_cfg,
     list_backbones,
+    recorded_recipe,
     register_backbone,
     register_family,
 )
@@ -21,6 +24,7 @@ from ._torch import ImageBackbone, TrunkBackbone, load_tuned, split_blocks
 from .faces import FaceBackbone, face_areas
 
 __all__ = [
+    "RECIPES",
     "Backbone",
     "BackboneCfg",
     "FaceBackbone",
@@ -29,10 +33,12 @@ __all__ = [
     "WeightsSource",
     "catalogue",
     "create_backbone",
+    "device_recipe",
     "face_areas",
     "get_backbone_cfg",
     "list_backbones",
     "load_tuned",
+    "recorded_recipe",
     "register_backbone",
     "register_family",
     "split_blocks",

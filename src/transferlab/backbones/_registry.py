@@ -19,6 +19,38 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+RECIPES = ("portable", "fast")
+
+
+def device_recipe(device: str, recipe: str = "portable") -> dict[str, str]:
+    """How features are made on ``device`` with ``recipe``: ``{"precision": ..., "decode": ...}``.
+
+    ``portable`` (the default) makes the same features on every device: JPEGs decoded on the CPU by libjpeg-turbo
+    and resized there, the network in fp32 (TF32 off on a GPU). ``fast`` trades that for speed on a CUDA GPU:
+    nvJPEG decodes on the device and the network runs in bf16; on the CPU it is the same as ``portable``.
+
+    Examples
+    --------
+    >>> device_recipe("cuda", "fast")
+    {'precision': 'bf16', 'decode': 'nvjpeg'}
+    >>> device_recipe("cpu", "fast")
+    {'precision': 'fp32', 'decode': 'cpu'}
+    """
+    if recipe not in RECIPES:
+        raise TransferlabError(f"--recipe {recipe}: choose {' or '.join(RECIPES)}")
+    fast = recipe == "fast" and device.startswith("cuda")
+    return {"precision": "bf16" if fast else "fp32", "decode": "nvjpeg" if fast else "cpu"}
+
+
+def recorded_recipe(spec: dict[str, Any]) -> dict[str, str]:
+    """``{"precision", "decode"}`` of features described by a feature spec (a model's ``features`` entry).
+
+    Models saved before the decoder was recorded made bf16 features only on a GPU, where JPEGs went through nvJPEG.
+    """
+    precision = str(spec.get("precision", "fp32"))
+    return {"precision": precision, "decode": str(spec.get("decode", "nvjpeg" if precision == "bf16" else "cpu"))}
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a backbone's pretrained weights come from.
@@ -150,9 +182,13 @@ class Backbone(Protocol):
 
     cfg: BackboneCfg
     weights_file: Path
+    recipe_name: str
 
     @property
     def weights_hash(self) -> str: ...
+
+    @property
+    def decoder(self) -> str: ...
 
     @property
     def draft_size(self) -> tuple[int, int]: ...
@@ -162,6 +198,8 @@ class Backbone(Protocol):
     def row_width(self, pool: str) -> int: ...
 
     def to(self, device: str) -> Backbone: ...
+
+    def use_recipe(self, recipe: str) -> Backbone: ...
 
     def build(self) -> Backbone: ...
 

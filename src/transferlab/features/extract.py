@@ -85,6 +85,8 @@ class Extractor:
         sha256 the weights must have (a saved model's), or None.
     tuned
         Fine-tuned tensors of a whole-image backbone's top blocks (a saved fine-tuned model's), or None.
+    recipe
+        ``"portable"`` or ``"fast"`` (:func:`transferlab.backbones.device_recipe`).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Extractor:
         reporter: Reporter | None = None,
         expected_weights: str | None = None,
         tuned: dict[str, Any] | None = None,
+        recipe: str = "portable",
     ) -> None:
         self.name = backbone
         self.pool = pool
@@ -119,6 +122,7 @@ class Extractor:
         self.reporter = reporter or Reporter(False)
         self.expected_weights = expected_weights
         self.tuned = tuned
+        self.recipe = recipe
         self.counts: Counter[str] = Counter()  # images cached / computed / failed over every call, for summaries
         self.seconds = 0.0  # time spent in extract() over every call
         self._backbone: Any = None
@@ -130,7 +134,7 @@ class Extractor:
             bb = create_backbone(self.name, weights=self.weights, download=self.download)
             if self.tuned:
                 bb.tune(self.tuned)
-            bb.to(resolve_device(self.device))
+            bb.to(resolve_device(self.device)).use_recipe(self.recipe)
             root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
             if isinstance(bb, FaceBackbone):
                 bb.use_cache_root(root)  # where the face networks' float graphs are kept

@@ -2,7 +2,8 @@
 
 On the CPU batches run side by side in lanes (threads with one core each: measured 2.0× one lane on 2 cores,
 BENCHMARKS.md); dlib's descriptor holds the GIL, so its batches run in worker processes instead. On a GPU the
-files are read in DataLoader workers, JPEGs decoded by nvJPEG and every stage runs on the device.
+files are read in DataLoader workers; the portable recipe decodes them there as the CPU does, the fast one decodes
+JPEGs by nvJPEG and runs every stage on the device.
 """
 
 from __future__ import annotations
@@ -187,11 +188,14 @@ def _process_batches(
 def _gpu_batches(
     backbone: Any, sources: Sequence[Any], todo: list[int], size: int, num_workers: int | None
 ) -> Iterator[FaceBatch]:
-    """Files read by DataLoader workers (raw bytes for JPEGs), decoded on the device by nvJPEG in batches, and every
-    stage of the pipeline on the device."""
+    """Files read by DataLoader workers. The fast recipe takes raw bytes for JPEGs, decodes them on the device by
+    nvJPEG in batches and runs every stage there; the portable one decodes in the workers, as the CPU path does."""
     import torch
 
-    dataset = cuda.RawJpegDataset(sources, todo, lambda image: image, backbone.draft_size)
+    fast = backbone.decoder == "nvjpeg"
+    dataset = (cuda.RawJpegDataset if fast else loader.ImageDataset)(
+        sources, todo, lambda image: image, backbone.draft_size
+    )
     workers = loader.default_num_workers() if num_workers is None else num_workers
     data = torch.utils.data.DataLoader(
         dataset,  # type: ignore[arg-type]
@@ -202,6 +206,11 @@ def _gpu_batches(
     )
     device = backbone.pipeline.device
     for batch in data:
+        if not fast:
+            good = [(i, t) for i, t, _ in batch if not isinstance(t, str)]
+            bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
+            yield _run(backbone.pipeline, [i for i, _ in good], [t for _, t in good], bad)
+            continue
         bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
         jpegs = [(i, t[1], t[2]) for i, t, _ in batch if not isinstance(t, str) and t[0] == "jpeg"]
         pixels = [(i, t[1]) for i, t, _ in batch if not isinstance(t, str) and t[0] != "jpeg"]  # decoded on the CPU

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._runtime import tune_allocator
 from ..cache import FeatureCache
+from ..errors import TransferlabError
 from . import cuda, loader
 from .result import FeatureResult
 from .spec import lookup
@@ -53,8 +54,9 @@ def featurize_images(
         Called with the number of images finished after each batch.
     decode_device
         Where JPEGs are decoded: ``"loader"`` on the CPU in the data loader (decode workers); a device name
-        (``"cuda"``, ``"cpu"``) decodes raw JPEG bytes there in batches (nvJPEG on a GPU). None: the backbone's
-        device when that is a GPU, else ``"loader"``.
+        (``"cuda"``, ``"cpu"``) decodes raw JPEG bytes there in batches (nvJPEG on a GPU, which only the backbone's
+        fast recipe allows: its pixels differ from libjpeg-turbo's). None: as the backbone's recipe says
+        (``backbone.decoder``).
     hash_all
         Compute every image's content hash even without a cache (returned in ``content_hashes``).
     lanes
@@ -86,7 +88,12 @@ def featurize_images(
 
     on_gpu = backbone.device.type == "cuda"
     if decode_device is None:
-        decode_device = str(backbone.device) if on_gpu else "loader"
+        decode_device = str(backbone.device) if backbone.decoder == "nvjpeg" else "loader"
+    elif decode_device.startswith("cuda") and backbone.decoder != "nvjpeg":
+        raise TransferlabError(
+            f"decode_device={decode_device!r} decodes with nvJPEG, but the backbone's {backbone.recipe_name} recipe "
+            "decodes on the CPU; use its fast recipe (backbone.use_recipe('fast')) or decode_device=None"
+        )
     if batch_size is None:
         batch_size = cuda.auto_batch_size(backbone, pool) if on_gpu else 32
     raw = decode_device != "loader"

@@ -72,6 +72,8 @@ class ModelInfo(BaseModel):
     groups: dict[str, GroupAccuracy] | None = None
     unknown_threshold: float | None = None
     fallback: str | None = None
+    recipe: str | None = Field(None, description="how features are made here: portable or fast")
+    recipe_note: str | None = Field(None, description="how that differs from the model's training, if it does")
     created: str | None = None
     transferlab_version: str
     max_upload_bytes: int

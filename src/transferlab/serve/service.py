@@ -90,6 +90,8 @@ class ModelService:
             "groups": {k: v for k, v in groups.items() if v["accuracy"] is not None} or None,
             "unknown_threshold": self.clf.head_.threshold_ if self.is_face_model else None,
             "fallback": self.clf.fallback,
+            "recipe": self.clf.recipe,
+            "recipe_note": self.clf.recipe_note_,
             "created": meta.get("created"),
             "transferlab_version": __version__,
             "max_upload_bytes": max_upload_bytes,

@@ -12,11 +12,28 @@ from typing import Annotated, Any
 
 import typer
 
-from ._runtime import hub_offline_unless_asked, tune_allocator
-from .errors import TransferlabError
-from .evaluate import seen_note
-from .options import EngineName, FaceChoice, FacesOutput, HeadName, Options, Pool, Runtime, validate_options
-from .report import summary_text
+from .._runtime import hub_offline_unless_asked, tune_allocator
+from ..errors import TransferlabError
+from ..evaluate import seen_note
+from ..options import EngineName, FaceChoice, FacesOutput, HeadName, Options, Pool, Runtime, validate_options
+from ..report import summary_text
+from .flags import (
+    BackboneOpt,
+    CacheDir,
+    Device,
+    Download,
+    Engine,
+    GroupBy,
+    Manifest,
+    Master,
+    NoCache,
+    Partitions,
+    PoolOpt,
+    Quiet,
+    RecipeOpt,
+    RuntimeOpt,
+    Weights,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -26,60 +43,9 @@ app = typer.Typer(
     help="Turn a folder of labelled photos into an evaluated classifier: cached pretrained features + a small head.",
 )
 
-CacheDir = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Feature cache directory (default: the user cache dir).")
-]
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute features without reading or writing the cache.")]
-Weights = Annotated[
-    Path | None, typer.Option("--weights", help="Local backbone weights file (timm/torchvision state dict).")
-]
-Download = Annotated[
-    bool, typer.Option("--download", help="Allow downloading backbone weights from the Hugging Face hub.")
-]
-Manifest = Annotated[
-    Path | None, typer.Option("--manifest", help="CSV with a file/path column and extra columns such as kind.")
-]
-GroupBy = Annotated[str | None, typer.Option("--group-by", help="Also report accuracy per value of this column.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
-RuntimeOpt = Annotated[
-    Runtime,
-    typer.Option(
-        "--runtime",
-        help="torch, or onnxruntime (CPU: the network exported once to ONNX; faster for large jobs, same features).",
-    ),
-]
-Device = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N. Whole-image backbones only; face models "
-        "run on the CPU.",
-    ),
-]
-Engine = Annotated[
-    EngineName, typer.Option("--engine", help="Where features are computed: local (this process) or spark.")
-]
-Master = Annotated[
-    str | None,
-    typer.Option(
-        "--master",
-        help="Spark master URL for --engine spark: local[2] (default; under spark-submit, its --master), "
-        "spark://host:7077, yarn, k8s://https://...",
-    ),
-]
-Partitions = Annotated[
-    int | None, typer.Option("--partitions", min=1, help="Spark: partitions of the image list (default: one per core).")
-]
-
-
-PoolOpt = Annotated[Pool, typer.Option(help="avg (pooled features) or flatten (the seed's flattened map).")]
-BackboneOpt = Annotated[
-    str, typer.Option(help="Backbone name; see `transferlab backbones`. sface: detected, aligned faces.")
-]
-
 
 def _engine(name: EngineName, master: str | None, partitions: int | None = None) -> Any:
-    from .engines import get_engine
+    from ..engines import get_engine
 
     if name != EngineName.spark and partitions is not None:
         raise TransferlabError("--partitions applies to --engine spark only")
@@ -123,6 +89,7 @@ def train(
     ] = None,
     device: Device = "auto",
     runtime: RuntimeOpt = Runtime.torch,
+    recipe: RecipeOpt = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (default: automatic).")] = None,
     face_choice: Annotated[
         FaceChoice,
@@ -160,7 +127,7 @@ def train(
         raise TransferlabError(f"--epochs applies to the mlp head only, not {head.value!r}")
     head_params = {"epochs": epochs} if epochs is not None else {}
     opts = _options(locals(), head_params=head_params, use_cache=not no_cache, num_workers=workers, verbose=not quiet)
-    from .api import train as api_train
+    from ..api import train as api_train
 
     res = api_train(
         data,
@@ -189,10 +156,14 @@ def _options(flags: dict[str, Any], **values: Any) -> Options:
     return validate_options(**{**{k: v for k, v in flags.items() if k in Options.model_fields}, **values})
 
 
-def _load(model: Path, no_cache: bool, runtime: Runtime, **options: Any) -> Any:
-    from .pipeline import load
+def _load(model: Path, no_cache: bool, runtime: Runtime, quiet: bool, **options: Any) -> Any:
+    """Load a model; unless ``quiet``, say in one line on stderr when features here are made differently."""
+    from ..pipeline import load
 
-    return load(model, use_cache=not no_cache, runtime=runtime.value, **options)
+    clf = load(model, use_cache=not no_cache, runtime=runtime.value, **options)
+    if clf.recipe_note_ and not quiet:
+        sys.stderr.write(clf.recipe_note_ + "\n")
+    return clf
 
 
 @app.command()
@@ -207,12 +178,23 @@ def evaluate(
     no_cache: NoCache = False,
     device: Device = "auto",
     runtime: RuntimeOpt = Runtime.torch,
+    recipe: RecipeOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved model on every usable image under DATA."""
     hub_offline_unless_asked(False)
     verbose = not quiet and not as_json
-    clf = _load(model, no_cache, runtime, weights=weights, cache_dir=cache_dir, verbose=verbose, device=device)
+    clf = _load(
+        model,
+        no_cache,
+        runtime,
+        quiet,
+        weights=weights,
+        cache_dir=cache_dir,
+        verbose=verbose,
+        device=device,
+        recipe=recipe,
+    )
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
     if (note := seen_note(metrics)) and not quiet:  # on stderr: stdout stays one JSON object with --json
         sys.stderr.write(note + "\n")
@@ -241,6 +223,7 @@ def predict(
     no_cache: NoCache = False,
     device: Device = "auto",
     runtime: RuntimeOpt = Runtime.torch,
+    recipe: RecipeOpt = None,
     quiet: Quiet = False,
     engine: Engine = EngineName.local,
     master: Master = None,
@@ -260,8 +243,8 @@ def predict(
     unless --faces all), 'unknown' when no face is close enough to a class, and 'no face found' without a face.
     """
     hub_offline_unless_asked(False)
-    from ._files import expand_paths
-    from .predictions import display_rows, prediction_counts
+    from .._files import expand_paths
+    from ..predictions import display_rows, prediction_counts
 
     files = expand_paths(paths)
     if not files:
@@ -271,7 +254,16 @@ def predict(
         raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
     verbose = not quiet and not as_json
     clf = _load(
-        model, no_cache, runtime, weights=weights, cache_dir=cache_dir, verbose=verbose, device=device, engine=eng
+        model,
+        no_cache,
+        runtime,
+        quiet,
+        weights=weights,
+        cache_dir=cache_dir,
+        verbose=verbose,
+        device=device,
+        engine=eng,
+        recipe=recipe,
     )
     if out is not None:
         summary = eng.predict_table(clf, files, out)
@@ -321,6 +313,7 @@ def featurize(
     no_cache: NoCache = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Featurization batch size.")] = 32,
     workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (local engine).")] = None,
+    recipe: RecipeOpt = None,
     engine: Engine = EngineName.local,
     master: Master = None,
     partitions: Partitions = None,
@@ -336,7 +329,7 @@ def featurize(
     verbose = not quiet and not as_json
     opts = _options(locals(), use_cache=not no_cache, num_workers=workers, verbose=verbose)
     eng = _engine(engine, master, partitions)
-    from .api import featurize_table
+    from ..api import featurize_table
 
     summary = featurize_table(data, out, options=opts, engine=eng)
     doc = summary.to_dict(engine.value)
@@ -358,7 +351,7 @@ def study(
     """Run the seed's study — Table 1 (source models × heads) and Table 2 (images per class × augmentation) —
     with repeated seeds and 95% intervals. Rerunning after an interruption skips finished runs."""
     hub_offline_unless_asked(False)
-    from .study import run_study
+    from ..study import run_study
 
     res = run_study(config, out, cache_dir=cache_dir, use_cache=not no_cache, verbose=not quiet)
     _out(f"study: {len(res.runs)} runs in {res.seconds:.0f} s; report: {res.report}")
@@ -389,7 +382,7 @@ def serve(
     try:
         import uvicorn
 
-        from .serve import check_port_free, create_app
+        from ..serve import check_port_free, create_app
     except ImportError as exc:
         raise TransferlabError(
             f"transferlab serve needs {exc.name}; run `pip install -r requirements.txt` "
@@ -398,6 +391,8 @@ def serve(
 
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
     web = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), weights=weights)
+    if note := web.state.service.clf.recipe_note_:
+        sys.stderr.write(note + "\n")
     sys.stderr.write(f"serving {model} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)\n")
     uvicorn.run(web, host=host, port=port, log_level="warning" if quiet else "info", server_header=False)
 
@@ -415,7 +410,7 @@ def export(
 ) -> None:
     """Export backbone + head as one ONNX graph, checked against the torch model with onnxruntime."""
     hub_offline_unless_asked(False)
-    from .export import export_onnx
+    from ..export import export_onnx
 
     res = export_onnx(model, onnx, weights=weights)
     info = res.to_dict()
@@ -433,7 +428,7 @@ def export(
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
     """List registered backbones: parameters, feature shape, and whether weights are available here."""
     hub_offline_unless_asked(False)
-    from .backbones import catalogue
+    from ..backbones import catalogue
 
     rows = catalogue()
     if as_json:

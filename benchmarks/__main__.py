@@ -15,9 +15,11 @@ Sections
            the pipeline from files; SFace on OpenCV against onnxruntime.
   predict  warm single-photo predict latency of the default model (p50/p95 over distinct photos, no cache), and
            CLI cold start (process start to answer).
-  gpu      per backbone (resnet50, vgg16, inception_v3, mobilenet_v2; random weights unless installed): forward-only
-           bf16 channels-last img/s at batch 256, against end to end from JPEG files (nvJPEG decode, batched) →
-           features; also CPU decode (DataLoader workers) → GPU. Needs a CUDA GPU; skipped otherwise.
+  gpu      benchmarks/gpu_features.py: per registered whole-image backbone (random weights unless installed),
+           forward-only (bf16 and fp32) against end to end from JPEG files with each recipe (fast: nvJPEG, grouped
+           resize, bf16, decode overlapped with the forward pass; portable: CPU decode workers → fp32), beside the
+           parts' ceilings (read, decode, resize, CPU decode); CPU ↔ GPU parity on the bundled photos; then the face
+           pipeline on the GPU. Needs a CUDA GPU; skipped otherwise.
 
 Machines are shared and noisy: compare only figures from the same run. Results go to BENCHMARKS.md.
 """
@@ -332,81 +334,19 @@ def section_predict(cache: Path) -> None:
     )
 
 
-def _jpeg_folder(folder: Path, n: int) -> list[str]:
-    """``n`` distinct 640×480 JPEGs made from the bundled photos (flips, crops, brightness)."""
-    from PIL import Image, ImageOps
-
-    src = _photos(10_000)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for k in range(n):
-        img = Image.open(src[k % len(src)]).convert("RGB")
-        variant = k // len(src)
-        if variant % 2:
-            img = ImageOps.mirror(img)
-        w, h = img.size
-        c = 0.04 * (variant // 2)
-        img = img.crop((int(c * w), int(c * h), w - int(c * w), h - int(c * h))).resize((640, 480))
-        p = folder / f"{k:05d}.jpg"
-        img.save(p, quality=90)
-        out.append(str(p))
-    return out
-
-
 def section_gpu(n: int) -> None:
     import torch
 
-    from transferlab.features import featurize_images as featurize
+    from benchmarks.gpu_features import jpeg_folder, section
 
     if not torch.cuda.is_available():
         print("\n[gpu] skipped: torch sees no CUDA GPU on this machine")
         row("gpu", "GPU section", "skipped (no CUDA GPU)")
         return
-    name = torch.cuda.get_device_name(0)
-    print(f"\n[gpu] {name}: forward-only (bf16, channels-last, batch 256) vs end to end from {n} JPEG files")
+    print(f"\n[gpu] {torch.cuda.get_device_name(0)}: each recipe end to end from {n} JPEG files beside its parts")
+    section(n, "cuda", row)
     with tempfile.TemporaryDirectory() as tmp:
-        files = _jpeg_folder(Path(tmp) / "jpegs", n)
-        for arch in ("resnet50", "vgg16", "inception_v3", "mobilenet_v2"):
-            bb, kind = _random_backbone(arch, "cuda")
-            size = bb.cfg.input_size
-            x = torch.randint(0, 256, (2048, size[1], size[2], 3), dtype=torch.uint8, device="cuda")
-            fwd = _forward_rate(bb, x, 256, reps=2)
-            del x
-            featurize(files[:512], bb, batch_size=256)  # warm-up: nvJPEG, cudnn autotune
-            e2e = []
-            for _ in range(2):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                featurize(files, bb, batch_size=256)
-                torch.cuda.synchronize()
-                e2e.append(n / (time.perf_counter() - t))
-            t = time.perf_counter()
-            featurize(files, bb)  # batch size from free memory
-            auto = n / (time.perf_counter() - t)
-            workers = min(16, os.cpu_count() or 1)
-            t = time.perf_counter()
-            featurize(files, bb, batch_size=256, decode_device="loader", num_workers=workers)
-            cpu_dec = n / (time.perf_counter() - t)
-            row("gpu", f"{arch} ({kind}) forward-only", f"{fwd:.0f} img/s", "1.00")
-            row(
-                "gpu",
-                f"{arch} JPEG files → features (nvJPEG, batch 256)",
-                f"{max(e2e):.0f} img/s",
-                f"{max(e2e) / fwd:.2f} × forward" + (", target ≥ 5000 img/s" if arch == "resnet50" else ""),
-            )
-            row(
-                "gpu",
-                f"{arch} JPEG files → features (nvJPEG, batch from free memory)",
-                f"{auto:.0f} img/s",
-                f"{auto / fwd:.2f} × forward",
-            )
-            row(
-                "gpu",
-                f"{arch} JPEG files → features ({workers} CPU decode workers)",
-                f"{cpu_dec:.0f} img/s",
-                f"{cpu_dec / fwd:.2f} × forward",
-            )
-        section_gpu_faces(files)
+        section_gpu_faces(jpeg_folder(Path(tmp) / "jpegs", min(n, 2048)))
 
 
 def section_gpu_faces(files: list[str]) -> None:
@@ -419,7 +359,7 @@ def section_gpu_faces(files: list[str]) -> None:
     from transferlab.features import featurize_faces
 
     n = len(files)
-    bb = create_backbone("sface").to("cuda")
+    bb = create_backbone("sface").to("cuda").use_recipe("fast")
     featurize_faces(files[:256], bb)  # warm-up: graphs converted, nvJPEG, cudnn autotune
     raw = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in files]
     decoded = []
@@ -441,10 +381,16 @@ def section_gpu_faces(files: list[str]) -> None:
     row("gpu", "sface detect + align + embed on decoded photos (ceiling, batch 128)", f"{c:.0f} img/s", "1.00")
     row(
         "gpu",
-        "sface JPEG files → face rows (nvJPEG)",
+        "sface JPEG files → face rows, fast recipe (nvJPEG, bf16)",
         f"{e:.0f} img/s",
         f"{e / c:.2f} × ceiling, target ≥ 0.7 and ≥ 2000 img/s",
     )
+    portable = create_backbone("sface").to("cuda")
+    featurize_faces(files[:256], portable)
+    t = time.perf_counter()
+    featurize_faces(files, portable)
+    p = n / (time.perf_counter() - t)
+    row("gpu", "sface JPEG files → face rows, portable recipe (CPU decode, fp32)", f"{p:.0f} img/s", f"{p / e:.2f} ×")
 
 
 def main() -> None:
@@ -472,7 +418,7 @@ def main() -> None:
         if "predict" in sections:
             section_predict(Path(cache))
         if "gpu" in sections:
-            section_gpu(1024 if q else 8192)
+            section_gpu(1024 if q else 4096)
     print("\n| section | measurement | value | ratio |\n|---|---|---:|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")

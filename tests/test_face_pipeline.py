@@ -165,18 +165,20 @@ def test_the_torch_runtime_on_the_cpu_gives_the_same_rows(sface, tmp_path):
 
 
 def test_the_recipe_keys_the_cache(sface):
-    """Rows from another recipe (the one-photo OpenCV path, or a GPU's bf16) never share a cache entry."""
+    """Rows from another recipe (the one-photo OpenCV path, or a GPU's nvJPEG + bf16) never share a cache entry; a
+    GPU's portable rows are the CPU's, and share them."""
     from transferlab.features import feature_spec
 
     spec = feature_spec(sface, "faces")
-    assert spec["pipeline"].startswith("batched") and "precision" not in spec
-    gpu = create_backbone("sface").to("cuda")
-    assert feature_spec(gpu, "faces")["precision"] == "bf16"
+    assert spec["pipeline"].startswith("batched") and "precision" not in spec and "decode" not in spec
+    assert feature_spec(create_backbone("sface").to("cuda"), "faces") == spec
+    fast = feature_spec(create_backbone("sface").to("cuda").use_recipe("fast"), "faces")
+    assert fast["precision"] == "bf16" and fast["decode"] == "nvjpeg"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none on this machine")
-def test_on_a_gpu_the_same_faces_and_close_embeddings():
-    cpu, gpu = create_backbone("sface"), create_backbone("sface").to("cuda")
+def test_on_a_gpu_the_fast_recipe_finds_the_same_faces_with_close_embeddings():
+    cpu, gpu = create_backbone("sface"), create_backbone("sface").to("cuda").use_recipe("fast")
     paths = [str(p) for p in SAMPLE[:64]]
     a, b = featurize_faces(paths, cpu), featurize_faces(paths, gpu)
     assert a.errors == b.errors

@@ -165,7 +165,8 @@ class ImageBackbone:
         return int(np.prod(shape)) if pool == "flatten" else int(shape[0])
 
     def transform(self, image: torch.Tensor) -> torch.Tensor:
-        """Decoded ``uint8`` image ``(3, H, W)`` → resized, centre-cropped ``uint8`` tensor ``(h, w, 3)``.
+        """Decoded ``uint8`` image ``(3, H, W)`` → resized, centre-cropped ``uint8`` tensor ``(h, w, 3)`` (or a
+        batch of equal-sized images ``(N, 3, H, W)`` → ``(N, h, w, 3)``, the same pixels).
 
         Resize the shorter side to ``resize_size`` and crop ``input_size`` from the centre, as timm's eval
         transform does for this config, but with torch's antialiased ``uint8`` kernels: 2× faster than Pillow
@@ -178,7 +179,7 @@ class ImageBackbone:
         mode = InterpolationMode.BICUBIC if self.cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
         image = tvf.resize(image, [self.cfg.resize_size], interpolation=mode, antialias=True)
         image = tvf.center_crop(image, list(self.cfg.input_size[1:]))
-        return image.permute(1, 2, 0).contiguous()
+        return image.movedim(-3, -1).contiguous()
 
     @property
     def draft_size(self) -> tuple[int, int]:

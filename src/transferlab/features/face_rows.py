@@ -196,12 +196,12 @@ def _gpu_batches(
     dataset = (cuda.RawJpegDataset if fast else loader.ImageDataset)(
         sources, todo, lambda image: image, backbone.draft_size
     )
-    workers = loader.default_num_workers() if num_workers is None else num_workers
+    workers = loader.default_num_workers(not fast) if num_workers is None else num_workers
     data = torch.utils.data.DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=size,
         num_workers=min(workers, max(0, (len(todo) - 1) // size)),
-        collate_fn=cuda.collate_raw,
+        collate_fn=cuda.collate_raw if fast else list,
         prefetch_factor=4 if workers else None,
     )
     device = backbone.pipeline.device
@@ -211,9 +211,7 @@ def _gpu_batches(
             bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
             yield _run(backbone.pipeline, [i for i, _ in good], [t for _, t in good], bad)
             continue
-        bad = [(i, t, d) for i, t, d in batch if isinstance(t, str)]
-        jpegs = [(i, t[1], t[2]) for i, t, _ in batch if not isinstance(t, str) and t[0] == "jpeg"]
-        pixels = [(i, t[1]) for i, t, _ in batch if not isinstance(t, str) and t[0] != "jpeg"]  # decoded on the CPU
+        jpegs = batch.raw()
         good, failed = cuda.decode_on_device(jpegs, device, lambda image: image) if jpegs else ([], [])
-        good += [(i, p.to(device)) for i, p in pixels]
-        yield _run(backbone.pipeline, [i for i, _ in good], [t for _, t in good], bad + failed)
+        good += [(i, p.to(device)) for i, p in batch.pixels]  # files the CPU decoded
+        yield _run(backbone.pipeline, [i for i, _ in good], [t for _, t in good], batch.bad + failed)

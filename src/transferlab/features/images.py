@@ -99,7 +99,7 @@ def featurize_images(
     raw = decode_device != "loader"
     dataset_type = cuda.RawJpegDataset if raw else loader.ImageDataset
     dataset = dataset_type(sources, todo, backbone.transform, backbone.draft_size)
-    workers = loader.default_num_workers() if num_workers is None else num_workers
+    workers = loader.default_num_workers(on_gpu and not raw) if num_workers is None else num_workers
     workers = min(workers, max(0, (len(todo) - 1) // batch_size))  # tiny jobs: worker start-up costs more
     n_lanes, per_lane = loader.cpu_lanes(-(-len(todo) // batch_size))
     if lanes is not None:
@@ -116,7 +116,11 @@ def featurize_images(
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
         )
-        pixels = (cuda.device_batch(b, decode_device, backbone) for b in data_loader) if raw else iter(data_loader)
+        pixels = (
+            cuda.overlapped(lambda b: cuda.device_batch(b, decode_device, backbone), data_loader, decode_device)
+            if raw
+            else iter(data_loader)
+        )
         batches = (loader.forwarded(backbone, pool, *b) for b in pixels)
     n_computed = 0
     for idx, out, bad in batches:

@@ -54,13 +54,17 @@ def collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], torch.Tensor 
     return [i for i, _ in good], x, bad
 
 
-def default_num_workers() -> int:
+def default_num_workers(feeding_gpu: bool = False) -> int:
     """Decoding processes for the DataLoader.
 
     On 2 cores a decoding process competes with the two threads of the forward pass, and decoding in the main
-    process between batches measured faster (BENCHMARKS.md); larger machines get worker processes.
+    process between batches measured faster (BENCHMARKS.md); larger machines get worker processes. When the CPU
+    decodes for a GPU (the portable recipe), decoding is all the CPU does and the GPU waits for it: every core but
+    one (for this process) decodes.
     """
     n = os.cpu_count() or 1
+    if feeding_gpu:
+        return max(1, n - 1)
     return 0 if n <= 2 else min(8, max(1, n // 4))
 
 

@@ -131,3 +131,12 @@ def test_portable_face_rows_on_the_gpu_match_the_cpus():
         if len(a):
             np.testing.assert_allclose(a[:, -15:-1], b[:, -15:-1], atol=0.5)  # boxes and landmarks, pixels
             assert ((a[:, :128] * b[:, :128]).sum(1) > 0.999).all(), files[i]
+
+
+def test_spark_executors_are_told_the_drivers_recipe():
+    """Each executor uses the device it has with the driver's recipe, so a GPU executor makes the portable
+    features a CPU driver expects (and the fast ones only when asked)."""
+    from transferlab.engines.spark import _job
+
+    assert _job(create_backbone("mobilenet_v2"), "avg", None, 32).recipe == "portable"
+    assert _job(create_backbone("sface").use_recipe("fast"), "faces", None, 32).recipe == "fast"

@@ -62,7 +62,8 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike[str], spec: dict[str, Any]) -> None:
         self.spec = spec
         self.damaged = 0  # entries found damaged (bad checksum, cut short) and dropped since this object was made
-        self.dir = Path(root) / "features" / space_key(spec)
+        self.root = Path(root)  # other caches (fine-tuned blocks, face graphs) live beside the features
+        self.dir = self.root / "features" / space_key(spec)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "space.json"
         if not meta.exists():

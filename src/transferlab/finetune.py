@@ -276,7 +276,7 @@ def finetune(
     trunk = TrunkBackbone(backbone, config.blocks)
     cache = open_cache(trunk, "flatten", cache_dir, use_cache)
     key = _tuned_key(trunk, config, content_hashes, y_all) if cache is not None else None
-    stored = cache.dir.parent.parent / "finetuned" / f"{key}.safetensors" if cache is not None and key else None
+    stored = cache.root / "finetuned" / f"{key}.safetensors" if cache is not None and key else None
     if stored is not None and (found := _load_tuned(stored)) is not None:
         reporter.info(f"fine-tuning: the same run's tuned blocks are in the cache ({stored.name}); nothing to train")
         found.seconds = {"trunk": 0.0, "epochs": 0.0, "reused": time.perf_counter() - t0}

@@ -159,7 +159,7 @@ def _job(backbone: Any, pool: str, cache: Any, batch_size: int) -> _Job:
     # Registered weights are located by each worker itself; a user's --weights file is passed on by path.
     registered = located is not None and Path(located) == Path(backbone.weights_file)
     weights = None if registered else str(backbone.weights_file)
-    cache_root = str(cache.dir.parent.parent) if cache is not None else None
+    cache_root = str(cache.root) if cache is not None else None
     tuned = getattr(backbone, "tuned", None)
     recipe = getattr(backbone, "recipe_name", "portable")
     return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size, recipe, tuned)

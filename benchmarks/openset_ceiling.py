@@ -1,0 +1,90 @@
+"""How far can any threshold take the open set with SFace? The trade-off between known people answered `unknown`
+and strangers admitted, at thresholds chosen with hindsight (on the strangers themselves), for the similarity the
+default uses and for scores that add the head's confidence (issue 17's "combine similarity and probability").
+
+    python benchmarks/openset_ceiling.py [--seeds 5]
+
+Per seed (the accuracy benchmark's 75/25 splits): the default face model is fitted; each held-out photo's answer face
+gives (similarity to its class's nearest prototype, the head's probability); strangers are the held-out photos of a
+class left out of training, scored by a model fitted without it, for each class in turn. For a score
+``similarity + w · log(probability)`` the threshold that answers `unknown` for a given share of strangers is read
+off the strangers' own scores (an oracle: no calibration can do better), and the share of known people it costs is
+printed beside the default rule's (calibrated on training data only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import transferlab  # noqa: E402
+from transferlab.backbones import create_backbone  # noqa: E402
+from transferlab.backbones.faces import face_areas  # noqa: E402
+from transferlab.features import featurize_faces, open_cache  # noqa: E402
+from transferlab.options import validate_options  # noqa: E402
+from transferlab.pipeline import _face_head  # noqa: E402
+from transferlab.split import split_table  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5)
+    args = ap.parse_args()
+    table = transferlab.Classifier().read(REPO / "data" / "presidents").table
+    bb = create_backbone("sface")
+    res = featurize_faces(
+        table["path"].tolist(),
+        bb,
+        content_hashes=table["content_hash"].tolist(),
+        cache=open_cache(bb, "faces", None, True),
+    )
+    bags = [b[:, :128] if b is not None and len(b) else None for b in res.bags]
+    largest = [int(np.argmax(face_areas(b))) if b is not None and len(b) else 0 for b in res.bags]
+    y = table["label"].astype(str).to_numpy()
+    has = np.array([b is not None for b in bags])
+
+    def fit(idx: np.ndarray):
+        return _face_head(validate_options(backbone="sface")).fit(
+            [bags[i] for i in idx], y[idx], start=[largest[i] for i in idx]
+        )
+
+    def scores(head, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = head.analyse([bags[i] for i in idx], start=[largest[i] for i in idx])
+        return np.array([a.similarity[a.answer] for a in out]), np.array([a.proba[a.answer].max() for a in out])
+
+    known, strangers, default_known, default_strangers = [], [], [], []
+    for seed in range(args.seeds):
+        split = split_table(table, test_size=0.25, seed=seed)
+        train = np.array([i for i in split.train if has[i]])
+        test = np.array([i for i in split.test if has[i]])
+        head = fit(train)
+        s, p = scores(head, test)
+        known.append((s, p))
+        default_known.append(s < head.threshold_)
+        for c in np.unique(y):
+            h = fit(train[y[train] != c])
+            s2, p2 = scores(h, test[y[test] == c])
+            strangers.append((s2, p2))
+            default_strangers.append(s2 < h.threshold_)
+    ks, kp = (np.concatenate([k[i] for k in known]) for i in (0, 1))
+    ss, sp = (np.concatenate([s[i] for s in strangers]) for i in (0, 1))
+    print(
+        f"default rule (calibrated on training data): known → unknown {np.concatenate(default_known).mean():.2%}, "
+        f"strangers → unknown {np.concatenate(default_strangers).mean():.2%} ({len(ks)} known, {len(ss)} strangers)"
+    )
+    print("\n| score | strangers → unknown | known → unknown at that oracle threshold |\n|---|---:|---:|")
+    for w in (0.0, 0.1, 0.3):
+        for target in (0.963, 0.97):
+            t = np.quantile(ss + w * np.log(sp), target)
+            name = "similarity (the default's)" if w == 0 else f"similarity + {w} · log p"
+            print(f"| {name} | {target:.1%} | {np.mean(ks + w * np.log(kp) < t):.2%} |")
+
+
+if __name__ == "__main__":
+    main()

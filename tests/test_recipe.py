@@ -36,7 +36,7 @@ def test_each_device_and_recipe_names_how_it_makes_features():
 
 def test_a_model_records_its_recipe_and_loads_it_without_a_note(trained_model):
     meta = json.loads((trained_model / "model.json").read_text())
-    assert meta["recipe"] == {"name": "portable", "device": "cpu"}
+    assert meta["recipe"] == {"name": "portable", "device": "cpu", **CPU}
     assert recorded_recipe(meta["features"]) == CPU
     clf = transferlab.load(trained_model)
     assert clf.recipe == "portable" and clf.recipe_note_ is None
@@ -50,7 +50,7 @@ def _as_if_trained_fast_on_a_gpu(model, dest):
     shutil.copytree(model, dest)
     meta = json.loads((dest / "model.json").read_text())
     meta["features"].update(FAST)
-    meta["recipe"] = {"name": "fast", "device": "cuda"}
+    meta["recipe"] = {"name": "fast", "device": "cuda", **FAST}
     (dest / "model.json").write_text(json.dumps(meta))
     return dest
 

@@ -85,9 +85,11 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "pool": opts.pool.value,
         "head": head,
         "face_choice": opts.face_choice.value,
-        "recipe": {"name": opts.recipe_name, "device": resolve_device(opts.device)},
         **getattr(clf, "meta_", {}),
     }
+    made = recorded_recipe(meta["features"])  # what was made: "fast" asked on a CPU makes portable features
+    name = "portable" if made == device_recipe("cpu") else "fast"
+    meta["recipe"] = {"name": name, "device": resolve_device(opts.device), **made}
     tuned = clf.extractor_.tuned
     if tuned:  # the fine-tuned blocks' tensors, beside the head's (safetensors: no unpickling on load)
         arrays.update({FINETUNED_PREFIX + k: np.asarray(v) for k, v in tuned.items()})

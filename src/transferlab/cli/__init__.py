@@ -156,12 +156,23 @@ def _options(flags: dict[str, Any], **values: Any) -> Options:
     return validate_options(**{**{k: v for k, v in flags.items() if k in Options.model_fields}, **values})
 
 
-def _load(model: Path, no_cache: bool, runtime: Runtime, quiet: bool, **options: Any) -> Any:
-    """Load a model; unless ``quiet``, say in one line on stderr when features here are made differently."""
+def _load(flags: dict[str, Any], **extra: Any) -> Any:
+    """Load ``flags["model"]`` with the runtime flags of the command (its ``locals()``); unless ``--quiet``, say in
+    one line on stderr when features here are made differently from the model's training."""
     from ..pipeline import load
 
-    clf = load(model, use_cache=not no_cache, runtime=runtime.value, **options)
-    if clf.recipe_note_ and not quiet:
+    clf = load(
+        flags["model"],
+        use_cache=not flags["no_cache"],
+        runtime=flags["runtime"].value,
+        weights=flags["weights"],
+        cache_dir=flags["cache_dir"],
+        verbose=not flags["quiet"] and not flags["as_json"],
+        device=flags["device"],
+        recipe=flags["recipe"],
+        **extra,
+    )
+    if clf.recipe_note_ and not flags["quiet"]:
         sys.stderr.write(clf.recipe_note_ + "\n")
     return clf
 
@@ -183,18 +194,7 @@ def evaluate(
 ) -> None:
     """Evaluate a saved model on every usable image under DATA."""
     hub_offline_unless_asked(False)
-    verbose = not quiet and not as_json
-    clf = _load(
-        model,
-        no_cache,
-        runtime,
-        quiet,
-        weights=weights,
-        cache_dir=cache_dir,
-        verbose=verbose,
-        device=device,
-        recipe=recipe,
-    )
+    clf = _load(locals())
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
     if (note := seen_note(metrics)) and not quiet:  # on stderr: stdout stays one JSON object with --json
         sys.stderr.write(note + "\n")
@@ -252,19 +252,7 @@ def predict(
     eng = _engine(engine, master, partitions)
     if out is not None and (faces != FacesOutput.best or unknown_threshold is not None or top_k is not None):
         raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
-    verbose = not quiet and not as_json
-    clf = _load(
-        model,
-        no_cache,
-        runtime,
-        quiet,
-        weights=weights,
-        cache_dir=cache_dir,
-        verbose=verbose,
-        device=device,
-        engine=eng,
-        recipe=recipe,
-    )
+    clf = _load(locals(), engine=eng)
     if out is not None:
         summary = eng.predict_table(clf, files, out)
         if as_json:

@@ -75,6 +75,7 @@ PIPELINES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("sface + dlib fused (`sface_dlib`, faces, MIL) → logreg, default open set", {"backbone": "sface_dlib"}, {}),
     ("… fused + MIL by the configured head (combined)", {"backbone": "sface_dlib"}, {"mil": CONFIGURED_HEAD_CHOOSES}),
     ("sface (faces, MIL) → svm, default open set", {"backbone": "sface", "head": "svm"}, {}),
+    ("sface, embedder's last 2 blocks fine-tuned (faces, MIL) → logreg", {"backbone": "sface", "finetune": 2}, {}),
 ]
 
 

@@ -20,7 +20,9 @@ from transferlab.finetune import FinetuneConfig, finetune
 
 from .conftest import REPO, run
 
-IMAGENET = [n for n in list_backbones() if get_backbone_cfg(n).blocks is not None]
+IMAGENET = [
+    n for n in list_backbones() if get_backbone_cfg(n).blocks is not None and not get_backbone_cfg(n).embeds_faces
+]
 QUICK = {"epochs": 2, "copies": 1}
 
 
@@ -142,7 +144,8 @@ def test_a_fine_tuned_model_round_trips_through_save_load_and_onnx(small_photos,
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"backbone": "sface", "finetune": 1}, "whole-image backbones"),
+        ({"backbone": "dlib_resnet", "finetune": 1}, "dlib's face descriptor cannot be trained"),
+        ({"backbone": "sface", "finetune": 15}, "choose 1 to 14"),
         ({"backbone": "mobilenet_v2", "finetune": 19}, "choose 1 to 18"),
         ({"backbone": "mobilenet_v2", "finetune": 2, "finetune_params": {"epoch": 3}}, "'epoch': choose from"),
         ({"backbone": "mobilenet_v2", "finetune": 2, "finetune_params": {"copies": 0}}, "copies = 0"),
@@ -184,3 +187,32 @@ def test_a_killed_fine_tuning_run_leaves_the_old_model_and_the_rerun_reuses_the_
     assert meta["finetune"]["blocks"] == 1 and len(meta["finetune"]["history"]) >= 1
     assert meta["finetune"]["trunk"]["cached"] > 0
     assert load(out).predict([str(next(small_photos.rglob("*.jpg")))])[0] in meta["classes"]
+
+
+def test_the_face_embedder_fine_tunes_only_its_top_blocks_and_round_trips(small_photos, tmp_path):
+    """sface with --finetune 2: only the embedder's last two blocks change, the face rows get their own cache key,
+    and the saved model answers as the fitted one."""
+    from transferlab.backbones.face_graphs import torch_module
+    from transferlab.features import feature_spec
+
+    clf = Classifier(backbone="sface", finetune=2, finetune_params={"epochs": 2}, cache_dir=tmp_path / "c")
+    clf.fit(small_photos)
+    tuned = clf.extractor_.tuned
+    _, prefixes = split_blocks(
+        get_backbone_cfg("sface"), torch_module(clf.extractor_.backbone.pipeline.graphs["embedder"]), 2
+    )
+    assert prefixes[0] == "conv_14_dw_conv2d." and tuned and all(k.startswith(tuple(prefixes)) for k in tuned)
+    pretrained = torch_module(create_backbone("sface").pipeline.graphs["embedder"]).state_dict()
+    assert any(not np.array_equal(v, pretrained[k].numpy()) for k, v in tuned.items())  # it trained
+    frozen_spec = feature_spec(create_backbone("sface"), "faces")
+    assert feature_spec(clf.extractor_.backbone, "faces")["finetuned_sha256"] == clf.extractor_.backbone.tuned_hash
+    assert "finetuned_sha256" not in frozen_spec
+    files = sorted(str(p) for p in small_photos.rglob("*.jpg"))[::7]
+    before = clf.predict_images(files)
+    clf.save(tmp_path / "model")
+    again = load(tmp_path / "model", cache_dir=tmp_path / "c2")
+    assert again.options().finetune == 2
+    for a, b in zip(before, again.predict_images(files), strict=True):
+        assert a.label == b.label
+        for c, v in a.probabilities.items():
+            assert b.probabilities[c] == pytest.approx(v, abs=1e-5)

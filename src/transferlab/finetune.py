@@ -140,7 +140,8 @@ def _maps(res: Any, shape: tuple[int, int, int], rows: Sequence[int]) -> np.ndar
     return np.ascontiguousarray(flat.reshape(len(rows), h, w, c).transpose(0, 3, 1, 2))
 
 
-def _validation_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to train on and rows for early stopping (stratified; none with under 20 rows or a single-row class)."""
     from sklearn.model_selection import StratifiedShuffleSplit
 
     idx = np.arange(len(y))
@@ -150,6 +151,20 @@ def _validation_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarra
         return idx, idx[:0]
     train, val = next(StratifiedShuffleSplit(1, test_size=n_val, random_state=seed).split(idx, y))
     return np.sort(train), np.sort(val)
+
+
+def lr_schedule(config: FinetuneConfig, n_items: int) -> Any:
+    """The learning-rate factor per step: linear warm-up over ``warmup_epochs``, then cosine decay to zero at
+    ``epochs`` (for ``torch.optim.lr_scheduler.LambdaLR``)."""
+    steps_per_epoch = max(1, math.ceil(n_items / config.batch_size))
+    total, warm = config.epochs * steps_per_epoch, max(1, int(config.warmup_epochs * steps_per_epoch))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return schedule
 
 
 def _tuned_key(
@@ -286,7 +301,7 @@ def finetune(
     if not ok:
         raise TransferlabError("fine-tuning: no usable training images (all were skipped)")
     classes, y_ok = np.unique(y_all[ok], return_inverse=True)
-    fit_rows, val_rows = _validation_split(y_ok, config.validation, config.seed)
+    fit_rows, val_rows = validation_split(y_ok, config.validation, config.seed)
     hashes = [res.content_hashes[i] if res.content_hashes and res.content_hashes[i] else f"photo-{i}" for i in ok]
     fit_idx = [ok[j] for j in fit_rows]
     aug = AugmentedImages([sources[i] for i in fit_idx], [hashes[j] for j in fit_rows], AugmentConfig(config.copies))
@@ -328,15 +343,7 @@ def finetune(
             {"params": linear.parameters(), "lr": config.lr, "weight_decay": config.weight_decay},
         ]
     )
-    steps_per_epoch = max(1, math.ceil(len(versions) / config.batch_size))
-    total, warm = config.epochs * steps_per_epoch, max(1, int(config.warmup_epochs * steps_per_epoch))
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config, len(versions)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     y_t = torch.from_numpy(y_ok.astype(np.int64))
     rng = np.random.default_rng(config.seed)

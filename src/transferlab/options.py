@@ -109,7 +109,8 @@ class Options(BaseModel):
         ``fast``: on a CUDA GPU, nvJPEG decoding and bf16 (several times faster there, features differ from the
         CPU's at the 1e-2 level). None: ``portable`` for training; a saved model's own recipe when it is loaded.
     finetune, finetune_params
-        Whole-image backbones only: train the last ``finetune`` blocks of the network with the head (0: frozen),
+        Train the last ``finetune`` blocks of the network with the head (0: frozen): whole-image backbones, and
+        ``sface``'s embedder (on the face that carries each photo's label; it overfits on a few hundred photos),
         with these :class:`~transferlab.finetune.FinetuneConfig` parameters (e.g. ``{"epochs": 10}``).
     verbose
         Show progress bars and status lines on stderr.
@@ -160,13 +161,10 @@ class Options(BaseModel):
                 raise TransferlabError(f"--fallback {self.fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
         if self.finetune:
             cfg = get_backbone_cfg(self.backbone)
-            if cfg.embeds_faces:
-                # Measured (benchmarks/finetune_faces.py, BENCHMARKS.md): SFace's top 1–2 blocks fine-tuned on the
-                # bundled photos answered 0.86–0.95 held out against 0.98 frozen, so face backbones are not offered.
+            if cfg.embeds_faces and cfg.blocks is None:
                 raise TransferlabError(
-                    f"--finetune applies to whole-image backbones (e.g. mobilenet_v2), not {self.backbone!r}: "
-                    "fine-tuning the face embedder on a few hundred photos overfits (held out 0.86-0.95 against 0.98 "
-                    "frozen, benchmarks/finetune_faces.py); train the face model frozen"
+                    f"--finetune needs a torch network (a whole-image backbone, or sface), not {self.backbone!r}: "
+                    "dlib's face descriptor cannot be trained here"
                 )
             cfg.check_finetune(self.finetune)
             self.finetune_config()  # raises naming a bad parameter

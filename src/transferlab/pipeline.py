@@ -33,6 +33,7 @@ from .evaluate import evaluate_analyses, rows_to_evaluate, seen_in_training
 from .facebag import FaceBagClassifier
 from .features import Extractor, FeatureResult
 from .finetune import FinetuneResult, finetune
+from .finetune_faces import finetune_face_embedder
 from .heads import LogRegHead, MLPHead
 from .intake import Intake, intake
 from .options import DEFAULT_BACKBONE, Options, validate_options
@@ -363,19 +364,38 @@ def _face_stats(stats: dict[str, int]) -> dict[str, int]:
 def _finetune(
     extractor: Extractor, opts: Options, sources: Sequence[Any], hashes: list[str | None] | None, y: np.ndarray
 ) -> FinetuneResult:
-    """Fine-tune the extractor's backbone on the training photos; its features then come from the tuned network."""
-    result = finetune(
-        extractor.backbone,
-        sources,
-        hashes,
-        y,
-        opts.finetune_config(),
-        cache_dir=opts.cache_dir,
-        use_cache=opts.use_cache,
-        batch_size=opts.batch_size,
-        num_workers=opts.num_workers,
-        reporter=extractor.reporter,
-    )
+    """Fine-tune the extractor's backbone on the training photos; its features then come from the tuned network.
+
+    A face backbone's embedder trains on the face that carries each photo's label, chosen by the frozen model's
+    multiple-instance step."""
+    if opts.embeds_faces:
+        res = extractor.extract(sources, hashes, label="faces")
+        used = [i for i in range(len(sources)) if i not in res.errors and len(res.bags[i])]
+        if not used:
+            raise TransferlabError("fine-tuning: no training photo has a detected face")
+        bags, start = _face_bags(extractor.backbone, res, used)
+        chosen = _face_head(opts).fit(bags, y[used], start=start).chosen_
+        result = finetune_face_embedder(
+            extractor.backbone,
+            [sources[i] for i in used],
+            [res.bags[i][c] for i, c in zip(used, chosen, strict=True)],
+            y[used],
+            opts.finetune_config(),
+            reporter=extractor.reporter,
+        )
+    else:
+        result = finetune(
+            extractor.backbone,
+            sources,
+            hashes,
+            y,
+            opts.finetune_config(),
+            cache_dir=opts.cache_dir,
+            use_cache=opts.use_cache,
+            batch_size=opts.batch_size,
+            num_workers=opts.num_workers,
+            reporter=extractor.reporter,
+        )
     extractor.tuned = result.state
     extractor.backbone.tune(result.state)
     return result

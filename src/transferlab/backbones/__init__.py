@@ -20,7 +20,8 @@ from ._registry import (
     register_backbone,
     register_family,
 )
-from ._torch import ImageBackbone, TrunkBackbone, load_tuned, split_blocks
+from ._tensors import load_tuned, tensors_sha256
+from ._torch import ImageBackbone, TrunkBackbone, split_blocks
 from .faces import FaceBackbone, face_areas
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "register_backbone",
     "register_family",
     "split_blocks",
+    "tensors_sha256",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from functools import cached_property
@@ -15,6 +14,7 @@ from .._files import file_sha256
 from .._runtime import exact_fp32
 from ..errors import TransferlabError
 from ._registry import BackboneCfg, device_recipe
+from ._tensors import load_tuned, tensors_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -133,14 +133,7 @@ class ImageBackbone:
     @cached_property
     def tuned_hash(self) -> str | None:
         """sha256 of the fine-tuned tensors (names, shapes and values), or None for the pretrained network."""
-        if not self.tuned:
-            return None
-        h = hashlib.sha256()
-        for name in sorted(self.tuned):
-            arr = np.ascontiguousarray(self.tuned[name])
-            h.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
-            h.update(arr.tobytes())
-        return h.hexdigest()
+        return tensors_sha256(self.tuned) if self.tuned else None
 
     def recipe(self, pool: str) -> dict[str, Any]:
         """How this backbone's features are made: network, weights, preprocessing, pooling and precision."""
@@ -266,20 +259,6 @@ def split_blocks(cfg: BackboneCfg, module: torch.nn.Module, n: int) -> tuple[lis
         else:  # a block grouped from several children (a stem, a head): its children are named
             prefixes.extend(names[id(child)] + "." for child in block.children())
     return blocks, prefixes
-
-
-def load_tuned(module: torch.nn.Module, state: dict[str, np.ndarray], name: str) -> None:
-    """Copy fine-tuned tensors into a freshly built network (every name must exist there, with its shape)."""
-    import torch
-
-    own = module.state_dict()
-    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(np.shape(v))]
-    if bad:
-        raise TransferlabError(
-            f"{name}: fine-tuned weights do not fit this network ({bad[0]!r}); the model is damaged or from "
-            "another architecture, retrain it"
-        )
-    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
 
 
 class TrunkBackbone(ImageBackbone):

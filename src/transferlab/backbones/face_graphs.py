@@ -15,6 +15,7 @@ The result is kept as an ONNX file (never a pickled module) under ``CACHE/face_g
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -163,3 +164,48 @@ def torch_module(graph: Path) -> Any:
     import onnx
 
     return convert(onnx.load(str(graph))).eval().requires_grad_(False)
+
+
+def split_chain(module: Any, first_top: str) -> tuple[str, Any]:
+    """Cut a converted graph that is a chain (SFace: one path from input to output) before the submodule
+    ``first_top``.
+
+    Returns
+    -------
+    trunk_end, top
+        The submodule whose output enters the top (hook it to read the trunk's activation maps), and a module that
+        runs every node after that output, sharing ``module``'s submodules and parameters (training it trains them).
+    """
+    import torch
+
+    nodes = list(module.graph.nodes)
+    entry = next(n for n in nodes if n.op == "call_module" and n.target == first_top)
+    cut = entry.args[0]
+    if not isinstance(cut, torch.fx.Node) or cut.op != "call_module":
+        raise TransferlabError(f"cannot cut the graph before {first_top!r}: its input is not a module's output")
+    rest = nodes[nodes.index(cut) + 1 :]
+
+    class Top(torch.nn.Module):
+        # torch.fx's Interpreter runs a whole graph from its placeholders; this runs the tail from one activation.
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph_module = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            env: dict[Any, Any] = {cut: x}
+
+            def value(a: Any) -> Any:
+                return env[a] if isinstance(a, torch.fx.Node) else a
+
+            for n in rest:
+                if n.op == "get_attr":
+                    env[n] = functools.reduce(getattr, str(n.target).split("."), self.graph_module)
+                elif n.op == "call_module":
+                    env[n] = self.graph_module.get_submodule(n.target)(*[value(a) for a in n.args])
+                elif n.op == "output":
+                    return value(n.args[0])  # type: ignore[no-any-return]
+                else:
+                    raise TransferlabError(f"cannot run node {n.op} {n.target!r} of the graph's top")
+            raise TransferlabError("the graph has no output")
+
+    return str(cut.target), Top()

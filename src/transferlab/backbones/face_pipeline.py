@@ -23,6 +23,7 @@ import numpy as np
 
 from .._runtime import exact_fp32
 from ._registry import device_recipe
+from ._tensors import load_tuned, tensors_sha256
 from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -199,6 +200,8 @@ class FacePipeline:
     recipe
         ``"portable"``: on a GPU too, the CPU's resize and alignment and fp32 networks, so face rows match the CPU's
         to float rounding; ``"fast"``: on a GPU, resize and alignment on the device and bf16 networks.
+    tuned
+        Fine-tuned tensors of SFace's top blocks (names as in the converted embedder's state dict), or None.
     """
 
     def __init__(
@@ -209,8 +212,10 @@ class FacePipeline:
         cache_root: Path | None = None,
         flip: bool = False,
         recipe: str = "portable",
+        tuned: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.embedder = embedder
+        self.tuned = tuned
         self.flip = flip
         self.device = device
         self.made = device_recipe(device, recipe)  # {"precision", "decode"}
@@ -249,6 +254,8 @@ class FacePipeline:
             out["precision"] = self.precision
         if self.made["decode"] != "cpu":
             out["decode"] = self.made["decode"]
+        if self.tuned:  # a fine-tuned embedder's rows never mix with the pretrained one's
+            out["finetuned_sha256"] = tensors_sha256(self.tuned)
         return out
 
     @cached_property
@@ -260,7 +267,10 @@ class FacePipeline:
         modules = {}
         for name, graph in self.graphs.items():
             if self.runtimes[name] == "torch":
-                module = torch_module(graph).to(self.device, dtype, memory_format=torch.channels_last)
+                module = torch_module(graph)
+                if name == "embedder" and self.tuned:
+                    load_tuned(module, self.tuned, "sface")
+                module = module.to(self.device, dtype, memory_format=torch.channels_last)
                 modules[name] = frozen(module, name, self.device, dtype) if self.device == "cpu" else module
         return modules
 

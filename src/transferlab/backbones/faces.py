@@ -18,6 +18,7 @@ import numpy as np
 from .._files import file_sha256
 from ..cache import default_cache_dir
 from ._registry import BackboneCfg, WeightsSource, device_recipe, register_backbone, register_family
+from ._tensors import tensors_sha256
 from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, model_file
 from .face_nets import FaceModel
 from .face_pipeline import FacePipeline
@@ -48,6 +49,7 @@ class FaceBackbone:
         self.device = "cpu"
         self.cache_root: Path | None = None
         self.recipe_name = "portable"  # see use_recipe
+        self.tuned: dict[str, np.ndarray] | None = None  # fine-tuned tensors of the embedder's top blocks (``tune``)
 
     @cached_property
     def pipeline(self) -> FacePipeline:
@@ -55,8 +57,24 @@ class FaceBackbone:
         root = self.cache_root if self.cache_root is not None else default_cache_dir()
         flip = bool(self.cfg.extra.get("flip", False))
         return FacePipeline(
-            self.cfg.extra["embedder"], device=self.device, cache_root=root, flip=flip, recipe=self.recipe_name
+            self.cfg.extra["embedder"],
+            device=self.device,
+            cache_root=root,
+            flip=flip,
+            recipe=self.recipe_name,
+            tuned=self.tuned,
         )
+
+    def tune(self, state: dict[str, np.ndarray] | None) -> FaceBackbone:
+        """Use fine-tuned tensors for the embedder's top blocks (names as in its converted state dict)."""
+        self.tuned = dict(state) if state else None
+        self.__dict__.pop("pipeline", None)
+        return self
+
+    @property
+    def tuned_hash(self) -> str | None:
+        """sha256 of the fine-tuned tensors, or None for the pretrained embedder."""
+        return tensors_sha256(self.tuned) if self.tuned else None
 
     def use_recipe(self, recipe: str) -> FaceBackbone:
         """``"portable"`` (the CPU's decoding, resize, alignment and fp32 on every device: the same rows) or
@@ -109,7 +127,11 @@ class FaceBackbone:
             "preprocessing": self.cfg.preprocessing(),
             "decode_draft": list(FACE_DECODE_DRAFT),
             **FacePipeline(
-                self.cfg.extra["embedder"], self.device, flip=bool(self.cfg.extra.get("flip")), recipe=self.recipe_name
+                self.cfg.extra["embedder"],
+                self.device,
+                flip=bool(self.cfg.extra.get("flip")),
+                recipe=self.recipe_name,
+                tuned=self.tuned,
             ).recipe,
         }
 
@@ -125,7 +147,7 @@ class FaceBackbone:
 
     def unbuilt(self) -> FaceBackbone:
         """A copy without its built networks (which cannot be pickled), for worker processes."""
-        copy = FaceBackbone(self.cfg, self.weights_file).to(self.device).use_recipe(self.recipe_name)
+        copy = FaceBackbone(self.cfg, self.weights_file).to(self.device).use_recipe(self.recipe_name).tune(self.tuned)
         copy.cache_root = self.cache_root
         return copy
 
@@ -140,6 +162,26 @@ register_family("face", FaceBackbone, faces=True)
 
 _DETECTION = {"detector": "YuNet 2023mar int8", "detector_max_side": 640, "score_threshold": 0.6, "nms": 0.3}
 
+
+def _sface_blocks(module: Any) -> list[Any]:
+    """SFace as converted (a chain): the stem (input scaling + first convolution), 13 depthwise-separable blocks
+    (``conv_2`` … ``conv_14``) and the embedding block (batch norm, flatten, linear, batch norm)."""
+    from torch import nn
+
+    groups: dict[int, list[Any]] = {}
+    stem, tail = [], []
+    for name, child in module.named_children():
+        if name.startswith("conv_"):
+            groups.setdefault(int(name.split("_")[1]), []).append(child)
+        elif name.startswith("_"):  # onnx2torch's arithmetic on the input
+            stem.append(child)
+        elif name != "initializers":  # constants (PReLU slopes) stay as they are
+            tail.append(child)
+    blocks = [nn.ModuleList(groups[k]) for k in sorted(groups)]
+    blocks[0] = nn.ModuleList([*stem, *blocks[0]])
+    return [*blocks, nn.ModuleList(tail)]
+
+
 register_backbone(
     BackboneCfg(
         name="sface",
@@ -153,6 +195,8 @@ register_backbone(
         std=(1.0, 1.0, 1.0),
         feature_shape=(128,),
         num_params=9_976_053,  # values in the ONNX file's initialisers (embedder only)
+        blocks=_sface_blocks,  # the converted embedder's blocks (--finetune N trains the last N)
+        num_blocks=15,
         family="face",
         license="Apache-2.0 (OpenCV Zoo)",
         description="face embedding (128-d) of the detected, aligned face; fast, offline",

@@ -108,7 +108,10 @@ def train(
         ),
     ] = None,
     finetune: Annotated[
-        int, typer.Option(min=0, help="Train the last N blocks of a whole-image backbone with the head (0: frozen).")
+        int,
+        typer.Option(
+            min=0, help="Train the last N blocks of the network with the head (0: frozen); sface: its embedder's."
+        ),
     ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON.")] = False,
     quiet: Quiet = False,

@@ -244,6 +244,13 @@ def _study_workers(cfg: StudyConfig, n_jobs: int) -> int:
     return max(1, min(n, n_jobs // 4))  # a few runs are not worth starting processes for
 
 
+def _tunable(backbone: str) -> bool:
+    """Whether the study adds fine-tuned rows for ``backbone``: whole-image backbones whose blocks the registry knows
+    (the face embedder can be fine-tuned too, but it overfits on a few hundred photos: BENCHMARKS.md)."""
+    cfg = get_backbone_cfg(backbone)
+    return cfg.blocks is not None and not cfg.embeds_faces
+
+
 def run_study(
     config: StudyConfig | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -311,7 +318,7 @@ def run_study(
                 f"{backbone}: features {facts[backbone]['computed']} computed, "
                 f"{facts[backbone]['cached']} cached ({facts[backbone]['featurize_s']:.1f} s)"
             )
-        tuned = cfg.finetune and get_backbone_cfg(backbone).blocks is not None
+        tuned = cfg.finetune and _tunable(backbone)
         if tuned and "trunk_s" not in facts[backbone] and use_cache:
             # Trunk maps of every photo and augmented copy, once: each fine-tuning run reads its subset from the cache.
             t = time.perf_counter()
@@ -354,8 +361,8 @@ def run_study(
                 advance(1)
 
     table1 = [Cell("table1", b, h, None, False) for b in backbones for h in cfg.heads]
-    if cfg.finetune:  # fine-tuned rows beside the frozen ones, for every backbone that can be fine-tuned
-        tunable = [b for b in backbones if get_backbone_cfg(b).blocks is not None]
+    if cfg.finetune:  # fine-tuned rows beside the frozen ones, for every whole-image backbone that can be fine-tuned
+        tunable = [b for b in backbones if _tunable(b)]
         table1 += [Cell("table1", f"{b}{FINETUNED}{cfg.finetune}", h, None, False) for b in tunable for h in cfg.heads]
     n_runs = (len(table1) + len(cfg.per_class) * len(cfg.augment_modes)) * cfg.seeds
     with rep.task("study", n_runs) as advance:

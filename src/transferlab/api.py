@@ -25,10 +25,10 @@ from ._progress import Reporter
 from ._version import __version__
 from .engines import LocalEngine, TableSummary, get_engine
 from .errors import TransferlabError
-from .features import Extractor, feature_spec
+from .features import feature_spec
 from .intake import Intake, list_images
 from .options import Options, validate_options
-from .pipeline import Classifier, load
+from .pipeline import Classifier, load, make_extractor
 from .predictions import Prediction, prediction_counts
 from .report import write_report
 from .split import Split, split_table
@@ -268,17 +268,7 @@ def featurize_table(
     """
     opts = options if options is not None else validate_options(**option_values)
     engine = get_engine(engine) if isinstance(engine, str) else engine if engine is not None else LocalEngine()
-    extractor = Extractor(
-        opts.backbone,
-        pool=opts.pool.value,
-        weights=opts.weights,
-        download=opts.download,
-        device=opts.device,
-        runtime=opts.runtime.value,
-        cache_dir=opts.cache_dir,
-        use_cache=opts.use_cache,
-        recipe=opts.recipe_name,
-    )
+    extractor = make_extractor(opts, None)  # its backbone and cache: the engine writes the table
     bb = extractor.backbone
     paths, labels = list_images(data)
     meta = {

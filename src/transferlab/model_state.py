@@ -16,7 +16,7 @@ import numpy as np
 
 from ._runtime import resolve_device
 from .artifact import load_artifact, save_artifact
-from .backbones import device_recipe, get_backbone_cfg, recorded_recipe
+from .backbones import device_recipe, get_backbone_cfg, recipe_of, recorded_recipe
 from .errors import TransferlabError
 from .facebag import FaceBagClassifier
 from .features import Extractor, feature_spec
@@ -88,8 +88,7 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         **getattr(clf, "meta_", {}),
     }
     made = recorded_recipe(meta["features"])  # what was made: "fast" asked on a CPU makes portable features
-    name = "portable" if made == device_recipe("cpu") else "fast"
-    meta["recipe"] = {"name": name, "device": resolve_device(opts.device), **made}
+    meta["recipe"] = {"name": recipe_of(made), "device": resolve_device(opts.device), **made}
     tuned = clf.extractor_.tuned
     if tuned:  # the fine-tuned blocks' tensors, beside the head's (safetensors: no unpickling on load)
         arrays.update({FINETUNED_PREFIX + k: np.asarray(v) for k, v in tuned.items()})
@@ -226,7 +225,7 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
     )
     trained = recorded_recipe(meta.get("features", {}))
     if clf.recipe is None:  # reproduce the recipe the model was trained with, where this device can
-        clf.recipe = "portable" if trained == device_recipe("cpu") else "fast"
+        clf.recipe = recipe_of(trained)
     opts = clf.options_ = clf.options()
     clf.recipe_note_ = recipe_note(trained, device_recipe(resolve_device(opts.device), opts.recipe_name))
     tuned = {k.removeprefix(FINETUNED_PREFIX): v for k, v in arrays.items() if k.startswith(FINETUNED_PREFIX)}

@@ -42,6 +42,12 @@ def device_recipe(device: str, recipe: str = "portable") -> dict[str, str]:
     return {"precision": "bf16" if fast else "fp32", "decode": "nvjpeg" if fast else "cpu"}
 
 
+def recipe_of(made: dict[str, str]) -> str:
+    """The recipe that makes features as ``made`` says (``{"precision", "decode"}``): ``portable`` for the CPU's,
+    else ``fast``."""
+    return "portable" if made == device_recipe("cpu") else "fast"
+
+
 def recorded_recipe(spec: dict[str, Any]) -> dict[str, str]:
     """``{"precision", "decode"}`` of features described by a feature spec (a model's ``features`` entry).
 

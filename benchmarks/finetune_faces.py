@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 
 import transferlab  # noqa: E402
-from transferlab.backbones import create_backbone  # noqa: E402
-from transferlab.backbones.face_graphs import torch_module  # noqa: E402
+from transferlab.backbones import create_backbone, get_backbone_cfg, split_blocks  # noqa: E402
+from transferlab.backbones.face_graphs import split_chain, torch_module  # noqa: E402
 from transferlab.backbones.face_pipeline import similarity_transforms, warp_faces_remap  # noqa: E402
 from transferlab.backbones.faces import FACE_DECODE_DRAFT, LANDMARKS, face_areas  # noqa: E402
 from transferlab.decode import decode_pixels  # noqa: E402
@@ -47,46 +47,22 @@ from transferlab.options import validate_options  # noqa: E402
 from transferlab.pipeline import _face_head  # noqa: E402
 from transferlab.split import split_table  # noqa: E402
 
-# The node whose output enters the top N blocks of SFace's chain (onnx2torch's names).
-CUT = {1: "conv_14_relu", 2: "conv_13_relu"}
+BLOCKS = (1, 2)  # top blocks trained: the embedding block, and it with the last depthwise-separable block
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
-class Top(torch.nn.Module):
-    """The converted graph's nodes after ``cut``, run on the cut's activation (the chain has no other inputs)."""
-
-    def __init__(self, gm: torch.fx.GraphModule, cut: str) -> None:
-        super().__init__()
-        self.gm = copy.deepcopy(gm)
-        nodes = list(self.gm.graph.nodes)
-        self.cut = next(n for n in nodes if n.name == cut)
-        self.nodes = nodes[nodes.index(self.cut) + 1 :]
-        used = {n.target for n in self.nodes if n.op == "call_module"}
-        for name, p in self.gm.named_parameters():
-            p.requires_grad_(name.split(".")[0] in used)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env = {self.cut: x}
-        for n in self.nodes:
-            args = [env[a] if isinstance(a, torch.fx.Node) else a for a in n.args]
-            if n.op == "get_attr":
-                env[n] = _attr(self.gm, n.target)
-            elif n.op == "call_module":
-                env[n] = self.gm.get_submodule(n.target)(*args)
-            elif n.op == "output":
-                return args[0]
-            else:
-                raise RuntimeError(f"unexpected node {n.op} in SFace's top")
-        raise RuntimeError("no output")
-
-
-def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
-    for part in target.split("."):
-        module = getattr(module, part)
-    return module  # type: ignore[return-value]
+def top_of(gm: torch.fx.GraphModule, n: int) -> tuple[str, torch.nn.Module]:
+    """The product's cut (the registry's blocks, ``split_chain``) of a copy of SFace: the submodule whose output
+    enters the top ``n`` blocks, and the top, whose parameters alone train."""
+    gm = copy.deepcopy(gm)
+    _, prefixes = split_blocks(get_backbone_cfg("sface"), gm, n)
+    end, top = split_chain(gm, prefixes[0].rstrip("."))
+    for name, p in gm.named_parameters():
+        p.requires_grad_(name.startswith(tuple(prefixes)))
+    return end, top
 
 
 def faces_of(table, bb) -> tuple[list[np.ndarray], list[torch.Tensor], list[int]]:
@@ -123,8 +99,13 @@ def trunk_maps(gm: torch.fx.GraphModule, crops: list[torch.Tensor], cut: str) ->
 
 
 def finetune(
-    top: Top, maps: tuple[torch.Tensor, torch.Tensor], y: np.ndarray, epochs: int, seed: int, lr: float = 1e-4
-) -> Top:
+    top: torch.nn.Module,
+    maps: tuple[torch.Tensor, torch.Tensor],
+    y: np.ndarray,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-4,
+) -> torch.nn.Module:
     """Train ``top`` (a copy) with a normalised-softmax classifier on faces ``maps`` labelled ``y``."""
     gen = torch.Generator().manual_seed(seed)
     top = copy.deepcopy(top)
@@ -173,7 +154,7 @@ def finetune(
     return top.eval()
 
 
-def embed_all(top: Top | None, maps: torch.Tensor, rows: list[np.ndarray]) -> list[np.ndarray]:
+def embed_all(top: torch.nn.Module | None, maps: torch.Tensor, rows: list[np.ndarray]) -> list[np.ndarray]:
     """Per photo, its faces' unit embeddings (the frozen rows' when ``top`` is None)."""
     if top is None:
         return [r[:, :128] for r in rows]
@@ -226,8 +207,9 @@ def main() -> None:
     face_photo = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
     y, kinds = table["label"].astype(str).to_numpy(), table["kind"].to_numpy()
     print(f"{int(has_face.sum())} of {len(rows)} photos with a face, {len(face_photo)} faces", flush=True)
-    maps = {n: trunk_maps(gm, crops, CUT[n]) for n in CUT}
-    tops = {n: Top(gm, CUT[n]) for n in CUT}
+    cuts = {n: top_of(gm, n) for n in BLOCKS}
+    maps = {n: trunk_maps(gm, crops, cuts[n][0]) for n in BLOCKS}
+    tops = {n: cuts[n][1] for n in BLOCKS}
     first = np.cumsum([0] + [len(r) for r in rows])
     results: dict[str, list[dict[str, float]]] = {"frozen": [], "N=1": [], "N=2": []}
     for seed in range(args.seeds):
@@ -247,7 +229,7 @@ def main() -> None:
         r = evaluate(frozen, y, kinds, largest, train, test)
         r["strangers"] = strangers(lambda tr, f=frozen: f, y, largest, train, test)
         results["frozen"].append(r)
-        for n in CUT:
+        for n in BLOCKS:
             r = evaluate(tuned_bags(n, train), y, kinds, largest, train, test)
             r["strangers"] = strangers(lambda tr, n=n: tuned_bags(n, tr), y, largest, train, test)
             results[f"N={n}"].append(r)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,63 @@ def lr_schedule(config: FinetuneConfig, n_items: int) -> Any:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return schedule
+
+
+def top_tensors(module: Any, prefixes: Sequence[str]) -> dict[str, Any]:
+    """A copy of the floating-point tensors of ``module``'s state under ``prefixes`` (the trained top blocks; batch
+    norm's counters never change here)."""
+    state = module.state_dict()
+    return {k: v.detach().clone() for k, v in state.items() if k.startswith(tuple(prefixes)) and v.is_floating_point()}
+
+
+def run_epochs(
+    config: FinetuneConfig,
+    n_fit: int,
+    step: Callable[[np.ndarray, np.random.Generator], tuple[float, int]],
+    validate: Callable[[], tuple[float, float]] | None,
+    snapshot: Callable[[], dict[str, Any]],
+    reporter: Reporter,
+) -> tuple[list[dict[str, float]], int, dict[str, np.ndarray]]:
+    """The epoch loop of every fine-tuning: each epoch, ``step`` trains on shuffled batches of the ``n_fit`` training
+    items (it gets the batch's indices and the random generator, and returns the batch's mean loss and correct count);
+    one history row and status line per epoch; the ``snapshot`` of the best epoch is kept (lowest validation loss, or
+    training loss without ``validate``); training stops after ``patience`` epochs without a better validation loss.
+
+    Returns
+    -------
+    history, best_epoch, state
+        The rows, the kept epoch, and its snapshot as float32 NumPy arrays.
+    """
+    rng = np.random.default_rng(config.seed)
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, Any]] | None = None
+    with reporter.task(f"fine-tune {config.blocks}", config.epochs) as advance:
+        for epoch in range(1, config.epochs + 1):
+            order = rng.permutation(n_fit)
+            loss_sum, correct = 0.0, 0
+            for s in range(0, n_fit, config.batch_size):
+                batch = order[s : s + config.batch_size]
+                loss, right = step(batch, rng)
+                loss_sum += loss * len(batch)
+                correct += right
+            row = {"epoch": epoch, "train_loss": loss_sum / n_fit, "train_accuracy": correct / n_fit}
+            score = row["train_loss"]
+            if validate is not None:
+                row["val_loss"], row["val_accuracy"] = validate()
+                score = row["val_loss"]
+            history.append(row)
+            advance(1)
+            val = f", validation loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}" if validate else ""
+            reporter.info(
+                f"fine-tune epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc "
+                f"{row['train_accuracy']:.3f}{val}"
+            )
+            if best is None or score < best[0]:
+                best = (score, epoch, snapshot())
+            elif validate is not None and epoch - best[1] >= config.patience:
+                break
+    assert best is not None
+    return history, best[1], {k: v.float().cpu().numpy().copy() for k, v in best[2].items()}
 
 
 def _tuned_key(
@@ -346,67 +403,43 @@ def finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config, len(versions)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     y_t = torch.from_numpy(y_ok.astype(np.int64))
-    rng = np.random.default_rng(config.seed)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return linear(top(x).mean(dim=(2, 3))).float()
 
-    def evaluate(rows: np.ndarray) -> tuple[float, float]:
+    def evaluate() -> tuple[float, float]:
         with torch.no_grad():
-            out = torch.cat([logits(X[rows[s : s + 256]]) for s in range(0, len(rows), 256)])
-            target = y_t[rows].to(device)
+            out = torch.cat([logits(X[val_rows[s : s + 256]]) for s in range(0, len(val_rows), 256)])
+            target = y_t[val_rows].to(device)
             return float(nn.functional.cross_entropy(out, target)), float((out.argmax(1) == target).float().mean())
 
+    def step(batch: np.ndarray, rng: np.random.Generator) -> tuple[float, int]:
+        picks = [versions[j][rng.integers(len(versions[j]))] for j in batch]  # the photo or one of its copies
+        xb = torch.stack([X[r] if src == 0 else X_aug[r] for src, r in picks])
+        yb = y_t[fit_rows[batch]].to(device)
+        out = logits(xb)
+        loss = loss_fn(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach()), int((out.argmax(1) == yb).sum())
+
     top.eval()  # batch norm uses its pretrained statistics; gradients still flow through its affine parameters
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    with reporter.task(f"fine-tune {config.blocks}", config.epochs) as advance:
-        for epoch in range(1, config.epochs + 1):
-            order = rng.permutation(len(versions))
-            seen, loss_sum, correct = 0, 0.0, 0
-            for s in range(0, len(order), config.batch_size):
-                batch = order[s : s + config.batch_size]
-                picks = [versions[j][rng.integers(len(versions[j]))] for j in batch]
-                xb = torch.stack([X[r] if src == 0 else X_aug[r] for src, r in picks])
-                yb = y_t[fit_rows[batch]].to(device)
-                out = logits(xb)
-                loss = loss_fn(out, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                seen += len(batch)
-                loss_sum += float(loss.detach()) * len(batch)
-                correct += int((out.argmax(1) == yb).sum())
-            row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
-            score = row["train_loss"]
-            if len(val_rows):
-                row["val_loss"], row["val_accuracy"] = evaluate(val_rows)
-                score = row["val_loss"]
-            history.append(row)
-            advance(1)
-            val = f", validation loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}" if len(val_rows) else ""
-            reporter.info(
-                f"fine-tune epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc "
-                f"{row['train_accuracy']:.3f}{val}"
-            )
-            if best is None or score < best[0]:
-                tuned = {  # float tensors only: batch-norm counters never change here
-                    k: v.detach().clone()
-                    for k, v in full.state_dict().items()
-                    if k.startswith(tuple(prefixes)) and v.is_floating_point()
-                }
-                best = (score, epoch, tuned)
-            elif len(val_rows) and epoch - best[1] >= config.patience:
-                break
-    assert best is not None
-    state = {k: v.float().cpu().numpy().copy() for k, v in best[2].items()}
+    history, best_epoch, state = run_epochs(
+        config,
+        len(versions),
+        step,
+        evaluate if len(val_rows) else None,
+        lambda: top_tensors(full, prefixes),
+        reporter,
+    )
     result = FinetuneResult(
         state=state,
         history=history,
-        best_epoch=best[1],
+        best_epoch=best_epoch,
         trunk=trunk_counts,
         seconds={"trunk": t_trunk, "epochs": time.perf_counter() - t1},
     )

@@ -28,7 +28,7 @@ from .backbones.face_pipeline import similarity_transforms, warp_faces_remap
 from .backbones.faces import LANDMARKS
 from .decode import decode_pixels
 from .errors import TransferlabError
-from .finetune import FinetuneConfig, FinetuneResult, lr_schedule, validation_split
+from .finetune import FinetuneConfig, FinetuneResult, lr_schedule, run_epochs, top_tensors, validation_split
 
 SCALE = 16.0  # logit scale of the normalised softmax (cosines are in [-1, 1])
 
@@ -123,63 +123,41 @@ def finetune_face_embedder(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config, len(fit_rows)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    rng = np.random.default_rng(config.seed)
 
     def logits(maps_: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             e = nn.functional.normalize(top(maps_).float(), dim=1)
         return SCALE * e @ nn.functional.normalize(weight, dim=1).T
 
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    with reporter.task(f"fine-tune {config.blocks}", config.epochs) as advance:
-        for epoch in range(1, config.epochs + 1):
-            order = fit_rows[rng.permutation(len(fit_rows))]
-            loss_sum, correct = 0.0, 0
-            for s in range(0, len(order), config.batch_size):
-                rows = torch.from_numpy(order[s : s + config.batch_size])
-                mirror = torch.from_numpy(rng.random(len(rows)) < 0.5).to(device)
-                xb = torch.where(mirror[:, None, None, None], X_flip[rows], X[rows])
-                out = logits(xb)
-                loss = loss_fn(out, y_t[rows])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach()) * len(rows)
-                correct += int((out.argmax(1) == y_t[rows]).sum())
-            row = {"epoch": epoch, "train_loss": loss_sum / len(order), "train_accuracy": correct / len(order)}
-            score = row["train_loss"]
-            if len(val_rows):
-                with torch.no_grad():
-                    out = logits(X[val_rows])
-                    row["val_loss"] = float(nn.functional.cross_entropy(out, y_t[val_rows]))
-                    row["val_accuracy"] = float((out.argmax(1) == y_t[val_rows]).float().mean())
-                score = row["val_loss"]
-            history.append(row)
-            advance(1)
-            reporter.info(
-                f"fine-tune epoch {epoch}/{config.epochs}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "epoch")
-            )
-            if best is None or score < best[0]:
-                state = module.state_dict()
-                best = (
-                    score,
-                    epoch,
-                    {
-                        k: state[k].detach().clone()
-                        for k in state
-                        if k.startswith(tuple(prefixes)) and state[k].is_floating_point()
-                    },
-                )
-            elif len(val_rows) and epoch - best[1] >= config.patience:
-                break
-    assert best is not None
+    def evaluate() -> tuple[float, float]:
+        with torch.no_grad():
+            out = logits(X[val_rows])
+            target = y_t[val_rows]
+            return float(nn.functional.cross_entropy(out, target)), float((out.argmax(1) == target).float().mean())
+
+    def step(batch: np.ndarray, rng: np.random.Generator) -> tuple[float, int]:
+        rows = torch.from_numpy(fit_rows[batch])
+        mirror = torch.from_numpy(rng.random(len(rows)) < 0.5).to(device)  # the face or its mirror image
+        out = logits(torch.where(mirror[:, None, None, None], X_flip[rows], X[rows]))
+        loss = loss_fn(out, y_t[rows])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach()), int((out.argmax(1) == y_t[rows]).sum())
+
+    history, best_epoch, state = run_epochs(
+        config,
+        len(fit_rows),
+        step,
+        evaluate if len(val_rows) else None,
+        lambda: top_tensors(module, prefixes),
+        reporter,
+    )
     return FinetuneResult(
-        state={k: v.float().cpu().numpy().copy() for k, v in best[2].items()},
+        state=state,
         history=history,
-        best_epoch=best[1],
+        best_epoch=best_epoch,
         trunk={"computed": 2 * n, "cached": 0},
         seconds={"trunk": t_trunk, "epochs": time.perf_counter() - t1},
     )

@@ -164,6 +164,29 @@ def test_the_torch_runtime_on_the_cpu_gives_the_same_rows(sface, tmp_path):
             assert (a[:, :128] * b[:, :128]).sum(1).min() > 0.9999
 
 
+def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(sface, tmp_path):
+    """Cold starts skip onnx2torch: the traced SFace is written once beside its graph, loaded afterwards with the
+    same outputs bit for bit, and a damaged archive is made again rather than failing."""
+    from transferlab.backbones.face_pipeline import cpu_embedder
+
+    graph = sface.pipeline.graphs["embedder"]
+    crops = torch.rand(3, 3, 112, 112) * 255
+    built = cpu_embedder(graph, tmp_path)
+    (archive,) = (tmp_path / "face_graphs").glob(f"{graph.stem}-torch*-pretrained.pt")
+    with torch.no_grad():
+        expected = built(crops.contiguous(memory_format=torch.channels_last))
+        loaded = cpu_embedder(graph, tmp_path)(crops.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(expected, loaded)
+    archive.write_bytes(b"not an archive")
+    with torch.no_grad():
+        rebuilt = cpu_embedder(graph, tmp_path)(crops.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(expected, rebuilt) and archive.stat().st_size > 1_000_000
+    tuned = {"fc1.bias": np.full(128, 0.5, np.float32)}  # fine-tuned tensors: an archive of their own
+    with torch.no_grad():
+        shifted = cpu_embedder(graph, tmp_path, tuned)(crops.contiguous(memory_format=torch.channels_last))
+    assert len(list((tmp_path / "face_graphs").glob("*.pt"))) == 2 and not torch.allclose(expected, shifted)
+
+
 def test_the_recipe_keys_the_cache(sface):
     """Rows from another recipe (the one-photo OpenCV path, or a GPU's nvJPEG + bf16) never share a cache entry; a
     GPU's portable rows are the CPU's, and share them."""

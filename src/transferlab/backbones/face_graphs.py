@@ -10,7 +10,9 @@ The recipe (checked against onnxruntime within 2e-6 for SFace and 8e-6 for YuNet
 3. ``onnx.version_converter`` to opset 17, which onnx2torch converts.
 
 The result is kept as an ONNX file (never a pickled module) under ``CACHE/face_graphs/`` and read by onnxruntime
-(the CPU runtime: faster than torch here) or converted by ``onnx2torch`` (the GPU runtime) when loaded.
+(the CPU runtime: faster than torch here) or converted by ``onnx2torch`` (the GPU runtime) when loaded. SFace on the
+CPU is also kept there traced, as a TorchScript archive made from that file (``face_pipeline.cpu_embedder``), so
+that a cold start does not convert it again.
 """
 
 from __future__ import annotations

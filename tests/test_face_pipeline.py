@@ -227,3 +227,29 @@ def test_a_fused_backbone_puts_both_embeddings_side_by_side(sface, tmp_path):
         np.testing.assert_array_equal(f[:, 256:], s[:, 128:])
         np.testing.assert_allclose(np.linalg.norm(f[:, :256], axis=1), 1.0, atol=1e-5)
     assert fused.recipe("faces") != dlib.recipe("faces")
+
+
+@pytest.mark.parametrize(
+    ("threads", "photos", "lanes", "batches"), [(16, 200, 16, 16), (2, 812, 2, 34), (2, 10, 1, 1), (2, 16, 2, 2)]
+)
+def test_face_lanes_take_one_core_each_and_every_lane_gets_work(sface, monkeypatch, threads, photos, lanes, batches):
+    """On the CPU faces run one lane per core (one torch thread each, at most 16); with more lanes than full
+    batches the batches shrink (to 8 photos at least) so that no core idles."""
+    from transferlab.features import face_rows
+
+    seen = {}
+
+    def spy(fn, items, n_lanes, per_lane):
+        seen.update(items=list(items), lanes=n_lanes, per_lane=per_lane)
+        return iter(())
+
+    monkeypatch.setattr(face_rows.loader, "map_in_lanes", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        list(face_rows._face_batches(sface, [None] * photos, list(range(photos)), None, None, None))
+    finally:
+        torch.set_num_threads(before)
+    assert seen["lanes"] == lanes and seen["per_lane"] == threads // lanes
+    assert len(seen["items"]) == batches and seen["items"][-1][1] == photos
+    assert max(b - a for a, b in seen["items"]) <= face_rows.CPU_BATCH

@@ -174,6 +174,44 @@ def test_a_fine_tuned_model_featurizes_on_spark_with_its_tuned_blocks(small_phot
     np.testing.assert_allclose(a.head_.coef_, b.head_.coef_, atol=1e-4)
 
 
+def test_a_fine_tuned_face_model_gives_the_local_answers_on_spark(small_photos, engine, tmp_path):
+    """sface with --finetune 1: executors embed with the tuned top block (not the pretrained one), so training and
+    batch prediction on Spark give what the local engine gives."""
+    import transferlab
+
+    kw = dict(backbone="sface", finetune=1, finetune_params={"epochs": 1}, test_size=0.25)
+    local = transferlab.train(small_photos, tmp_path / "local", cache_dir=tmp_path / "c1", **kw)
+    spark = transferlab.train(small_photos, tmp_path / "spark", engine=engine, cache_dir=tmp_path / "c2", **kw)
+    assert spark.metrics["accuracy"] == local.metrics["accuracy"]
+    a, b = transferlab.load(tmp_path / "local"), transferlab.load(tmp_path / "spark")
+    assert a.model_meta_["features"]["finetuned_sha256"] == b.model_meta_["features"]["finetuned_sha256"]
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    model, out = tmp_path / "spark", tmp_path / "p.parquet"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("predict", str(model), str(small_photos), "--engine", "spark", "--out", str(out)),
+            *("--cache-dir", str(tmp_path / "c3"), "--json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    rows = pd.read_parquet(out)
+    local = {p.path: p for p in b.predict_images(sorted(rows["path"]))}  # the same model, predicting locally
+    for row in rows.itertuples():
+        ref = local[row.path]
+        assert row.label == ref.label
+        if ref.error is not None:  # a photo without a face: the same answer, no probabilities
+            assert row.error == ref.error and row.probabilities is None
+            continue
+        probs = dict(row.probabilities)
+        assert max(abs(probs[c] - ref.probabilities[c]) for c in probs) < 1e-4
+
+
 @pytest.mark.parametrize("head", ["logreg", "mlp"])
 def test_spark_ml_head_is_saved_as_a_model_local_predict_reproduces(spark, head, tmp_path):
     """Over the collect limit the head is fitted by Spark ML; the saved model answers as the Spark model does."""

@@ -59,8 +59,10 @@ def featurize_faces(
     batch_size
         Photos per batch (default 24 on the CPU, 128 on a GPU).
     num_workers
-        GPU: file-reading processes (default: :func:`~transferlab.features.loader.default_num_workers`); dlib:
-        embedding processes (default: one per core, at most 4).
+        GPU: file-reading processes (default: :func:`~transferlab.features.loader.default_num_workers`). CPU: with
+        N ≥ 1, N processes with one thread each run the whole pipeline, a batch at a time, instead of lanes (threads
+        in this process, the default; a lane holds the GIL for ~1–2 ms of a photo's ~35 ms, measured, which many
+        cores may contend for); dlib's descriptor always runs in processes (default: one per core, at most 4).
     lanes
         CPU: batches side by side in threads (default: one per core, at most 16, each with one torch thread).
 
@@ -141,7 +143,7 @@ def _face_batches(
         yield from _gpu_batches(backbone, sources, todo, batch_size or GPU_BATCH, num_workers)
         return
     size = batch_size or CPU_BATCH
-    if backbone.cfg.extra.get("single_threaded") and len(todo) >= 8:
+    if (backbone.cfg.extra.get("single_threaded") or num_workers) and len(todo) >= 8:
         yield from _process_batches(backbone, sources, todo, size, num_workers)
         return
     threads = torch.get_num_threads()

@@ -90,7 +90,14 @@ def train(
     device: Device = "auto",
     runtime: RuntimeOpt = Runtime.torch,
     recipe: RecipeOpt = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (default: automatic).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Image decoding processes (default: automatic); face backbones on the CPU: N single-thread "
+            "processes run the whole face pipeline instead of one thread per core.",
+        ),
+    ] = None,
     face_choice: Annotated[
         FaceChoice,
         typer.Option(
@@ -303,7 +310,14 @@ def featurize(
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Featurization batch size.")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help="Image decoding processes (local engine).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Image decoding processes (local engine); face backbones on the CPU: N single-thread processes "
+            "run the whole face pipeline.",
+        ),
+    ] = None,
     recipe: RecipeOpt = None,
     engine: Engine = EngineName.local,
     master: Master = None,

@@ -221,8 +221,9 @@ def section_faces(n: int) -> None:
     print(f"\n[faces] sface (default backbone), {n} photos, no cache")
     paths = _photos(n)
     bb = create_backbone("sface")
-    reference, pipeline = bb.reference, bb.pipeline
+    pipeline = bb.pipeline
     try:  # the before-row needs OpenCV 4: OpenCV 5's dnn module cannot run SFace's file (cv2.error)
+        reference = bb.reference
         reference.faces(np.asarray(read_rgb(paths[0], draft=bb.draft_size)))
     except Exception as exc:  # noqa: BLE001 - any failure of the old path only drops its row
         print(f"  OpenCV path unavailable here ({type(exc).__name__}: {str(exc)[:80]}); its row is skipped")

@@ -14,7 +14,7 @@ from transferlab.backbones.face_pipeline import FacePipeline, similarity_transfo
 from transferlab.decode import decode_pixels, read_rgb
 from transferlab.features import featurize_faces
 
-from .conftest import PRESIDENTS
+from .conftest import PRESIDENTS, copy_subset
 
 EVERY = sorted(PRESIDENTS.glob("*/*.jpg"))
 SAMPLE = EVERY[::4]  # 203 photos, every class and kind
@@ -266,3 +266,51 @@ def test_worker_processes_give_the_rows_lanes_give(sface, tmp_path):
     assert workers.errors.keys() == lanes.errors.keys() == {15}
     for a, b in zip(lanes.bags[:15], workers.bags[:15], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_greedy_nms_keeps_what_torchvision_keeps():
+    """The detector's suppression (written here to spare a cold start torchvision's import) keeps the boxes
+    ``torchvision.ops.batched_nms`` keeps, in the same order, for crowded random boxes in several photos."""
+    from torchvision.ops import batched_nms
+
+    from transferlab.backbones.face_pipeline import greedy_nms
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 60, 400):
+        xy = rng.integers(0, 300, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.integers(5, 120, (n, 2))], axis=1).astype(np.float32)
+        scores = rng.permutation(n).astype(np.float32) / max(n, 1)  # distinct: ties have no defined order
+        groups = rng.integers(0, 4, n)
+        for thr in (0.3, 0.5):
+            want = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), thr)
+            np.testing.assert_array_equal(greedy_nms(boxes, scores, groups, thr), want.numpy())
+
+
+def test_jpegs_decode_to_the_same_pixels_through_pillow_and_torchvision(sface):
+    """Small jobs (a predict) decode JPEGs with Pillow, large ones with torchvision: the same pixels, every photo."""
+    for path in EVERY:
+        fast = decode_pixels(path, sface.draft_size)
+        assert torch.equal(fast, decode_pixels(path, sface.draft_size, torchvision_jpeg=False)), path
+
+
+def test_a_cold_face_predict_does_not_import_torchvision(tmp_path):
+    """Predicting one photo with a face model in a fresh process loads neither torchvision nor torch._dynamo
+    (~2 s of a cold start), and still answers."""
+    import os
+    import subprocess
+    import sys
+
+    import transferlab
+
+    photos = copy_subset(tmp_path / "photos", 4)
+    transferlab.train(photos, tmp_path / "model", cache_dir=tmp_path / "cache", test_size=0.25)
+    code = (
+        "import sys, transferlab\n"
+        f"clf = transferlab.load({str(tmp_path / 'model')!r}, use_cache=False)\n"
+        f"(p,) = clf.predict_images([{str(EVERY[0])!r}])\n"
+        "assert p.error is None and p.label in clf.classes_, p\n"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "TRANSFERLAB_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -2,7 +2,7 @@
 
 - **detect**: photos are scaled to at most 640 px a side (as before), grouped by their size padded to a multiple
   of 32 and run through YuNet a group at a time; the twelve outputs are decoded and suppressed (NMS) as tensors, for
-  the whole batch at once (``torchvision.ops.batched_nms``);
+  the whole batch at once (:func:`greedy_nms`);
 - **align**: the 5-point similarity transform to SFace's 112×112 template for every face (OpenCV's algorithm,
   vectorised), then one bilinear warp per photo for all its faces (``grid_sample``);
 - **embed**: every face of the batch through SFace at once, L2-normalised.
@@ -142,11 +142,46 @@ def warp_faces_remap(image: torch.Tensor, transforms: np.ndarray) -> torch.Tenso
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(torch.float32)
 
 
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression within each group, best score first: a box is
+    dropped when its IoU with a better kept box of its group exceeds ``threshold`` (``torchvision.ops.batched_nms``'s
+    rule and arithmetic; equal results are tested).
+
+    Written here rather than imported because ``torchvision`` takes ~2 s to import (it imports ``torch._dynamo``),
+    and a cold ``predict`` or a web server's start on the CPU needs nothing else from it; YuNet leaves tens of
+    candidate boxes per photo, so a loop over the kept ones costs microseconds.
+
+    Parameters
+    ----------
+    boxes
+        ``(n, 4)`` float32 ``x1, y1, x2, y2``.
+    scores, groups
+        ``(n,)`` scores, and the group (photo) of each box: boxes of different groups never suppress each other.
+    threshold
+        IoU above which the weaker box is dropped.
+    """
+    order = np.argsort(-scores, kind="stable")
+    boxes, groups = boxes[order].astype(np.float32), groups[order]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    alive = np.ones(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if not alive[i]:
+            continue
+        keep.append(order[i])
+        rest = np.flatnonzero(alive[i + 1 :]) + i + 1
+        rest = rest[groups[rest] == groups[i]]
+        w = np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])
+        h = np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])
+        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        alive[rest[inter / (area[i] + area[rest] - inter) > threshold]] = False
+    return np.asarray(keep, dtype=np.int64)
+
+
 def decode_detections(outputs: list[np.ndarray], batch: int, pad_h: int, pad_w: int) -> list[np.ndarray]:
     """YuNet's twelve outputs for a batch → per photo, rows ``[x, y, w, h, 5 × (x, y), score]`` in detector pixels,
     after the score threshold and non-maximum suppression, best first (what OpenCV's ``FaceDetectorYN`` returns)."""
     import torch
-    from torchvision.ops import batched_nms
 
     found = []
     for k, stride in enumerate(STRIDES):
@@ -171,8 +206,8 @@ def decode_detections(outputs: list[np.ndarray], batch: int, pad_h: int, pad_w: 
     # OpenCV suppresses on integer rectangles (truncated toward zero): the same boxes, the same overlaps.
     ints = faces[:, :4].to(torch.int64).to(torch.float32)
     xyxy = torch.cat([ints[:, :2], ints[:, :2] + ints[:, 2:4]], dim=1)
-    keep = batched_nms(xyxy, faces[:, 14], image, NMS_THRESHOLD)  # best first
-    kept_faces, kept_image = faces[keep].numpy(), image[keep].numpy()
+    keep = greedy_nms(xyxy.numpy(), faces[:, 14].numpy(), image.numpy(), NMS_THRESHOLD)  # best first
+    kept_faces, kept_image = faces.numpy()[keep], image.numpy()[keep]
     per: dict[int, list[np.ndarray]] = defaultdict(list)
     for i, row in zip(kept_image, kept_faces, strict=True):
         per[int(i)].append(row)

@@ -428,18 +428,20 @@ def cpu_embedder(graph: Path, cache_root: Path, tuned: dict[str, np.ndarray] | N
     per core against 58 as converted).
 
     The traced module is kept as a TorchScript archive beside the graph it was made from (keyed by that graph's
-    name, torch's version and the fine-tuned tensors' hash): converting the graph with onnx2torch and tracing it
-    took 2.3 s of every cold start, loading the archive takes 0.05 s, and gives the same outputs bit for bit
-    (tested). A damaged archive is rebuilt. Freezing and oneDNN's weight packing are not serialisable, so they are
-    redone on load (0.06 s).
+    name, torch's and onnx2torch's versions and the fine-tuned tensors' hash): converting the graph with onnx2torch
+    and tracing it took 2.3 s of every cold start, loading the archive takes 0.05 s, and gives the same outputs bit
+    for bit (tested). A damaged archive is rebuilt. Freezing and oneDNN's weight packing are not serialisable, so
+    they are redone on load (0.06 s).
     """
     import io
     import warnings
+    from importlib.metadata import version
 
     import torch
 
     tag = tensors_sha256(tuned)[:16] if tuned else "pretrained"
-    path = Path(cache_root) / "face_graphs" / f"{graph.stem}-torch{torch.__version__}-{tag}.pt"
+    made_by = f"torch{torch.__version__}-onnx2torch{version('onnx2torch')}"
+    path = Path(cache_root) / "face_graphs" / f"{graph.stem}-{made_by}-{tag}.pt"
     traced = None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notices; onnx2torch's shape checks are constant

@@ -174,6 +174,23 @@ def top_tensors(module: Any, prefixes: Sequence[str]) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in state.items() if k.startswith(tuple(prefixes)) and v.is_floating_point()}
 
 
+def descend(opt: Any, sched: Any, loss: Any, out: Any, target: Any) -> tuple[float, int]:
+    """One optimiser step on a batch's ``loss``, then the schedule's: the step function every fine-tuning gives
+    :func:`run_epochs`. Returns the batch's mean loss and how many of its logits ``out`` pick ``target``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach()), int((out.argmax(1) == target).sum())
+
+
+def scored(out: Any, target: Any) -> tuple[float, float]:
+    """Cross-entropy and accuracy of logits ``out`` against ``target`` (a validation pass's figures)."""
+    import torch.nn.functional as F
+
+    return float(F.cross_entropy(out, target)), float((out.argmax(1) == target).float().mean())
+
+
 def run_epochs(
     config: FinetuneConfig,
     n_fit: int,
@@ -412,20 +429,14 @@ def finetune(
     def evaluate() -> tuple[float, float]:
         with torch.no_grad():
             out = torch.cat([logits(X[val_rows[s : s + 256]]) for s in range(0, len(val_rows), 256)])
-            target = y_t[val_rows].to(device)
-            return float(nn.functional.cross_entropy(out, target)), float((out.argmax(1) == target).float().mean())
+            return scored(out, y_t[val_rows].to(device))
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> tuple[float, int]:
         picks = [versions[j][rng.integers(len(versions[j]))] for j in batch]  # the photo or one of its copies
         xb = torch.stack([X[r] if src == 0 else X_aug[r] for src, r in picks])
         yb = y_t[fit_rows[batch]].to(device)
         out = logits(xb)
-        loss = loss_fn(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return float(loss.detach()), int((out.argmax(1) == yb).sum())
+        return descend(opt, sched, loss_fn(out, yb), out, yb)
 
     top.eval()  # batch norm uses its pretrained statistics; gradients still flow through its affine parameters
     history, best_epoch, state = run_epochs(

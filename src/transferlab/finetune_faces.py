@@ -28,7 +28,16 @@ from .backbones.face_pipeline import similarity_transforms, warp_faces_remap
 from .backbones.faces import LANDMARKS
 from .decode import decode_pixels
 from .errors import TransferlabError
-from .finetune import FinetuneConfig, FinetuneResult, lr_schedule, run_epochs, top_tensors, validation_split
+from .finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    descend,
+    lr_schedule,
+    run_epochs,
+    scored,
+    top_tensors,
+    validation_split,
+)
 
 SCALE = 16.0  # logit scale of the normalised softmax (cosines are in [-1, 1])
 
@@ -131,20 +140,13 @@ def finetune_face_embedder(
 
     def evaluate() -> tuple[float, float]:
         with torch.no_grad():
-            out = logits(X[val_rows])
-            target = y_t[val_rows]
-            return float(nn.functional.cross_entropy(out, target)), float((out.argmax(1) == target).float().mean())
+            return scored(logits(X[val_rows]), y_t[val_rows])
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> tuple[float, int]:
         rows = torch.from_numpy(fit_rows[batch])
         mirror = torch.from_numpy(rng.random(len(rows)) < 0.5).to(device)  # the face or its mirror image
         out = logits(torch.where(mirror[:, None, None, None], X_flip[rows], X[rows]))
-        loss = loss_fn(out, y_t[rows])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return float(loss.detach()), int((out.argmax(1) == y_t[rows]).sum())
+        return descend(opt, sched, loss_fn(out, y_t[rows]), out, y_t[rows])
 
     history, best_epoch, state = run_epochs(
         config,

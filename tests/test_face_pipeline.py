@@ -255,14 +255,20 @@ def test_face_lanes_take_one_core_each_and_every_lane_gets_work(sface, monkeypat
     assert max(b - a for a, b in seen["items"]) <= face_rows.CPU_BATCH
 
 
-def test_worker_processes_give_the_rows_lanes_give(sface, tmp_path):
+def test_worker_processes_give_the_rows_lanes_give(sface, tmp_path, monkeypatch):
     """``num_workers=N`` on the CPU runs the pipeline in N single-thread processes (no shared GIL) with the same
     rows as the lanes, bad files reported the same way."""
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
     photos = [str(p) for p in SAMPLE[:15]] + [str(bad)]
+    from transferlab.features import face_rows
+
     lanes = featurize_faces(photos, sface)
+    ran = []
+    real = face_rows._process_batches
+    monkeypatch.setattr(face_rows, "_process_batches", lambda *a: ran.append(a[-1]) or real(*a))
     workers = featurize_faces(photos, sface, num_workers=2)
+    assert ran == [2]  # the processes really ran
     assert workers.errors.keys() == lanes.errors.keys() == {15}
     for a, b in zip(lanes.bags[:15], workers.bags[:15], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -286,11 +292,19 @@ def test_greedy_nms_keeps_what_torchvision_keeps():
             np.testing.assert_array_equal(greedy_nms(boxes, scores, groups, thr), want.numpy())
 
 
-def test_jpegs_decode_to_the_same_pixels_through_pillow_and_torchvision(sface):
+def test_jpegs_decode_to_the_same_pixels_through_pillow_and_torchvision(sface, monkeypatch):
     """Small jobs (a predict) decode JPEGs with Pillow, large ones with torchvision: the same pixels, every photo."""
+    import torchvision.io
+
     for path in EVERY:
         fast = decode_pixels(path, sface.draft_size)
         assert torch.equal(fast, decode_pixels(path, sface.draft_size, torchvision_jpeg=False)), path
+
+    def refuse(*a, **k):
+        raise AssertionError("torchvision's decoder was used")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refuse)  # the Pillow route really is Pillow's
+    assert torch.equal(fast, decode_pixels(EVERY[-1], sface.draft_size, torchvision_jpeg=False))
 
 
 def test_a_cold_face_predict_does_not_import_torchvision(tmp_path):

@@ -64,7 +64,7 @@ def featurize_faces(
     num_workers
         GPU: file-reading processes (default: :func:`~transferlab.features.loader.default_num_workers`). CPU: with
         N ≥ 1, N processes with one thread each run the whole pipeline, a batch at a time, instead of lanes (threads
-        in this process, the default; a lane holds the GIL for ~1–2 ms of a photo's ~35 ms, measured, which many
+        in this process, the default; a lane holds the GIL a few ms of a photo's ~35 ms, measured, which many
         cores may contend for); dlib's descriptor always runs in processes (default: one per core, at most 4).
     lanes
         CPU: batches side by side in threads (default: one per core, at most 16, each with one torch thread).

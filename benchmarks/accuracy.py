@@ -13,7 +13,8 @@ the same splits. Prints Markdown tables, mean ± 95% t-interval over seeds:
   labelled president, i.e. without the photos that ``benchmarks/presidents_audit.csv`` marks ``not-shown`` (he is
   not in the photo) or ``two-presidents`` (two of the four classes in one photo). Training is unchanged; only the
   evaluation side drops them. The audit lists every photo that the default model got wrong out of fold (5-fold,
-  2 repeats), each looked at by eye; the other photos were not inspected one by one.
+  2 repeats; ``benchmarks/audit_candidates.py`` lists them), each looked at by eye; the other photos were not
+  inspected one by one.
 
 Features are cached, so a rerun takes a minute or two.
 """

@@ -166,9 +166,7 @@ def train(
     -------
     TrainResult
     """
-    opts = options if options is not None else validate_options(**option_values)
-    if "random_state" in opts.make_head().get_params() and "random_state" not in opts.head_params:
-        opts = opts.model_copy(update={"head_params": {**opts.head_params, "random_state": seed}})
+    opts = (options if options is not None else validate_options(**option_values)).seeded(seed)
     clf = Classifier.from_options(opts, engine=engine)
     timings: dict[str, float] = {}
     rep = Reporter(opts.verbose)

@@ -190,6 +190,13 @@ class Options(BaseModel):
         """A new, unfitted head with these options' parameters."""
         return make_head(self.head.value, **self.head_params)
 
+    def seeded(self, seed: int) -> Options:
+        """These options with the head's ``random_state`` set to ``seed``, where the head has one and the user did
+        not set it."""
+        if "random_state" in self.make_head().get_params() and "random_state" not in self.head_params:
+            return self.model_copy(update={"head_params": {**self.head_params, "random_state": seed}})
+        return self
+
 
 _FLAGS = {"batch_size": "batch size", "num_workers": "workers", "face_choice": "face choice"}
 

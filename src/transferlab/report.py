@@ -77,7 +77,8 @@ def worst_mistakes(rows: pd.DataFrame, proba: np.ndarray, labels: list[str], k: 
 
 
 def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
-    """Gallery of mistakes with true and predicted labels; returns False when there are none."""
+    """Gallery of mistakes with true and predicted labels (or each row's ``caption`` where the table has one);
+    returns False when there are none."""
     if len(mistakes) == 0:
         return False
     import matplotlib
@@ -97,7 +98,8 @@ def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
             ax.imshow(img)
         except ImageRejected:
             ax.text(0.5, 0.5, "unavailable", ha="center")
-        ax.set_title(f"true {r['label']}\npred {r['pred']} ({r['confidence']:.2f})", fontsize=9)
+        title = r["caption"] if "caption" in r else f"true {r['label']}\npred {r['pred']} ({r['confidence']:.2f})"
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
     plt.close(fig)

@@ -15,8 +15,12 @@ import typer
 from .._runtime import hub_offline_unless_asked, tune_allocator
 from ..errors import TransferlabError
 from ..evaluate import seen_note
-from ..options import EngineName, FaceChoice, FacesOutput, HeadName, Options, Pool, Runtime, validate_options
+from ..options import EngineName, FaceChoice, FacesOutput, HeadName, Pool, Runtime
+from ..options import Options as Options
+from ..options import validate_options as validate_options
 from ..report import summary_text
+from ._shared import options_from_flags as _options
+from ._shared import write_line as _out
 from .flags import (
     BackboneOpt,
     CacheDir,
@@ -24,6 +28,7 @@ from .flags import (
     Download,
     Engine,
     GroupBy,
+    HeadOpt,
     Manifest,
     Master,
     NoCache,
@@ -34,6 +39,7 @@ from .flags import (
     RuntimeOpt,
     Weights,
 )
+from .labels import check_labels
 
 app = typer.Typer(
     add_completion=False,
@@ -52,11 +58,6 @@ def _engine(name: EngineName, master: str | None, partitions: int | None = None)
     return get_engine(name.value, master, **({"partitions": partitions} if partitions is not None else {}))
 
 
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
 def _console() -> Any:
     """Console for tables: terminal width on a terminal, never truncated when piped."""
     from rich.console import Console
@@ -69,7 +70,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="Folder with one subfolder per class, or a CSV with path,label.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.json, report.md, plots).")],
     backbone: BackboneOpt = "sface",
-    head: Annotated[HeadName, typer.Option(help="Head: logreg, svm or mlp (the seed's).")] = HeadName.logreg,
+    head: HeadOpt = HeadName.logreg,
     pool: PoolOpt = Pool.avg,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the mlp head (default 30).")] = None,
     test_size: Annotated[float, typer.Option("--test-size", help="Fraction held out for evaluation.")] = 0.25,
@@ -161,11 +162,6 @@ def train(
     _out(f"report: {res.report_path}   total {time.perf_counter() - t:.1f} s")
 
 
-def _options(flags: dict[str, Any], **values: Any) -> Options:
-    """The model's options from a command's flags: those named like an :class:`Options` field, and ``values``."""
-    return validate_options(**{**{k: v for k, v in flags.items() if k in Options.model_fields}, **values})
-
-
 def _load(flags: dict[str, Any], **extra: Any) -> Any:
     """Load ``flags["model"]`` with the runtime flags of the command (its ``locals()``); unless ``--quiet``, say in
     one line on stderr when features here are made differently from the model's training."""
@@ -209,6 +205,9 @@ def evaluate(
     if (note := seen_note(metrics)) and not quiet:  # on stderr: stdout stays one JSON object with --json
         sys.stderr.write(note + "\n")
     _out(json.dumps(metrics) if as_json else summary_text(metrics, group_by))
+
+
+app.command("check-labels")(check_labels)  # defined in labels.py: this module is at its size limit
 
 
 @app.command()

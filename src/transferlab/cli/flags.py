@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import EngineName, Pool, Recipe, Runtime
+from ..options import EngineName, HeadName, Pool, Recipe, Runtime
 
 __all__ = [
     "BackboneOpt",
@@ -16,6 +16,7 @@ __all__ = [
     "Download",
     "Engine",
     "GroupBy",
+    "HeadOpt",
     "Manifest",
     "Master",
     "NoCache",
@@ -84,3 +85,4 @@ RecipeOpt = Annotated[
         "default for training) or fast (nvJPEG, bf16). Default for a saved model: the recipe it was trained with.",
     ),
 ]
+HeadOpt = Annotated[HeadName, typer.Option(help="Head: logreg, svm or mlp (the seed's).")]

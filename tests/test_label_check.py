@@ -58,7 +58,9 @@ def test_rows_order_json_and_files(planted, tmp_path):
     assert set(doc) == {"n", "found", "skipped", "folds", "counts", "doubted"}
     assert doc["n"] == 40 and sum(doc["counts"].values()) == 40
     assert len(doc["doubted"]) == len(check.doubted)
-    assert set(doc["doubted"][0]) == {"path", "label", "answer", "most_probable", "confidence", "similarity", "n_faces"}
+    first = doc["doubted"][0]
+    assert set(first) == {"path", "label", "answer", "most_probable", "confidence", "similarity", "n_faces", "box"}
+    assert len(first["box"]) == 4 and first["n_faces"] >= 1
     text = check.summary("sface + logreg", show=1)
     assert str(check.doubted["path"].iloc[0]) in text and "(sface + logreg)" in text
     assert f"… and {len(check.doubted) - 1} more" in text or len(check.doubted) == 1

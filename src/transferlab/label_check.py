@@ -23,6 +23,7 @@ import pandas as pd
 
 from ._atomic import atomic_write_text
 from ._progress import Reporter
+from .backbones.faces import FACE_DECODE_DRAFT
 from .errors import TransferlabError
 from .options import Options, validate_options
 from .pipeline import Classifier
@@ -44,7 +45,8 @@ class LabelCheck:
         One row per usable photo: ``path``, ``label``, ``answer`` (a class, ``unknown`` or ``no face found``),
         ``verdict`` (``agrees``, ``another class``, ``unknown`` or ``no face found``), ``most_probable`` (the
         closed-set class), ``confidence`` (its probability), ``similarity`` (face models: the answer face's
-        similarity to the class, else NaN), ``n_faces`` and ``fold``; most doubtful first.
+        similarity to the class, else NaN), ``n_faces``, ``box`` (face models: the answer face's ``[x, y, w, h]``)
+        and ``fold``; most doubtful first.
     folds
         Folds used (fewer than asked when a class has fewer photos).
     found, skipped
@@ -85,6 +87,7 @@ class LabelCheck:
                     "confidence": None if pd.isna(r.confidence) else round(float(r.confidence), 4),
                     "similarity": None if pd.isna(r.similarity) else round(float(r.similarity), 4),
                     "n_faces": int(r.n_faces),
+                    "box": r.box,
                 }
                 for r in doubted.itertuples()
             ],
@@ -155,7 +158,7 @@ class LabelCheck:
             )
             for r in top.itertuples()
         ]
-        if plot_mistakes(top.assign(caption=captions), out / "label_check.png"):
+        if plot_mistakes(top.assign(caption=captions), out / "label_check.png", draft=FACE_DECODE_DRAFT):
             written["gallery"] = out / "label_check.png"
         return written
 
@@ -179,6 +182,7 @@ def _row(p: Prediction, label: str, fold: int) -> dict[str, Any]:
         "confidence": conf,
         "similarity": answer_face["similarity"] if answer_face is not None else np.nan,
         "n_faces": len(p.faces),
+        "box": p.box,
         "fold": fold,
     }
 

@@ -76,9 +76,10 @@ def worst_mistakes(rows: pd.DataFrame, proba: np.ndarray, labels: list[str], k: 
     return wrong.head(k)
 
 
-def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
-    """Gallery of mistakes with true and predicted labels (or each row's ``caption`` where the table has one);
-    returns False when there are none."""
+def plot_mistakes(mistakes: pd.DataFrame, path: Path, draft: tuple[int, int] | None = None) -> bool:
+    """Gallery of mistakes with true and predicted labels (or each row's ``caption`` where the table has one), and
+    the face that answered outlined where a row has a ``box`` (pixels of the photo decoded with ``draft``, as the
+    face pipeline decodes it); returns False when there are none."""
     if len(mistakes) == 0:
         return False
     import matplotlib
@@ -93,9 +94,14 @@ def plot_mistakes(mistakes: pd.DataFrame, path: Path) -> bool:
         ax.axis("off")
     for ax, (_, r) in zip(axes.ravel(), mistakes.iterrows(), strict=False):
         try:
-            img = read_rgb(r["path"])
+            img = read_rgb(r["path"], draft=draft)
+            width = img.width
             img.thumbnail((256, 256))
             ax.imshow(img)
+            box = r["box"] if "box" in r else None
+            if isinstance(box, list | tuple) and len(box) == 4:
+                x, y, w, h = (float(v) * img.width / width for v in box)
+                ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, edgecolor="yellow", linewidth=1.5))
         except ImageRejected:
             ax.text(0.5, 0.5, "unavailable", ha="center")
         title = r["caption"] if "caption" in r else f"true {r['label']}\npred {r['pred']} ({r['confidence']:.2f})"

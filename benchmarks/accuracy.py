@@ -11,10 +11,10 @@ the same splits. Prints Markdown tables, mean ± 95% t-interval over seeds:
 - few photos per class (3 and 25): accuracy as answered at every seed;
 - with ``--audit`` (on by default for the bundled data): the same figures on the held-out photos that show the
   labelled president, i.e. without the photos that ``benchmarks/presidents_audit.csv`` marks ``not-shown`` (he is
-  not in the photo) or ``two-presidents`` (two of the four classes in one photo). Training is unchanged; only the
-  evaluation side drops them. The audit lists every photo that the default model got wrong out of fold (5-fold,
-  2 repeats; ``benchmarks/audit_candidates.py`` lists them), each looked at by eye; the other photos were not
-  inspected one by one.
+  not in the photo) or ``two-presidents`` (two of the four classes in one photo); ``shows`` and ``unclear`` stay.
+  Training is unchanged; only the evaluation side drops them. The audit lists every photo that the default model
+  got wrong out of fold (5-fold, 2 repeats; ``benchmarks/audit_candidates.py`` lists them), each looked at by eye;
+  the other photos were not inspected one by one.
 
 Features are cached, so a rerun takes a minute or two.
 """

@@ -132,6 +132,12 @@ def audited_out(data: Path, audit: Path | None) -> set[str]:
     return {str(data / f) for f in bad}
 
 
+def kept_test(result: Any, dropped: set[str]) -> pd.DataFrame:
+    """A training run's held-out rows without the audited photos (the evaluation side of the audited view)."""
+    test = result.intake.table.iloc[result.split.test]
+    return test[~test["path"].astype(str).isin(dropped)].reset_index(drop=True)
+
+
 def strangers(
     data: Path, seed: int, test_size: float, kw: dict[str, Any], cache: Path | None, dropped: set[str] = frozenset()
 ) -> tuple[float, float]:
@@ -200,9 +206,7 @@ def main() -> None:
                     )  # fmt: skip
                     collect(rows, r.metrics)
                     if dropped:
-                        test = r.intake.table.iloc[r.split.test]
-                        test = test[~test["path"].astype(str).isin(dropped)].reset_index(drop=True)
-                        collect(clean, r.classifier.evaluate_table(test, group_by="kind")[0])
+                        collect(clean, r.classifier.evaluate_table(kept_test(r, dropped), group_by="kind")[0])
                     if kw["backbone"] != "mobilenet_v2" and "efficientnet" not in kw["backbone"]:
                         every, kept = strangers(data, seed, args.test_size, kw, cache, dropped)
                         rows["strange"].append(every)
@@ -236,9 +240,7 @@ def main() -> None:
                         )  # fmt: skip
                         ms.append(r.metrics)
                         if dropped:
-                            test = r.intake.table.iloc[r.split.test]
-                            test = test[~test["path"].astype(str).isin(dropped)].reset_index(drop=True)
-                            kept.append(r.classifier.evaluate_table(test)[0]["accuracy"])
+                            kept.append(r.classifier.evaluate_table(kept_test(r, dropped))[0]["accuracy"])
                 accs = [m["accuracy"] for m in ms]
                 closed = ", ".join(f"{m['accuracy_closed_set']:.3f}" for m in ms)
                 unknown = ", ".join(f"{m['unknown_rate']:.1%}" for m in ms)

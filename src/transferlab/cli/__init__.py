@@ -16,8 +16,6 @@ from .._runtime import hub_offline_unless_asked, tune_allocator
 from ..errors import TransferlabError
 from ..evaluate import seen_note
 from ..options import EngineName, FaceChoice, FacesOutput, HeadName, Pool, Runtime
-from ..options import Options as Options
-from ..options import validate_options as validate_options
 from ..report import summary_text
 from ._shared import options_from_flags as _options
 from ._shared import write_line as _out

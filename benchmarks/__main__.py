@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from benchmarks.face_reference import reference as face_reference  # noqa: E402
 from transferlab._runtime import tune_allocator  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
@@ -223,7 +224,7 @@ def section_faces(n: int) -> None:
     bb = create_backbone("sface")
     pipeline = bb.pipeline
     try:  # the before-row needs OpenCV 4: OpenCV 5's dnn module cannot run SFace's file (cv2.error)
-        reference = bb.reference
+        reference = face_reference(bb)
         reference.faces(np.asarray(read_rgb(paths[0], draft=bb.draft_size)))
     except Exception as exc:  # noqa: BLE001 - any failure of the old path only drops its row
         print(f"  OpenCV path unavailable here ({type(exc).__name__}: {str(exc)[:80]}); its row is skipped")

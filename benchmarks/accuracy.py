@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import transferlab  # noqa: E402
-import transferlab.pipeline as pipeline  # noqa: E402
+import transferlab.kinds.faces as pipeline  # noqa: E402  (the face kind holds the open-set rule)
 from transferlab.evaluate import fmt_ci  # noqa: E402
 from transferlab.split import split_table  # noqa: E402
 
@@ -52,7 +52,7 @@ def register_flip() -> None:
 
     if "sface_flip" not in list_backbones():
         base = get_backbone_cfg("sface")
-        register_backbone(dataclasses.replace(base, name="sface_flip", extra={**base.extra, "flip": True}))
+        register_backbone(dataclasses.replace(base, name="sface_flip", face=dataclasses.replace(base.face, flip=True)))
 
 
 PIPELINES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [

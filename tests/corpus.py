@@ -8,8 +8,8 @@
 - ``"class ..."``: a class-level outcome (an empty class folder, labels differing only by case);
 - any other value: the file is found and skipped with that reason (one of ``intake.SKIP_REASONS``).
 
-The README's table "What intake does with messy folders" lists the same kinds and outcomes; a test keeps them in
-sync.
+The guide's table "What intake does with messy folders" (docs/GUIDE.md) lists the same kinds and outcomes; a test
+keeps them in sync.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ class Kind:
     files: list[str] = field(default_factory=list)
     check: Callable[[Image.Image], bool] | None = None
     vanish: bool = False  # deleted after the folder scan, before the file is read
-    doc: str = ""  # the README's outcome cell, where it is not simply derived from ``outcome``
+    doc: str = ""  # the guide's outcome cell, where it is not simply derived from ``outcome``
 
     @property
     def documented(self) -> str:
-        """The outcome as the README's table states it."""
+        """The outcome as the guide's table states it."""
         if self.doc:
             return self.doc
         if self.outcome in ("used", "ignored") or self.outcome.startswith("class "):

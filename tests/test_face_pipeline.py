@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.face_reference import reference
 from transferlab.backbones import create_backbone
-from transferlab.backbones.face_pipeline import FacePipeline, similarity_transforms, warp_faces, warp_faces_remap
+from transferlab.backbones.face_align import similarity_transforms, warp_faces, warp_faces_remap
+from transferlab.backbones.face_pipeline import FacePipeline
 from transferlab.decode import decode_pixels, read_rgb
 from transferlab.features import featurize_faces
 
@@ -52,7 +54,7 @@ def test_same_faces_boxes_embeddings_and_labels_as_the_opencv_path(sface):
     ref_rows, new_rows = [], []
     for path, new in zip(SAMPLE, res.bags, strict=True):
         img = np.asarray(read_rgb(path, draft=sface.draft_size))
-        ref = sface.reference.faces(img)
+        ref = reference(sface).faces(img)
         assert len(ref) == len(new), path
         if len(ref):
             assert np.abs(_clamped(ref, img.shape[1], img.shape[0]) - new[:, 128:132]).max() <= 1.0, path
@@ -279,7 +281,7 @@ def test_greedy_nms_keeps_what_torchvision_keeps():
     ``torchvision.ops.batched_nms`` keeps, in the same order, for crowded random boxes in several photos."""
     from torchvision.ops import batched_nms
 
-    from transferlab.backbones.face_pipeline import greedy_nms
+    from transferlab.backbones.face_detect import greedy_nms
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 7, 60, 400):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import transferlab
-from transferlab.backbones.face_nets import YuNetDetector
+from benchmarks.face_reference import YuNetDetector
 
 from .conftest import PRESIDENTS, copy_subset, run
 
@@ -160,6 +160,7 @@ def test_fallback_answers_photos_without_a_face_and_survives_save_and_load(tmp_p
 PARALLEL_SCRIPT = """
 import sys, json
 import numpy as np
+from benchmarks.face_reference import reference
 from transferlab.backbones import create_backbone
 from transferlab.features import featurize_faces
 from transferlab.features import featurize_images as featurize
@@ -169,7 +170,7 @@ featurize(paths[:2], create_backbone("mobilenet_v2"))          # torch/OpenMP th
 featurize_faces(paths[:1], create_backbone("sface"))            # OpenCV threads too
 bb = create_backbone("dlib_resnet")
 pooled = featurize_faces(paths, bb)                             # single-threaded embedder: worker processes
-serial = [bb.reference.faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
+serial = [reference(bb).faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
 # the same embeddings and landmarks as the one-photo-at-a-time path (boxes are clamped to the photo now)
 cols = list(range(128)) + list(range(132, 143))
 diff = max(float(np.abs(a[:, cols] - b[:, cols]).max()) for a, b in zip(pooled.bags, serial) if len(a))
@@ -212,7 +213,7 @@ def test_sface_on_onnxruntime_equals_opencv():
     pytest.importorskip("onnxruntime")
     if int(cv2.__version__.split(".")[0]) >= 5:
         pytest.skip("OpenCV 5's dnn module cannot run SFace (setMainGraphInput); the reference needs OpenCV 4")
-    from transferlab.backbones.face_nets import SFaceEmbedder
+    from benchmarks.face_reference import SFaceEmbedder
     from transferlab.decode import read_rgb
 
     fast, ref = SFaceEmbedder("onnxruntime"), SFaceEmbedder("opencv")

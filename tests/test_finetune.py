@@ -16,12 +16,13 @@ import torch
 from transferlab import Classifier, load
 from transferlab.backbones import create_backbone, get_backbone_cfg, list_backbones, split_blocks
 from transferlab.errors import TransferlabError
-from transferlab.finetune import FinetuneConfig, finetune
+from transferlab.finetune import FinetuneConfig
+from transferlab.finetune_images import finetune
 
 from .conftest import REPO, run
 
 IMAGENET = [
-    n for n in list_backbones() if get_backbone_cfg(n).blocks is not None and not get_backbone_cfg(n).embeds_faces
+    n for n in list_backbones() if get_backbone_cfg(n).blocks is not None and get_backbone_cfg(n).kind != "faces"
 ]
 QUICK = {"epochs": 2, "copies": 1}
 
@@ -33,7 +34,7 @@ def _photos(root):
 
 def test_every_whole_image_backbone_can_be_fine_tuned():
     assert {"mobilenet_v2", "efficientnet_lite0", "vgg16", "resnet50", "inception_v3"} <= set(IMAGENET)
-    assert not any(get_backbone_cfg(n).embeds_faces for n in IMAGENET)
+    assert not any(get_backbone_cfg(n).kind == "faces" for n in IMAGENET)
 
 
 @pytest.mark.parametrize("name", IMAGENET)
@@ -144,7 +145,7 @@ def test_a_fine_tuned_model_round_trips_through_save_load_and_onnx(small_photos,
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"backbone": "dlib_resnet", "finetune": 1}, "dlib's face descriptor cannot be trained"),
+        ({"backbone": "dlib_resnet", "finetune": 1}, "'dlib_resnet' cannot be fine-tuned"),
         ({"backbone": "sface", "finetune": 15}, "choose 1 to 14"),
         ({"backbone": "mobilenet_v2", "finetune": 19}, "choose 1 to 18"),
         ({"backbone": "mobilenet_v2", "finetune": 2, "finetune_params": {"epoch": 3}}, "'epoch': choose from"),

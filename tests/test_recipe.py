@@ -136,7 +136,13 @@ def test_portable_face_rows_on_the_gpu_match_the_cpus():
 def test_spark_executors_are_told_the_drivers_recipe():
     """Each executor uses the device it has with the driver's recipe, so a GPU executor makes the portable
     features a CPU driver expects (and the fast ones only when asked)."""
+    from transferlab.engines import LocalEngine
     from transferlab.engines.spark import _job
+    from transferlab.features import Extractor, FeatureOptions
 
-    assert _job(create_backbone("mobilenet_v2"), "avg", None, 32).recipe == "portable"
-    assert _job(create_backbone("sface").use_recipe("fast"), "faces", None, 32).recipe == "fast"
+    def job(**options):
+        return _job(Extractor(FeatureOptions(device="cpu", use_cache=False, **options), LocalEngine()), 32)
+
+    assert job(backbone="mobilenet_v2").options.recipe == "portable"
+    assert job(backbone="sface", recipe="fast").options.recipe == "fast"
+    assert job(backbone="sface").options.device == "auto"  # each executor uses the device it has

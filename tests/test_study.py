@@ -37,7 +37,7 @@ def test_quick_study_writes_both_tables_with_intervals(quick_study):
     cfg = StudyConfig.from_toml(QUICK)
     runs = pd.read_csv(out / "runs.csv")
     tunable = [
-        b for b in cfg.backbones if get_backbone_cfg(b).blocks is not None and not get_backbone_cfg(b).embeds_faces
+        b for b in cfg.backbones if get_backbone_cfg(b).blocks is not None and get_backbone_cfg(b).kind != "faces"
     ]
     t1_cells = (len(cfg.backbones) + len(tunable)) * len(cfg.heads)
     assert cfg.finetune == 1 and tunable == ["mobilenet_v2"]

@@ -23,12 +23,13 @@ import pandas as pd
 from ._atomic import atomic_write_text
 from ._progress import Reporter
 from ._version import __version__
-from .engines import LocalEngine, TableSummary, get_engine
+from .engines import TableSummary, as_engine
 from .errors import TransferlabError
+from .evaluate import Metrics
 from .features import feature_spec
 from .intake import Intake, list_images
 from .options import Options, validate_options
-from .pipeline import Classifier, load, make_extractor
+from .pipeline import Classifier, load
 from .predictions import Prediction, prediction_counts
 from .report import write_report
 from .split import Split, split_table
@@ -63,7 +64,7 @@ class Chain(Sequence):
 class FitEvaluation:
     """Result of :func:`fit_evaluate`."""
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     detail: dict[str, Any]
     stats: dict[str, int]
     train_rows: np.ndarray
@@ -106,9 +107,7 @@ def fit_evaluate(
         table.iloc[test_idx].reset_index(drop=True), group_by=group_by, skipped=skipped
     )
     timings["features + evaluation (test)"] = time.perf_counter() - t
-    for i, (reason, _) in clf.train_errors_.items():
-        if i < n:
-            metrics["skipped"][reason] = metrics["skipped"].get(reason, 0) + 1
+    metrics = metrics.skipping(Counter(reason for i, (reason, _) in clf.train_errors_.items() if i < n))
     test_paths = set(detail["rows"]["path"])
     test_rows = np.array([i for i in test_idx if table.at[i, "path"] in test_paths], dtype=int)
     stats = {k: int(clf.extractor_.counts[k]) for k in ("cached", "computed", "failed")}
@@ -121,7 +120,7 @@ class TrainResult:
     """What :func:`train` produced."""
 
     classifier: Classifier
-    metrics: dict[str, Any]
+    metrics: Metrics
     intake: Intake
     split: Split
     out: Path
@@ -167,7 +166,7 @@ def train(
     TrainResult
     """
     opts = (options if options is not None else validate_options(**option_values)).seeded(seed)
-    clf = Classifier.from_options(opts, engine=engine)
+    clf = Classifier.from_options(opts, engine=as_engine(engine))
     timings: dict[str, float] = {}
     rep = Reporter(opts.verbose)
     _ = clf.build_extractor(opts).backbone  # fail fast on missing weights, before any long work
@@ -181,24 +180,13 @@ def train(
         )
     split = split_table(table, test_size=test_size, seed=seed, per_class=per_class)
     skipped = got.report.skipped_counts()
-    rep.info(
-        f"intake: {sum(got.report.found.values())} files, {len(table)} usable"
-        + (
-            f", skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})"
-            if skipped
-            else ""
-        )
-        + f"; split {len(split.train)} train / {len(split.test)} test"
-    )
+    rep.info(_intake_line(got, split))
     fe = fit_evaluate(clf, table, split.train, split.test, group_by=group_by, skipped=skipped)
     metrics, train_rows, test_rows = fe.metrics, fe.train_rows, fe.test_rows
     timings.update(fe.timings)
     labels = table["label"].to_numpy().astype(str)
     split_info = {**split.params(), "n_train": len(train_rows), "n_test": len(test_rows)}
-    evaluation = {k: metrics[k] for k in ("accuracy", "accuracy_ci95", "n", "log_loss") if k in metrics}
-    if group_by:
-        groups = {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in metrics["groups"].items()}
-        evaluation.update(groups=groups, group_by=group_by)
+    evaluation = metrics.summary(group_by)
     clf.meta_.update(
         training_data={
             "data": str(data),
@@ -211,26 +199,21 @@ def train(
     # found = used + skipped by reason: intake skips, feature errors on either side, and rows left out by --per-class
     not_sampled = len(table) - len(split.train) - len(split.test)
     if not_sampled:
-        metrics["skipped"]["not sampled (--per-class)"] = not_sampled
-    metrics["found"] = sum(got.report.found.values())
-    metrics["used"] = len(train_rows) + int(metrics["n"])
-    metrics["n_train"] = len(train_rows)
+        metrics = metrics.skipping({"not sampled (--per-class)": not_sampled})
+    found = sum(got.report.found.values())
+    metrics = metrics.counted(found=found, used=len(train_rows) + metrics.n, n_train=len(train_rows))
     out = Path(out)
     clf.save(out)
-    side = np.full(len(table), "", dtype=object)
-    side[split.train] = side[split.test] = "skipped"
-    side[train_rows], side[test_rows] = "train", "test"
-    atomic_write_text(out / "split.csv", table.assign(side=side)[lambda d: d["side"] != ""].to_csv(index=False))
+    _write_split(out, table, split, train_rows, test_rows)
     atomic_write_text(out / "intake.json", json.dumps(got.report.to_dict(), indent=2, default=str))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics.to_dict(), indent=2))
     config: dict[str, Any] = {
         "backbone": opts.backbone,
         "head": opts.head.value,
         "pool": opts.pool.value,
         "data": str(data),
+        **opts.kind.report_config(clf.head_, clf.fit_stats_),
     }
-    if opts.embeds_faces:
-        config["faces"] = {**clf.face_stats_, "unknown_threshold": clf.head_.threshold_}
     report_path = write_report(
         out,
         metrics=metrics,
@@ -246,6 +229,26 @@ def train(
     return TrainResult(clf, metrics, got, split, out, report_path, timings, fe.stats)
 
 
+def _intake_line(got: Intake, split: Split) -> str:
+    """``train``'s status line after the intake: files, usable, skipped by reason, the split."""
+    skipped = got.report.skipped_counts()
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    return (
+        f"intake: {sum(got.report.found.values())} files, {len(got.table)} usable"
+        + (f", skipped {sum(skipped.values())} ({reasons})" if skipped else "")
+        + f"; split {len(split.train)} train / {len(split.test)} test"
+    )
+
+
+def _write_split(out: Path, table: pd.DataFrame, split: Split, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
+    """``split.csv``: every photo of the split with its side (``train``, ``test``, or ``skipped`` when it could not
+    be used)."""
+    side = np.full(len(table), "", dtype=object)
+    side[split.train] = side[split.test] = "skipped"
+    side[train_rows], side[test_rows] = "train", "test"
+    atomic_write_text(out / "split.csv", table.assign(side=side)[lambda d: d["side"] != ""].to_csv(index=False))
+
+
 def featurize_table(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -258,34 +261,24 @@ def featurize_table(
 
     The table (columns ``path, content_hash, label, features, error``; see :mod:`transferlab.engines`) is the same
     whichever engine writes it, and both engines fill and read the same feature cache. Options as for
-    :func:`train` (``backbone``, ``pool``, ``weights``, ``cache_dir``, ``batch_size``, ...).
+    :func:`train` (``backbone``, ``pool``, ``weights``, ``cache_dir``, ``batch_size``, ...); ``engine``: an engine
+    or its name (None: this process).
 
     Returns
     -------
     transferlab.engines.TableSummary
     """
     opts = options if options is not None else validate_options(**option_values)
-    engine = get_engine(engine) if isinstance(engine, str) else engine if engine is not None else LocalEngine()
-    extractor = make_extractor(opts, None)  # its backbone and cache: the engine writes the table
+    engine = as_engine(engine)
+    extractor = Classifier.from_options(opts, engine=engine).build_extractor(opts)
     bb = extractor.backbone
     paths, labels = list_images(data)
     meta = {
         "feature_spec": feature_spec(bb, opts.pool.value),
         "row_width": bb.row_width(opts.pool.value),
-        "rows_per_image": "one per face" if opts.embeds_faces else "one",
+        "rows_per_image": opts.kind.rows_per_image,
         "engine": engine.name,
         "transferlab_version": __version__,
     }
     with Reporter(opts.verbose).task("features", len(paths)) as advance:
-        return engine.feature_table(  # type: ignore[no-any-return]
-            paths,
-            labels,
-            bb,
-            pool=opts.pool.value,
-            cache=extractor.cache,
-            out=Path(out),
-            meta=meta,
-            batch_size=opts.batch_size or 32,
-            num_workers=opts.num_workers,
-            progress=advance,
-        )
+        return engine.feature_table(extractor, paths, labels, out=Path(out), meta=meta, progress=advance)

@@ -3,7 +3,7 @@
 The graph takes the batch a user gets from the model's documented preprocessing (``model.json`` → ``backbone`` →
 ``preprocessing``: resize the shorter side, centre crop) as ``uint8`` RGB pixels ``(N, H, W, 3)`` and returns class
 probabilities ``(N, K)`` in ``classes`` order, so a deployment needs onnxruntime and an image library, not torch.
-Face models are not exported: their networks are OpenCV/dlib models, not torch modules.
+Face models are not exported (their kind says why: the detector and the face choice are not one graph).
 """
 
 from __future__ import annotations
@@ -90,11 +90,9 @@ def pipeline_module(clf: Classifier) -> torch.nn.Module:
     """The whole model as one torch module: ``uint8`` pixels ``(N, H, W, 3)`` → probabilities ``(N, K)``."""
     import torch
 
-    if clf.is_face_model:
-        raise TransferlabError(
-            f"{clf.backbone} is a face model: its detector and embedder are OpenCV/dlib networks, not torch, so it "
-            "cannot be exported as one graph; export a whole-image model (e.g. --backbone mobilenet_v2)"
-        )
+    refusal = clf.options().kind.export_refusal
+    if refusal is not None:
+        raise TransferlabError(f"{clf.backbone} {refusal}")
     if not hasattr(clf, "head_"):
         raise TransferlabError("this classifier is not trained yet; call fit() or load a saved model")
     features = features_module(clf.extractor_.backbone, clf.options_.pool.value)

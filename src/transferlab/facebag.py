@@ -361,6 +361,52 @@ class FaceBagClassifier(BaseEstimator):
             out.append(BagAnswer(proba, sims, known, answer))
         return out
 
+    # -- saving: like the heads, the bag's fitted state is plain arrays and parameters -----------------------------
+    _OBJECTS = ("estimator", "choice_estimator")  # estimators save themselves; the rest of the parameters is JSON
+
+    def state_params(self) -> dict[str, Any]:
+        """The bag's parameters that JSON can hold (all but the estimators)."""
+        return {k: v for k, v in self.get_params(deep=False).items() if k not in self._OBJECTS}
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The fitted open set as arrays (``centroids``, ``prototypes``, ``prototype_class``) and the parameters
+        with the threshold in use (``threshold_``). ``estimator_`` saves itself (its own ``to_state``).
+
+        Returns
+        -------
+        arrays, params
+        """
+        check_is_fitted(self)
+        arrays = {"centroids": np.asarray(self.centroids_, dtype=np.float32)}
+        if hasattr(self, "prototypes_"):
+            arrays["prototypes"] = np.asarray(self.prototypes_, dtype=np.float32)
+            arrays["prototype_class"] = np.asarray(self.prototype_class_, dtype=np.int32)
+        return arrays, {**self.state_params(), "threshold_": float(self.threshold_)}
+
+    @classmethod
+    def from_state(
+        cls,
+        arrays: dict[str, np.ndarray],
+        params: dict[str, Any],
+        *,
+        estimator_: Any,
+        estimator: Any = None,
+        choice_estimator: Any = None,
+    ) -> FaceBagClassifier:
+        """A fitted bag from :meth:`to_state`'s arrays and parameters around a fitted ``estimator_`` (restored by
+        its own ``from_state``); ``estimator`` and ``choice_estimator`` are the unfitted templates, for refitting.
+        Arrays without prototypes (models from before them) compare faces with the class means."""
+        params = dict(params)
+        threshold = float(params.pop("threshold_"))
+        bag = cls(estimator=estimator, choice_estimator=choice_estimator, **params)
+        bag.estimator_, bag.classes_ = estimator_, np.asarray(estimator_.classes_)
+        bag.centroids_ = np.asarray(arrays["centroids"], dtype=np.float32)
+        bag.threshold_ = threshold
+        if "prototypes" in arrays:
+            bag.prototypes_ = np.asarray(arrays["prototypes"], dtype=np.float32)
+            bag.prototype_class_ = np.asarray(arrays["prototype_class"], dtype=np.int64)
+        return bag
+
     def similarity(self, faces: np.ndarray) -> np.ndarray:
         """``(n, n_classes)``: each face's cosine similarity to the nearest prototype of each class."""
         check_is_fitted(self)

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from ._progress import Reporter
-from .backbones import FaceBackbone, split_blocks
+from .backbones import FaceBackbone, face_landmarks, split_blocks
+from .backbones.face_align import similarity_transforms, warp_faces_remap
 from .backbones.face_graphs import split_chain, torch_module
-from .backbones.face_pipeline import similarity_transforms, warp_faces_remap
-from .backbones.faces import LANDMARKS
 from .decode import decode_pixels
 from .errors import TransferlabError
 from .finetune import (
@@ -47,12 +46,38 @@ def _aligned(backbone: FaceBackbone, sources: Sequence[Any], faces: Sequence[np.
     import torch
 
     crops = [
-        warp_faces_remap(
-            decode_pixels(src, backbone.draft_size), similarity_transforms(row[LANDMARKS].reshape(1, 5, 2))
-        )
+        warp_faces_remap(decode_pixels(src, backbone.draft_size), similarity_transforms(face_landmarks(row[None])))
         for src, row in zip(sources, faces, strict=True)
     ]
     return torch.cat(crops)
+
+
+def _trunk(
+    backbone: FaceBackbone,
+    sources: Sequence[Any],
+    faces: Sequence[np.ndarray],
+    config: FinetuneConfig,
+    reporter: Reporter,
+) -> tuple[Any, list[str], Any, Any, Any]:
+    """The embedder as a torch module, the state-dict prefixes of its top blocks, the top as a module, and the
+    activation maps entering it for every aligned face and for its mirror image (computed once)."""
+    import torch
+
+    cfg = backbone.cfg
+    device = torch.device(backbone.device)
+    module = torch_module(backbone.pipeline.graphs["embedder"]).float().to(device)
+    _, prefixes = split_blocks(cfg, module, config.blocks)
+    end, top = split_chain(module, prefixes[0].rstrip("."))
+    x = _aligned(backbone, sources, faces)
+    maps: list[Any] = []
+    hook = module.get_submodule(end).register_forward_hook(lambda m, i, o: maps.append(o.detach()))
+    with torch.no_grad(), reporter.task("trunk", 2 * len(x)) as advance:
+        for crops in (x, x.flip(-1)):  # each face and its mirror image
+            for s in range(0, len(crops), 128):
+                module(crops[s : s + 128].to(device))
+                advance(len(crops[s : s + 128]))
+    hook.remove()
+    return module, prefixes, top, torch.cat(maps[: len(maps) // 2]), torch.cat(maps[len(maps) // 2 :])
 
 
 def finetune_face_embedder(
@@ -93,20 +118,8 @@ def finetune_face_embedder(
         raise TransferlabError(f"--finetune: backbone {cfg.name!r} cannot be fine-tuned")
     t0 = time.perf_counter()
     device = torch.device(backbone.device)
-    module = torch_module(backbone.pipeline.graphs["embedder"]).float().to(device)
-    _, prefixes = split_blocks(cfg, module, config.blocks)
-    end, top = split_chain(module, prefixes[0].rstrip("."))
-    x = _aligned(backbone, sources, faces)
-    maps: list[Any] = []
-    hook = module.get_submodule(end).register_forward_hook(lambda m, i, o: maps.append(o.detach()))
-    with torch.no_grad(), reporter.task("trunk", 2 * len(x)) as advance:
-        for crops in (x, x.flip(-1)):  # each face and its mirror image
-            for s in range(0, len(crops), 128):
-                module(crops[s : s + 128].to(device))
-                advance(len(crops[s : s + 128]))
-    hook.remove()
-    n = len(x)
-    X, X_flip = torch.cat(maps[: len(maps) // 2]), torch.cat(maps[len(maps) // 2 :])
+    module, prefixes, top, X, X_flip = _trunk(backbone, sources, faces, config, reporter)
+    n = len(X)
     t_trunk = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -284,6 +284,31 @@ def intake(
         ``table`` has columns ``path, label, content_hash, width, height, group`` plus any extra CSV columns;
         ``report`` accounts for every file found.
     """
+    items, extra, root = _listed(source)
+    report = IntakeReport()
+    report.found = dict(Counter(label for _, label in items))
+    if root is not None and extra is None:
+        report.empty_classes = [c for c in class_folders(root) if c not in report.found]
+    by_fold: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(report.found):
+        by_fold[label.casefold()].append(label)
+    report.similar_labels = [g for g in by_fold.values() if len(g) > 1]
+    table = _probed(items, cache_dir, report, progress)
+    table = _without_exact_duplicates(table, report)
+    table["group"] = _near_duplicates(table, report, near_duplicate_distance)
+    if extra is not None and len(table):
+        table = pd.concat([table, extra.iloc[table["_row"].to_numpy()].reset_index(drop=True)], axis=1)
+    table = table.drop(columns=["_phash", "_row"])
+    report.used = dict(Counter(table["label"]))
+    if manifest is not None:
+        table = attach_manifest(table, manifest, root)
+    return Intake(table=table, report=report, root=root)
+
+
+def _listed(
+    source: str | os.PathLike[str] | Sequence[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], pd.DataFrame | None, Path | None]:
+    """``(path, label)`` pairs of a folder, a CSV or a list; the CSV's extra columns; the folder the paths are in."""
     extra: pd.DataFrame | None = None
     root: Path | None = None
     if isinstance(source, str | os.PathLike):
@@ -300,16 +325,18 @@ def intake(
         items = [(str(a), str(b)) for a, b in source]
     if not items:
         raise TransferlabError(f"{source}: no files found")
+    return items, extra, root
 
+
+def _probed(
+    items: list[tuple[str, str]],
+    cache_dir: str | os.PathLike[str] | None,
+    report: IntakeReport,
+    progress: Callable[[Iterable[Any], int, str], Iterable[Any]] | None,
+) -> pd.DataFrame:
+    """Every file read and probed (decoded once: content hash, size, perceptual hash; remembered by the file's
+    sha256); the usable ones as rows, the others in ``report.skipped`` with their reason."""
     cache = ProbeCache(Path(cache_dir) if cache_dir is not None else None)
-    report = IntakeReport()
-    report.found = dict(Counter(label for _, label in items))
-    if root is not None and extra is None:
-        report.empty_classes = [c for c in class_folders(root) if c not in report.found]
-    by_fold: dict[str, list[str]] = defaultdict(list)
-    for label in sorted(report.found):
-        by_fold[label.casefold()].append(label)
-    report.similar_labels = [g for g in by_fold.values() if len(g) > 1]
     ok_rows: list[dict[str, Any]] = []
     iterator: Iterable[tuple[int, tuple[str, str]]] = enumerate(items)
     if progress is not None:
@@ -337,21 +364,24 @@ def intake(
             if not probe.ok:
                 report.skipped.append(Skipped(path, label, probe.reason, probe.detail))
                 continue
-            row = {
-                "path": path,
-                "label": label,
-                "content_hash": probe.content_hash,
-                "width": probe.width,
-                "height": probe.height,
-                "_phash": probe.phash,
-                "_row": i,
-            }
-            ok_rows.append(row)
+            ok_rows.append(
+                {
+                    "path": path,
+                    "label": label,
+                    "content_hash": probe.content_hash,
+                    "width": probe.width,
+                    "height": probe.height,
+                    "_phash": probe.phash,
+                    "_row": i,
+                }
+            )
     finally:
         cache.close()
+    return pd.DataFrame(ok_rows, columns=["path", "label", "content_hash", "width", "height", "_phash", "_row"])
 
-    table = pd.DataFrame(ok_rows, columns=["path", "label", "content_hash", "width", "height", "_phash", "_row"])
-    # Exact duplicates (same decoded pixels): keep the first, skip the rest, report label conflicts.
+
+def _without_exact_duplicates(table: pd.DataFrame, report: IntakeReport) -> pd.DataFrame:
+    """Exact duplicates (same decoded pixels): the first kept, the rest skipped, label conflicts reported."""
     keep = np.ones(len(table), dtype=bool)
     for h, idx in table.groupby("content_hash", sort=False).indices.items():
         if len(idx) < 2:
@@ -373,15 +403,16 @@ def intake(
                     table.at[j, "path"], table.at[j, "label"], "duplicate", f"same pixels as {table.at[first, 'path']}"
                 )
             )
-    table = table[keep].reset_index(drop=True)
+    return table[keep].reset_index(drop=True)
 
-    # Near duplicates: grouped so they never straddle a split; conflicting labels are reported.
-    if len(table):
-        gid = _near_duplicate_groups(table["_phash"].to_numpy(dtype=np.uint64), near_duplicate_distance)
-    else:
-        gid = np.zeros(0, dtype=int)
-    table["group"] = gid
-    for g, idx in table.groupby("group").indices.items():
+
+def _near_duplicates(table: pd.DataFrame, report: IntakeReport, distance: int) -> np.ndarray:
+    """Each row's near-duplicate group (so a group never straddles a split); conflicting labels are reported."""
+    gid = (
+        _near_duplicate_groups(table["_phash"].to_numpy(dtype=np.uint64), distance) if len(table) else np.zeros(0, int)
+    )
+    groups = pd.Series(gid)
+    for g, idx in groups.groupby(groups).indices.items():
         if len(idx) > 1:
             report.near_duplicate_groups += 1
             if table.loc[idx, "label"].nunique() > 1:
@@ -392,13 +423,7 @@ def intake(
                         "members": [(table.at[j, "path"], table.at[j, "label"]) for j in idx],
                     }
                 )
-    if extra is not None and len(table):
-        table = pd.concat([table, extra.iloc[table["_row"].to_numpy()].reset_index(drop=True)], axis=1)
-    table = table.drop(columns=["_phash", "_row"])
-    report.used = dict(Counter(table["label"]))
-    if manifest is not None:
-        table = attach_manifest(table, manifest, root)
-    return Intake(table=table, report=report, root=root)
+    return gid
 
 
 def attach_manifest(table: pd.DataFrame, manifest: str | os.PathLike[str], root: Path | None) -> pd.DataFrame:

@@ -23,7 +23,6 @@ import pandas as pd
 
 from ._atomic import atomic_write_text
 from ._progress import Reporter
-from .backbones.faces import FACE_DECODE_DRAFT
 from .errors import TransferlabError
 from .options import Options, validate_options
 from .pipeline import Classifier
@@ -51,12 +50,15 @@ class LabelCheck:
         Folds used (fewer than asked when a class has fewer photos).
     found, skipped
         Files found, and files skipped by the intake by reason (never checked).
+    draft
+        The size photos are decoded at for the model (the gallery decodes them alike, so boxes line up).
     """
 
     rows: pd.DataFrame
     folds: int
     found: int
     skipped: dict[str, int] = field(default_factory=dict)
+    draft: tuple[int, int] | None = None
 
     @property
     def doubted(self) -> pd.DataFrame:
@@ -158,7 +160,7 @@ class LabelCheck:
             )
             for r in top.itertuples()
         ]
-        if plot_mistakes(top.assign(caption=captions), out / "label_check.png", draft=FACE_DECODE_DRAFT):
+        if plot_mistakes(top.assign(caption=captions), out / "label_check.png", draft=self.draft):
             written["gallery"] = out / "label_check.png"
         return written
 
@@ -233,7 +235,7 @@ def check_labels(
         if not opts.use_cache:  # the folds share features through a cache: a temporary one, deleted afterwards
             opts = opts.model_copy(update={"use_cache": True, "cache_dir": tmp})
         clf = Classifier.from_options(opts)
-        _ = clf.build_extractor(opts).backbone  # fail fast on missing weights, before any long work
+        draft = clf.build_extractor(opts).backbone.draft_size  # fails fast on missing weights, before long work
         got = clf.read(data, manifest)
         table = got.table.reset_index(drop=True)
         labels = table["label"].astype(str).to_numpy()
@@ -265,4 +267,5 @@ def check_labels(
     # Most doubtful first: another class by confidence (high first), unknown by similarity (low first).
     key = np.where(frame["verdict"] == ANOTHER_CLASS, -frame["confidence"].fillna(0), frame["similarity"].fillna(0))
     frame = frame.assign(_o=order, _k=key).sort_values(["_o", "_k", "path"]).drop(columns=["_o", "_k"])
-    return LabelCheck(frame.reset_index(drop=True), k, sum(got.report.found.values()), got.report.skipped_counts())
+    found = sum(got.report.found.values())
+    return LabelCheck(frame.reset_index(drop=True), k, found, got.report.skipped_counts(), draft)

@@ -1,7 +1,9 @@
 """A fitted pipeline as data: what :meth:`Classifier.save` writes into ``model.json`` and ``head.safetensors``, and
 how :meth:`Classifier.load` rebuilds it. Also the whole-image fallback that answers photos without a face.
 
-The format is the same as transferlab's first (format version 1), so models saved by earlier versions load.
+The format is the same as transferlab's first (format version 1), so models saved by earlier versions load. The
+options a model was trained with are saved whole (``options``); the plain head saves itself (``to_state``) and the
+model's kind adds what it needs (a face model's open set).
 """
 
 from __future__ import annotations
@@ -16,16 +18,13 @@ import numpy as np
 
 from ._runtime import resolve_device
 from .artifact import load_artifact, save_artifact
-from .backbones import device_recipe, get_backbone_cfg, recipe_of, recorded_recipe
+from .backbones import device_recipe, recipe_of, recorded_recipe
 from .errors import TransferlabError
-from .facebag import FaceBagClassifier
 from .features import Extractor, feature_spec
 from .heads import HEADS, head_name
+from .options import Options
 
 FALLBACK_PREFIX = "fallback."
-CENTROIDS = "open_set.centroids"
-PROTOTYPES = "open_set.prototypes"
-PROTOTYPE_CLASS = "open_set.prototype_class"
 TRAINING_HASHES = "training.content_hashes"
 FINETUNED_PREFIX = "finetuned."
 
@@ -61,7 +60,7 @@ def _backbone_meta(extractor: Extractor) -> dict[str, Any]:
         "name": bb.cfg.name,
         "architecture": bb.cfg.architecture,
         "weights_sha256": bb.weights_hash,
-        "weights_source": str(extractor.weights) if extractor.weights else bb.cfg.weights.describe(),
+        "weights_source": str(weights) if (weights := extractor.options.weights) else bb.cfg.weights.describe(),
         "preprocessing": bb.cfg.preprocessing(),
         "num_params": bb.cfg.num_params,
     }
@@ -76,8 +75,8 @@ def _head_state(head: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``model.json``'s content and the arrays of a fitted :class:`~transferlab.Classifier`."""
     opts = clf.options_
-    bag = clf.head_ if isinstance(clf.head_, FaceBagClassifier) else None
-    arrays, head = _head_state(bag.estimator_ if bag is not None else clf.head_)
+    kind = opts.kind
+    arrays, head = _head_state(kind.inner(clf.head_))
     meta: dict[str, Any] = {
         "classes": [str(c) for c in clf.classes_],
         "backbone": _backbone_meta(clf.extractor_),
@@ -85,6 +84,7 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "pool": opts.pool.value,
         "head": head,
         "face_choice": opts.face_choice.value,
+        "options": opts.saved(),  # every option saved with the model: what load() rebuilds it from
         **getattr(clf, "meta_", {}),
     }
     made = recorded_recipe(meta["features"])  # what was made: "fast" asked on a CPU makes portable features
@@ -92,48 +92,14 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     tuned = clf.extractor_.tuned
     if tuned:  # the fine-tuned blocks' tensors, beside the head's (safetensors: no unpickling on load)
         arrays.update({FINETUNED_PREFIX + k: np.asarray(v) for k, v in tuned.items()})
-        ft = getattr(clf, "finetune_", None)
-        meta["finetune"] = {
-            "blocks": opts.finetune,
-            "params": opts.finetune_params,
-            "config": opts.finetune_config().params(),
-            "sha256": clf.extractor_.backbone.tuned_hash,
-            "tensors": len(tuned),
-            **(
-                {"best_epoch": ft.best_epoch, "history": ft.history, "trunk": ft.trunk, "reused": ft.reused}
-                if ft is not None
-                else {}
-            ),
-        }
+        meta["finetune"] = _finetune_meta(clf, opts, tuned)
     hashes = getattr(clf, "training_hashes_", [])
     if hashes:  # content hashes (of decoded pixels), so evaluate can tell photos it was trained on
         arrays[TRAINING_HASHES] = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(-1, 32)
+    kind_arrays, kind_meta = kind.save(clf.head_, opts, getattr(clf, "fit_stats_", {}))
+    arrays.update(kind_arrays)
+    meta.update(kind_meta)
     fallback = getattr(clf, "fallback_", None)
-    if bag is not None:
-        arrays[CENTROIDS] = bag.centroids_.astype(np.float32)
-        arrays[PROTOTYPES] = bag.prototypes_.astype(np.float32)
-        arrays[PROTOTYPE_CLASS] = np.asarray(bag.prototype_class_, dtype=np.int32)
-        meta["faces"] = {
-            "unknown_threshold": float(bag.threshold_),
-            "similarity": "cosine between the face embedding and the nearest prototype of its predicted class "
-            "(k-means means of at least 5 training faces, up to 4 per class)",
-            "calibration": f"5-fold cross-validation on the training faces; the higher of: keeps {bag.keep:.0%} of "
-            f"faces of their own class, admits {bag.admit_others:.0%} of faces of the other classes"
-            + (
-                f"; shrunk towards the embedder's same-person cosine {bag.threshold_prior} as if {bag.prior_strength:g}"
-                " faces"
-                if bag.threshold_prior
-                else ""
-            ),
-            "targets": {"keep_known": bag.keep, "admit_others": bag.admit_others, "prior": bag.threshold_prior},
-            "several_faces": "answer with the face that most confidently matches a known class",
-            "no_face": (
-                f"answered by the whole-image fallback model ({opts.fallback})"
-                if fallback is not None
-                else "skipped in training and evaluation; predict says 'no face found'"
-            ),
-            **getattr(clf, "face_stats_", {}),
-        }
     if fallback is not None:
         farrays, fhead = _head_state(fallback.head)
         meta["fallback"] = {
@@ -145,6 +111,23 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         }
         arrays.update({FALLBACK_PREFIX + k: v for k, v in farrays.items()})
     return meta, arrays
+
+
+def _finetune_meta(clf: Any, opts: Any, tuned: dict[str, Any]) -> dict[str, Any]:
+    """``model.json``'s ``finetune`` entry: what was trained, how, and how it went."""
+    ft = getattr(clf, "finetune_", None)
+    return {
+        "blocks": opts.finetune,
+        "params": opts.finetune_params,
+        "config": opts.finetune_config().params(),
+        "sha256": clf.extractor_.backbone.tuned_hash,
+        "tensors": len(tuned),
+        **(
+            {"best_epoch": ft.best_epoch, "history": ft.history, "trunk": ft.trunk, "reused": ft.reused}
+            if ft is not None
+            else {}
+        ),
+    }
 
 
 def save(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
@@ -162,20 +145,6 @@ def _head_from(meta: dict[str, Any], arrays: dict[str, Any], path: Any) -> Any:
         )
     except KeyError as exc:
         raise TransferlabError(f"{path}: head weights lack array {exc}; the model is damaged, retrain it") from None
-
-
-RUNTIME_OPTIONS = (
-    "recipe",
-    "weights",
-    "cache_dir",
-    "use_cache",
-    "verbose",
-    "device",
-    "runtime",
-    "engine",
-    "batch_size",
-    "num_workers",
-)
 
 
 def _says(recipe: dict[str, str]) -> str:
@@ -203,26 +172,34 @@ def recipe_note(trained: dict[str, str], here: dict[str, str]) -> str | None:
     )
 
 
-def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """Rebuild a fitted classifier of type ``cls`` from a model directory; ``kwargs`` are runtime options."""
-    unknown = sorted(set(kwargs) - set(RUNTIME_OPTIONS))
-    if unknown:
-        raise TransferlabError(
-            f"load() takes runtime options only ({', '.join(RUNTIME_OPTIONS)}), not {', '.join(unknown)}"
-        )
-    meta, arrays = load_artifact(path)
+def _saved_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The options a model was saved with: its ``options`` entry, or, in models from before it was written, the
+    fields those models kept."""
+    if "options" in meta:
+        return dict(meta["options"])
     fmeta = meta.get("fallback")
-    clf = cls(
-        backbone=meta["backbone"]["name"],
-        head=meta["head"]["name"],
-        pool=meta.get("pool", "avg"),
-        head_params=meta["head"].get("params", {}),
-        face_choice=meta.get("face_choice", "mil"),
-        fallback=fmeta["backbone"]["name"] if fmeta else None,
-        finetune=int(meta.get("finetune", {}).get("blocks", 0)),
-        finetune_params=meta.get("finetune", {}).get("params") or None,
-        **kwargs,
-    )
+    return {
+        "backbone": meta["backbone"]["name"],
+        "head": meta["head"]["name"],
+        "pool": meta.get("pool", "avg"),
+        "head_params": meta["head"].get("params", {}),
+        "face_choice": meta.get("face_choice", "mil"),
+        "fallback": fmeta["backbone"]["name"] if fmeta else None,
+        "finetune": int(meta.get("finetune", {}).get("blocks", 0)),
+        "finetune_params": meta.get("finetune", {}).get("params") or {},
+    }
+
+
+def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """Rebuild a fitted classifier of type ``cls`` from a model directory; ``kwargs`` are the options chosen per
+    run (:meth:`~transferlab.features.FeatureOptions.runtime_fields`) and ``engine``."""
+    runtime = (*Options.runtime_fields(), "engine")
+    unknown = sorted(set(kwargs) - set(runtime))
+    if unknown:
+        raise TransferlabError(f"load() takes options chosen per run ({', '.join(runtime)}), not {', '.join(unknown)}")
+    meta, arrays = load_artifact(path)
+    saved = _saved_options(meta)
+    clf = cls(**{k: v for k, v in saved.items() if k in Options.model_fields}, **kwargs)
     trained = recorded_recipe(meta.get("features", {}))
     if clf.recipe is None:  # reproduce the recipe the model was trained with, where this device can
         clf.recipe = recipe_of(trained)
@@ -239,25 +216,15 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
     head_arrays = {k: v for k, v in own.items() if not k.startswith("open_set.")}
     if TRAINING_HASHES in arrays:
         clf.training_hashes_ = [row.tobytes().hex() for row in np.asarray(arrays[TRAINING_HASHES], np.uint8)]
-    head = _head_from(meta, head_arrays, path)
-    if opts.embeds_faces:
-        if CENTROIDS not in own or "faces" not in meta:
-            raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
-        prior = get_backbone_cfg(opts.backbone).extra.get("same_person_cosine")
-        bag = FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, threshold_prior=prior)
-        bag.estimator_, bag.classes_ = head, head.classes_
-        bag.centroids_ = np.asarray(own[CENTROIDS], dtype=np.float32)
-        bag.threshold_ = float(meta["faces"]["unknown_threshold"])
-        if PROTOTYPES in own:  # models from before prototypes compare with the class means
-            bag.prototypes_ = np.asarray(own[PROTOTYPES], dtype=np.float32)
-            bag.prototype_class_ = np.asarray(own[PROTOTYPE_CLASS], dtype=np.int64)
-        head = bag
-    clf.head_ = head
+    clf.head_ = opts.kind.restore(_head_from(meta, head_arrays, path), meta, own, opts, path)
     clf.classes_ = np.asarray(meta["classes"]).astype(str)
     clf.extractor_ = clf.build_extractor(opts, expected=meta["backbone"].get("weights_sha256"), tuned=tuned or None)
+    fmeta = meta.get("fallback")
     if fmeta:
         sub = {k.removeprefix(FALLBACK_PREFIX): v for k, v in arrays.items() if k.startswith(FALLBACK_PREFIX)}
-        fx = clf.build_extractor(opts, fmeta["backbone"]["name"], expected=fmeta["backbone"].get("weights_sha256"))
+        fx = clf.build_extractor(
+            opts.features_of(fmeta["backbone"]["name"]), expected=fmeta["backbone"].get("weights_sha256")
+        )
         clf.fallback_ = Fallback(fx, _head_from(fmeta, sub, path))
     clf.meta_ = {k: v for k, v in meta.items() if k in ("training_data", "split", "evaluation", "intake")}
     clf.model_meta_ = meta

@@ -12,14 +12,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .backbones import get_backbone_cfg
 from .errors import TransferlabError
+from .features import DEFAULT_BACKBONE, FeatureOptions, Pool, Recipe, Runtime
 from .finetune import FinetuneConfig
 from .heads import make_head
+from .kinds import ModelKind, kind_of
 
-DEFAULT_BACKBONE = "sface"
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "EngineName",
+    "FaceChoice",
+    "FacesOutput",
+    "HeadName",
+    "Options",
+    "Pool",
+    "Recipe",
+    "Runtime",
+    "validate_options",
+]
 
 
 class HeadName(enum.StrEnum):
@@ -28,27 +41,6 @@ class HeadName(enum.StrEnum):
     logreg = "logreg"
     svm = "svm"
     mlp = "mlp"
-
-
-class Pool(enum.StrEnum):
-    """How a whole-image feature map becomes a vector."""
-
-    avg = "avg"
-    flatten = "flatten"
-
-
-class Runtime(enum.StrEnum):
-    """What runs a whole-image network."""
-
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-
-
-class Recipe(enum.StrEnum):
-    """How features are made on a GPU (:func:`transferlab.backbones.device_recipe`)."""
-
-    portable = "portable"
-    fast = "fast"
 
 
 class FaceChoice(enum.StrEnum):
@@ -72,115 +64,62 @@ class FacesOutput(enum.StrEnum):
     all = "all"
 
 
-class Options(BaseModel):
-    """A model's options: backbone, head, pooling, face policy, and where features are computed.
+class Options(FeatureOptions):
+    """A model's options: its backbone and head, how it treats faces, and where features are computed.
+
+    The fields of :class:`~transferlab.features.FeatureOptions` (backbone, pool, weights, download, cache_dir,
+    use_cache, batch_size, num_workers, device, runtime, recipe, verbose), and:
 
     Parameters
     ----------
-    backbone
-        Registered backbone name (``transferlab backbones`` lists them).
     head
         ``logreg``, ``svm`` or ``mlp`` (the seed's head).
-    pool
-        ``avg``: global-average-pooled features; ``flatten``: the flattened feature map (the seed's input).
     head_params
         Keyword arguments for the head (e.g. ``{"epochs": 30}`` for ``mlp``); checked against the head's parameters.
-    weights
-        Local weights file for the backbone (needed offline for vgg16/resnet50/inception_v3).
-    download
-        Allow downloading hub weights.
-    cache_dir, use_cache
-        Feature cache location (default: the user's cache directory) and whether to use it.
-    batch_size, num_workers
-        Featurization batch size (None: 32 on the CPU, sized from free memory on a GPU) and decoding processes.
     face_choice
         Face backbones only: ``mil`` picks the face that carries the label in training and the most confident
         known face in prediction; ``largest`` always uses the largest face (the simple baseline).
     fallback
         Face backbones only: a whole-image backbone whose logistic-regression head answers for photos in which no
         face is found (otherwise they get "no face found").
-    device
-        Where whole-image backbones run: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda``
-        or ``cuda:N``.
-    runtime
-        ``torch`` or ``onnxruntime`` (CPU only: the network exported once to ONNX; the same features within 1e-5).
-    recipe
-        ``portable``: features are the same on every device (JPEGs decoded on the CPU, fp32 without TF32 on a GPU);
-        ``fast``: on a CUDA GPU, nvJPEG decoding and bf16 (several times faster there, features differ from the
-        CPU's at the 1e-2 level). None: ``portable`` for training; a saved model's own recipe when it is loaded.
     finetune, finetune_params
         Train the last ``finetune`` blocks of the network with the head (0: frozen): whole-image backbones, and
         ``sface``'s embedder (on the face that carries each photo's label; it overfits on a few hundred photos),
         with these :class:`~transferlab.finetune.FinetuneConfig` parameters (e.g. ``{"epochs": 10}``).
-    verbose
-        Show progress bars and status lines on stderr.
+
+    Every field is saved with the model except those marked as chosen per run (``FeatureOptions.runtime_fields``):
+    adding an option here is all a saved model, ``load()`` and Spark's executors need.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    head: HeadName = Field(HeadName.logreg, description="logreg, svm or mlp")
+    head_params: dict[str, Any] = Field(default_factory=dict, description="the head's keyword arguments")
+    face_choice: FaceChoice = Field(FaceChoice.mil, description="mil or largest")
+    fallback: str | None = Field(None, description="whole-image backbone answering photos without a face")
+    finetune: int = Field(0, ge=0, description="top blocks of the network trained with the head")
+    finetune_params: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig parameters")
 
-    backbone: str = DEFAULT_BACKBONE
-    head: HeadName = HeadName.logreg
-    pool: Pool = Pool.avg
-    head_params: dict[str, Any] = Field(default_factory=dict)
-    weights: Path | None = None
-    download: bool = False
-    cache_dir: Path | None = None
-    use_cache: bool = True
-    batch_size: int | None = Field(None, ge=1)
-    num_workers: int | None = Field(None, ge=0)
-    face_choice: FaceChoice = FaceChoice.mil
-    fallback: str | None = None
-    device: str = "auto"
-    runtime: Runtime = Runtime.torch
-    recipe: Recipe | None = None
-    finetune: int = Field(0, ge=0)
-    finetune_params: dict[str, Any] = Field(default_factory=dict)
-    verbose: bool = False
-
-    @field_validator("backbone", "fallback")
+    @field_validator("fallback")
     @classmethod
-    def _registered(cls, name: str | None) -> str | None:
+    def _registered_fallback(cls, name: str | None) -> str | None:
         if name is not None:
             get_backbone_cfg(name)  # raises with the list of choices
         return name
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, device: str) -> str:
-        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-            raise TransferlabError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
-        return device
-
     @model_validator(mode="after")
     def _consistent(self) -> Options:
         make_head(self.head.value, **self.head_params)  # raises naming the head's parameters
-        if self.fallback is not None:
-            if not get_backbone_cfg(self.backbone).embeds_faces:
-                raise TransferlabError(f"--fallback applies to face backbones only, not {self.backbone!r}")
-            if get_backbone_cfg(self.fallback).embeds_faces:
-                raise TransferlabError(f"--fallback {self.fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
+        self.kind.check(self)  # e.g. --fallback: face models only, and a whole-image one
         if self.finetune:
-            cfg = get_backbone_cfg(self.backbone)
-            if cfg.embeds_faces and cfg.blocks is None:
-                raise TransferlabError(
-                    f"--finetune needs a torch network (a whole-image backbone, or sface), not {self.backbone!r}: "
-                    "dlib's face descriptor cannot be trained here"
-                )
-            cfg.check_finetune(self.finetune)
+            get_backbone_cfg(self.backbone).check_finetune(self.finetune)
             self.finetune_config()  # raises naming a bad parameter
         elif self.finetune_params:
             raise TransferlabError("finetune parameters given without --finetune N")
         return self
 
     @property
-    def embeds_faces(self) -> bool:
-        """True when the backbone embeds detected faces rather than whole photos."""
-        return get_backbone_cfg(self.backbone).embeds_faces
-
-    @property
-    def recipe_name(self) -> str:
-        """The recipe features are made with (``portable`` unless ``fast`` was chosen)."""
-        return (self.recipe or Recipe.portable).value
+    def kind(self) -> ModelKind:
+        """The kind of model the backbone makes (:mod:`transferlab.kinds`)."""
+        return kind_of(self.backbone)
 
     def finetune_config(self) -> FinetuneConfig:
         """How the top blocks are trained (``finetune`` > 0)."""
@@ -197,6 +136,10 @@ class Options(BaseModel):
             return self.model_copy(update={"head_params": {**self.head_params, "random_state": seed}})
         return self
 
+    def saved(self) -> dict[str, Any]:
+        """The options a saved model keeps (JSON values): every field but those chosen per run."""
+        return self.model_dump(mode="json", include=set(self.model_fields_saved()))
+
 
 _FLAGS = {"batch_size": "batch size", "num_workers": "workers", "face_choice": "face choice"}
 
@@ -206,7 +149,9 @@ def validate_options(**values: Any) -> Options:
 
     The line names the option, the value and what is allowed, e.g. ``pool 'max': choose one of: avg, flatten``.
     """
-    values = {k: v for k, v in values.items() if v is not None or k in ("weights", "cache_dir", "fallback")}
+    # None stands for "the default" (a flag not given), except where None is the default itself (no fallback).
+    fields = Options.model_fields
+    values = {k: v for k, v in values.items() if v is not None or (k in fields and fields[k].default is None)}
     if isinstance(values.get("weights"), str | os.PathLike):
         values["weights"] = Path(values["weights"])
     try:

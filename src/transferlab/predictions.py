@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .backbones.faces import BOX, LANDMARKS, SCORE
-
 
 @dataclass
 class FaceFinding:
-    """One detected face: where it is, and what the model makes of it."""
+    """One detected face: where it is (box ``x, y, w, h``, 5 landmarks, detector score, in the photo's pixels),
+    and what the model makes of it (class probabilities, similarity to the class, whether that is close enough)."""
 
     box: list[float]
     landmarks: list[list[float]]
@@ -23,18 +22,6 @@ class FaceFinding:
     proba: np.ndarray
     similarity: float
     known: bool
-
-    @classmethod
-    def from_row(cls, row: np.ndarray, proba: np.ndarray, similarity: float, known: bool) -> FaceFinding:
-        """From a face row (:mod:`transferlab.backbones.faces` layout) and what the model made of its embedding."""
-        return cls(
-            box=[round(float(v), 1) for v in row[BOX]],
-            landmarks=row[LANDMARKS].reshape(5, 2).round(1).tolist(),
-            face_score=round(float(row[SCORE]), 4),
-            proba=proba,
-            similarity=float(similarity),
-            known=bool(known),
-        )
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ._atomic import atomic_savefig, atomic_write_text
 from .decode import ImageRejected, read_rgb
+from .evaluate import Metrics
 from .intake import IntakeReport
 
 
@@ -17,15 +18,14 @@ def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
-    """Confusion matrix heat map with counts."""
+def plot_confusion(labels: list[str], confusion: list[list[int]], title: str, path: Path) -> None:
+    """Confusion matrix heat map with counts (rows: the true class)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = metrics["labels"]
-    cm = np.asarray(metrics["confusion"])
+    cm = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -37,24 +37,24 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
             ax.text(
                 j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
             )
-    ax.set_title(f"accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
+    ax.set_title(title)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
-def plot_per_class(metrics: dict[str, Any], path: Path) -> None:
+def plot_per_class(metrics: Metrics, path: Path) -> None:
     """Precision, recall and F1 bars per class."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = metrics["labels"]
+    labels = metrics.labels
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(2 + 1.1 * len(labels), 3.2))
     for k, key in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [metrics["per_class"][c][key] for c in labels], 0.27, label=key)
+        ax.bar(x + (k - 1) * 0.27, [getattr(metrics.per_class[c], key) for c in labels], 0.27, label=key)
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower right", fontsize=8)
@@ -124,21 +124,21 @@ def intake_table_md(report: IntakeReport) -> str:
     return "\n".join(lines)
 
 
-def metrics_md(metrics: dict[str, Any], group_by: str | None) -> str:
+def metrics_md(metrics: Metrics, group_by: str | None) -> str:
     """Markdown for overall, per-class and per-group results."""
-    lo, hi = metrics.get("accuracy_ci95", [float("nan")] * 2)
+    lo, hi = metrics.accuracy_ci95 or [float("nan")] * 2
     out = [
-        f"**Accuracy {_fmt(metrics['accuracy'])}** (95% CI {_fmt(lo)}–{_fmt(hi)}, n = {metrics['n']}); "
-        f"log loss {_fmt(metrics['log_loss'])}.",
+        f"**Accuracy {_fmt(metrics.accuracy)}** (95% CI {_fmt(lo)}–{_fmt(hi)}, n = {metrics.n}); "
+        f"log loss {_fmt(metrics.log_loss)}.",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
-    for c in metrics["labels"]:
-        m = metrics["per_class"].get(c)
+    for c in metrics.labels:
+        m = metrics.per_class.get(c)
         if m:
-            out.append(f"| {c} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
-    if group_by and metrics.get("groups"):
+            out.append(f"| {c} | {_fmt(m.precision)} | {_fmt(m.recall)} | {_fmt(m.f1)} | {m.support} |")
+    if group_by and metrics.groups:
         out += [
             "",
             f"Accuracy per `{group_by}`:",
@@ -146,16 +146,16 @@ def metrics_md(metrics: dict[str, Any], group_by: str | None) -> str:
             f"| {group_by} | accuracy | n | per class |",
             "|---|---:|---:|---|",
         ]
-        for v, g in metrics["groups"].items():
-            pc = ", ".join(f"{c} {_fmt(x['accuracy'])} ({x['n']})" for c, x in g.get("per_class", {}).items())
-            out.append(f"| {v} | {_fmt(g['accuracy'])} | {g['n']} | {pc} |")
+        for v, g in metrics.groups.items():
+            pc = ", ".join(f"{c} {_fmt(x['accuracy'])} ({x['n']})" for c, x in g.per_class.items())
+            out.append(f"| {v} | {_fmt(g.accuracy)} | {g.n} | {pc} |")
     return "\n".join(out)
 
 
 def write_report(
     out: Path,
     *,
-    metrics: dict[str, Any],
+    metrics: Metrics,
     intake_report: IntakeReport,
     config: dict[str, Any],
     split_info: dict[str, Any],
@@ -167,9 +167,11 @@ def write_report(
 ) -> Path:
     """Write ``report.md`` and its plots into ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion(metrics, out / "confusion.png")
+    plot_confusion(
+        metrics.labels, metrics.confusion, f"accuracy {metrics.accuracy:.3f} (n={metrics.n})", out / "confusion.png"
+    )
     plot_per_class(metrics, out / "per_class.png")
-    mistakes = worst_mistakes(rows, proba, metrics["labels"])
+    mistakes = worst_mistakes(rows, proba, metrics.labels)
     has_gallery = plot_mistakes(mistakes, out / "mistakes.png")
     skipped = intake_report.skipped
     lines = [
@@ -207,11 +209,11 @@ def write_report(
             f"- training photos with a face: {f['images_with_faces']}, with several faces: "
             f"{f['images_with_several_faces']} (labelled person not the largest face in "
             f"{f['several_faces_not_largest_chosen']})",
-            f"- held-out photos with several faces: {metrics.get('several_faces', 0)}",
+            f"- held-out photos with several faces: {metrics.several_faces or 0}",
             f"- unknown threshold (cosine similarity to the nearest prototype of the face's most probable class, "
             f"calibrated by cross-validation on the training faces): {f['unknown_threshold']:.3f}; held-out photos "
-            f"of known people answered `unknown`: {metrics.get('unknown_rate', float('nan')):.1%}; accuracy as "
-            f"answered {metrics['accuracy']:.3f}, of the most probable class {metrics['accuracy_closed_set']:.3f}",
+            f"of known people answered `unknown`: {_rate(metrics.unknown_rate)}; accuracy as "
+            f"answered {metrics.accuracy:.3f}, of the most probable class {metrics.accuracy_closed_set:.3f}",
         ]
     lines += [
         "",
@@ -244,27 +246,30 @@ def write_report(
     return path
 
 
-def summary_text(metrics: dict[str, Any], group_by: str | None) -> str:
+def _rate(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def summary_text(metrics: Metrics, group_by: str | None) -> str:
     """The few lines ``train`` and ``evaluate`` print: accuracy with its interval, per group, per class, files."""
-    lo, hi = metrics.get("accuracy_ci95", [float("nan"), float("nan")])
+    lo, hi = metrics.accuracy_ci95 or [float("nan"), float("nan")]
     lines = [
-        f"accuracy {metrics['accuracy']:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics['n']}, "
-        f"log loss {metrics['log_loss']:.3f})"
+        f"accuracy {metrics.accuracy:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics.n}, log loss {metrics.log_loss:.3f})"
     ]
-    if metrics.get("unknown_rate") or metrics.get("no_face_rate"):
+    if metrics.unknown_rate or metrics.no_face_rate:
         lines.append(
-            f"  answered unknown {metrics['unknown_rate']:.1%} of known people, no face {metrics['no_face_rate']:.1%}; "
-            f"most probable class: accuracy {metrics['accuracy_closed_set']:.3f}"
+            f"  answered unknown {_rate(metrics.unknown_rate)} of known people, no face {_rate(metrics.no_face_rate)}; "
+            f"most probable class: accuracy {metrics.accuracy_closed_set:.3f}"
         )
-    if group_by and metrics.get("groups"):
-        for v, g in metrics["groups"].items():
-            pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.get("per_class", {}).items())
-            lines.append(f"  {group_by}={v:<20} accuracy {g['accuracy']:.3f}  n={g['n']:<4} ({pc})")
-    pcs = "  ".join(f"{c} {m['recall']:.2f}" for c, m in metrics["per_class"].items())
+    if group_by and metrics.groups:
+        for v, g in metrics.groups.items():
+            pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.per_class.items())
+            lines.append(f"  {group_by}={v:<20} accuracy {g.accuracy:.3f}  n={g.n:<4} ({pc})")
+    pcs = "  ".join(f"{c} {m.recall:.2f}" for c, m in metrics.per_class.items())
     lines.append(f"  recall per class: {pcs}")
-    if metrics.get("skipped"):
-        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["skipped"].items())))
-    if "found" in metrics:
-        n_skipped = sum(metrics.get("skipped", {}).values())
-        lines.append(f"  files: {metrics['found']} found = {metrics['used']} used + {n_skipped} skipped")
+    if metrics.skipped:
+        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics.skipped.items())))
+    if metrics.found is not None:
+        n_skipped = sum(metrics.skipped.values())
+        lines.append(f"  files: {metrics.found} found = {metrics.used} used + {n_skipped} skipped")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from ._registry import (
     RECIPES,
     Backbone,
     BackboneCfg,
+    FaceCfg,
     WeightsSource,
     catalogue,
     device_recipe,
@@ -23,13 +24,14 @@ from ._registry import (
 )
 from ._tensors import load_tuned, tensors_sha256
 from ._torch import ImageBackbone, TrunkBackbone, split_blocks
-from .faces import FaceBackbone, face_areas
+from .faces import FaceBackbone, face_areas, face_boxes, face_embeddings, face_landmarks, face_scores
 
 __all__ = [
     "RECIPES",
     "Backbone",
     "BackboneCfg",
     "FaceBackbone",
+    "FaceCfg",
     "ImageBackbone",
     "TrunkBackbone",
     "WeightsSource",
@@ -37,6 +39,10 @@ __all__ = [
     "create_backbone",
     "device_recipe",
     "face_areas",
+    "face_boxes",
+    "face_embeddings",
+    "face_landmarks",
+    "face_scores",
     "get_backbone_cfg",
     "list_backbones",
     "load_tuned",

@@ -109,6 +109,32 @@ def _hub_cached_file(hub_id: str) -> Path | None:
 
 
 @dataclass(frozen=True)
+class FaceCfg:
+    """What a face backbone adds to its config: which embedder describes the aligned face, and what is known of it.
+
+    Attributes
+    ----------
+    embedder
+        The embedder (or embedders joined by ``+``, fused side by side) the face pipeline runs on each aligned face.
+    preprocessing
+        Detection and alignment settings, stored with models and caches.
+    same_person_cosine
+        The embedder's published same-person cosine threshold, if any: the open set's calibrated threshold is shrunk
+        towards it (strongly when a class has few training faces).
+    flip
+        Test-time flip: embed each face and its mirror image, and average.
+    single_threaded
+        The embedder holds the GIL on one core (dlib): featurize in worker processes instead of threads.
+    """
+
+    embedder: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    same_person_cosine: float | None = None
+    flip: bool = False
+    single_threaded: bool = False
+
+
+@dataclass(frozen=True)
 class BackboneCfg:
     """Everything known about a backbone before building it.
 
@@ -116,24 +142,26 @@ class BackboneCfg:
     ``(N, 3, H, W)`` to the final feature map ``(N, C, h, w)``; ``num_params`` and ``feature_shape`` describe that
     module and are checked against the built model by the test suite. ``build(None)`` gives random weights: only
     tests and speed benchmarks use it (throughput does not depend on weight values); :func:`create_backbone` never
-    does. ``family`` names the class that runs the backbone (see :func:`register_family`).
+    does. ``family`` names the class that runs the backbone (see :func:`register_family`); a face family's configs
+    carry a :class:`FaceCfg` in ``face`` instead of the whole-image preprocessing fields (``interpolation``,
+    ``crop_pct``, ``mean``, ``std``).
     """
 
     name: str
     architecture: str
-    build: Callable[[Path | None], torch.nn.Module] | None
     weights: WeightsSource
     input_size: tuple[int, int, int]
-    interpolation: str
-    crop_pct: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     feature_shape: tuple[int, ...]
     num_params: int
+    build: Callable[[Path | None], torch.nn.Module] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     family: str = "imagenet"
     license: str = ""
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    face: FaceCfg | None = None
     # Model files besides ``weights`` that must be present (face detectors, landmark models): (package, path) pairs.
     files: tuple[tuple[str, str], ...] = ()
     # Fine-tuning (``--finetune N``): ``blocks(module)`` lists the built network as ``num_blocks`` modules whose
@@ -143,14 +171,14 @@ class BackboneCfg:
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing that turns a photo into the network's input (stored with models and caches)."""
-        if "preprocessing" in self.extra:
-            return dict(self.extra["preprocessing"])
+        if self.face is not None:
+            return dict(self.face.preprocessing)
         return {
             "input_size": list(self.input_size),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "mean": list(self.mean or ()),
+            "std": list(self.std or ()),
             "resize": self.resize_size,
             "resize_impl": "torchvision-uint8-antialias",
             "jpeg_draft": True,
@@ -159,18 +187,22 @@ class BackboneCfg:
     @property
     def resize_size(self) -> int:
         """Shorter side after resizing, before the centre crop."""
-        return int(self.input_size[-1] / self.crop_pct)
+        return int(self.input_size[-1] / (self.crop_pct or 1.0))
 
     @property
-    def embeds_faces(self) -> bool:
-        """True when the backbone describes each detected face (several feature rows per photo) rather than the
-        whole photo (one row)."""
-        return _FAMILIES.get(self.family, _Family(None, False)).faces
+    def kind(self) -> str:
+        """The kind of model this backbone makes (its family's: ``"images"``, one feature row per photo, or
+        ``"faces"``, one row per detected face); :mod:`transferlab.kinds` holds what each kind does."""
+        return family_kind(self.family)
 
     def check_finetune(self, n: int) -> None:
         """Raise :class:`TransferlabError` unless the last ``n`` blocks of this backbone can be fine-tuned."""
         if self.blocks is None:
-            raise TransferlabError(f"--finetune: backbone {self.name!r} cannot be fine-tuned")
+            can = ", ".join(n for n, c in sorted(_REGISTRY.items()) if c.blocks is not None)
+            raise TransferlabError(
+                f"--finetune: backbone {self.name!r} cannot be fine-tuned ({self.architecture} is not a torch network "
+                f"here); these can: {can}"
+            )
         if not 1 <= n < self.num_blocks:
             raise TransferlabError(
                 f"--finetune {n}: {self.name} has {self.num_blocks} blocks; choose 1 to {self.num_blocks - 1}"
@@ -209,11 +241,15 @@ class Backbone(Protocol):
 
     def build(self) -> Backbone: ...
 
+    def feature_dim(self, pool: str) -> int: ...
+
+    def prepare(self, *, device: str, recipe: str, cache_root: Path, runtime: str = "torch") -> Backbone: ...
+
 
 @dataclass(frozen=True)
 class _Family:
-    factory: Callable[[BackboneCfg, Path], Backbone] | None
-    faces: bool
+    factory: Callable[[BackboneCfg, Path], Backbone]
+    kind: str
 
 
 _REGISTRY: dict[str, BackboneCfg] = {}
@@ -228,20 +264,30 @@ def register_backbone(cfg: BackboneCfg) -> BackboneCfg:
     return cfg
 
 
-def register_family(name: str, factory: Callable[[BackboneCfg, Path], Backbone], *, faces: bool = False) -> None:
+def register_family(name: str, factory: Callable[[BackboneCfg, Path], Backbone], *, kind: str = "images") -> None:
     """Register the class that builds and runs backbones of family ``name`` from their config and weights file.
 
-    ``faces`` says the family describes detected faces (several rows per photo) instead of whole photos.
+    ``kind`` names the kind of model the family makes (:mod:`transferlab.kinds`): ``"images"`` (one feature row per
+    photo) or ``"faces"`` (one row per detected face).
     """
-    _FAMILIES[name] = _Family(factory, faces)
+    _FAMILIES[name] = _Family(factory, kind)
+
+
+def _family(name: str) -> _Family:
+    family = _FAMILIES.get(name)
+    if family is None:
+        raise TransferlabError(f"no backbone family {name!r} is registered")
+    return family
 
 
 def family_factory(name: str) -> Callable[[BackboneCfg, Path], Backbone]:
     """The factory registered for a family."""
-    family = _FAMILIES.get(name)
-    if family is None or family.factory is None:
-        raise TransferlabError(f"no backbone family {name!r} is registered")
-    return family.factory
+    return _family(name).factory
+
+
+def family_kind(name: str) -> str:
+    """The kind of model a family makes (see :func:`register_family`)."""
+    return _family(name).kind
 
 
 def list_backbones() -> list[str]:
@@ -259,6 +305,8 @@ def catalogue() -> list[dict[str, Any]]:
             "input_size": list(cfg.input_size),
             "weights_available": cfg.weights_available(),
             "weights_source": cfg.weights.describe(),
+            "license": cfg.license,
+            "kind": cfg.kind,
             "description": cfg.description,
         }
         for name, cfg in sorted(_REGISTRY.items())

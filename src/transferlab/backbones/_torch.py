@@ -157,6 +157,16 @@ class ImageBackbone:
         shape = self.cfg.feature_shape
         return int(np.prod(shape)) if pool == "flatten" else int(shape[0])
 
+    def feature_dim(self, pool: str) -> int:
+        """Values a head sees per photo: the whole row."""
+        return self.row_width(pool)
+
+    def prepare(self, *, device: str, recipe: str, cache_root: Path, runtime: str = "torch") -> ImageBackbone:
+        """Ready to run: on ``device`` with ``recipe``, and on onnxruntime (exported once under ``cache_root``) when
+        ``runtime`` asks for it."""
+        self.to(device).use_recipe(recipe)
+        return self.use_onnxruntime(cache_root) if runtime == "onnxruntime" else self
+
     def transform(self, image: torch.Tensor) -> torch.Tensor:
         """Decoded ``uint8`` image ``(3, H, W)`` → resized, centre-cropped ``uint8`` tensor ``(h, w, 3)`` (or a
         batch of equal-sized images ``(N, 3, H, W)`` → ``(N, h, w, 3)``, the same pixels).

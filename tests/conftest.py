@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
 PRESIDENTS = REPO / "data" / "presidents"
+# EdgeFace's int8 files, beside the repository for tests and benchmarks (the product never reads ../shared).
+EDGEFACE = REPO.parent / "shared" / "weights" / "edgeface"
 
 
 def run(*args: str, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,6 +51,18 @@ def pytest_configure(config):
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own default cache directory, so no test sees another's features."""
     monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture
+def edgeface_weights() -> Path:
+    """EdgeFace's weights added to this test's weights store (``transferlab weights add``), as a user would."""
+    from transferlab.backbones import add_weights
+
+    if not (EDGEFACE / "edgeface_xs_q.pt").is_file():
+        pytest.skip(f"EdgeFace test weights not found at {EDGEFACE}")
+    for name in ("edgeface_xs_q.pt", "edgeface_xxs_q.pt"):
+        add_weights(EDGEFACE / name)
+    return EDGEFACE
 
 
 def copy_subset(dest: Path, per_class: int, offset: int = 0, kinds: bool = False) -> Path:

@@ -14,8 +14,10 @@ OFFLINE = ["mobilenet_v2", "efficientnet_lite0"]
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_registered_facts_match_the_built_network(name):
+def test_registered_facts_match_the_built_network(name, request):
     cfg = get_backbone_cfg(name)
+    if cfg.weights.kind == "file":
+        request.getfixturevalue("edgeface_weights")
     if cfg.kind == "faces":
         from PIL import Image
 

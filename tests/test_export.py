@@ -38,6 +38,7 @@ def test_export_matches_the_saved_model_on_real_photos(trained_model, small_phot
     expected = clf.predict_proba(paths)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"pixels": _pixels(clf, paths)})[0]
+    assert sess.get_modelmeta().custom_metadata_map["transferlab.license"].startswith("BSD-3-Clause")
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-4)
     meta = sess.get_modelmeta().custom_metadata_map

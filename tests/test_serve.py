@@ -308,6 +308,7 @@ def test_model_facts_come_from_the_training_report(face_client, face_model):
     info = face_client.get("/api/model").json()
     metrics = json.loads((face_model / "metrics.json").read_text())
     assert info["backbone"] == "sface" and info["head"] == "logreg" and info["face_model"] is True
+    assert info["license"].startswith("Apache-2.0") and info["noncommercial"] is False  # the weights' licence
     assert info["classes"] == CLASSES
     assert info["accuracy"] == pytest.approx(metrics["accuracy"])
     assert info["n_test"] == metrics["n"]

@@ -186,6 +186,7 @@ def _add_metadata(path: Path, clf: Classifier) -> None:
     meta = {
         "transferlab.classes": json.dumps([str(c) for c in clf.classes_]),
         "transferlab.backbone": bb.cfg.name,
+        "transferlab.license": bb.cfg.license,
         "transferlab.head": clf.head,
         "transferlab.preprocessing": json.dumps(bb.cfg.preprocessing()),
         "transferlab.input": "uint8 RGB pixels (N, H, W, 3) after the resize and centre crop in preprocessing",

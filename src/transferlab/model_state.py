@@ -63,6 +63,8 @@ def _backbone_meta(extractor: Extractor) -> dict[str, Any]:
         "weights_source": str(weights) if (weights := extractor.options.weights) else bb.cfg.weights.describe(),
         "preprocessing": bb.cfg.preprocessing(),
         "num_params": bb.cfg.num_params,
+        "license": bb.cfg.license,
+        "noncommercial": bb.cfg.noncommercial,
     }
 
 

@@ -4,6 +4,7 @@
 ``create_backbone(name)`` is the single door to a built one (an :class:`ImageBackbone` or a :class:`FaceBackbone`).
 """
 
+from . import edgeface as _edgeface  # noqa: F401  (registers EdgeFace's embedders and backbones)
 from . import faces as _faces  # noqa: F401  (registers the face family and backbones)
 from . import imagenet as _imagenet  # noqa: F401  (registers the ImageNet family and backbones)
 from ._factory import create_backbone
@@ -21,10 +22,12 @@ from ._registry import (
     recorded_recipe,
     register_backbone,
     register_family,
+    weights_store,
 )
 from ._tensors import load_tuned, tensors_sha256
 from ._torch import ImageBackbone, TrunkBackbone, split_blocks
 from .faces import FaceBackbone, face_areas, face_boxes, face_embeddings, face_landmarks, face_scores
+from .weights import add_weights, get_weights, weights_rows
 
 __all__ = [
     "RECIPES",
@@ -35,6 +38,7 @@ __all__ = [
     "ImageBackbone",
     "TrunkBackbone",
     "WeightsSource",
+    "add_weights",
     "catalogue",
     "create_backbone",
     "device_recipe",
@@ -44,6 +48,7 @@ __all__ = [
     "face_landmarks",
     "face_scores",
     "get_backbone_cfg",
+    "get_weights",
     "list_backbones",
     "load_tuned",
     "recipe_of",
@@ -52,4 +57,6 @@ __all__ = [
     "register_family",
     "split_blocks",
     "tensors_sha256",
+    "weights_rows",
+    "weights_store",
 ]

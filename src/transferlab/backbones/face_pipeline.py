@@ -24,10 +24,12 @@ import numpy as np
 
 from .._atomic import atomic_write_bytes
 from .._runtime import exact_fp32
+from ..errors import TransferlabError
 from ._registry import device_recipe
 from ._tensors import load_tuned, tensors_sha256
 from .face_align import ALIGNED, clamp_boxes, similarity_transforms, warp_faces, warp_faces_remap
 from .face_detect import decode_detections, detector_size
+from .face_embedders import crop_embedder, is_crop_embedder
 from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +45,8 @@ class FacePipeline:
     ----------
     embedder
         ``"sface"`` (batched, on the device), ``"dlib_resnet"`` (dlib's descriptor, on the CPU, a photo at a time
-        after the batched detector) or both, fused: ``"sface+dlib_resnet"``.
+        after the batched detector), a registered crop embedder (:mod:`.face_embedders`, batched like SFace), or
+        several fused, joined by ``+`` (``"sface+dlib_resnet"``).
     device
         ``"cpu"`` or a CUDA device.
     runtime
@@ -59,6 +62,8 @@ class FacePipeline:
         to float rounding; ``"fast"``: on a GPU, resize and alignment on the device and bf16 networks.
     tuned
         Fine-tuned tensors of SFace's top blocks (names as in the converted embedder's state dict), or None.
+    weights_file
+        The weights of a registered crop embedder (:mod:`.face_embedders`, e.g. EdgeFace) this pipeline runs.
     """
 
     def __init__(
@@ -70,8 +75,10 @@ class FacePipeline:
         flip: bool = False,
         recipe: str = "portable",
         tuned: dict[str, np.ndarray] | None = None,
+        weights_file: Path | None = None,
     ) -> None:
         self.embedder = embedder
+        self.weights_file = weights_file
         self.tuned = tuned
         self.flip = flip
         self.device = device
@@ -209,8 +216,9 @@ class FacePipeline:
         clamped to the image. A fused backbone's embedding is its embedders' unit vectors side by side, scaled to
         unit length, so a cosine similarity is the mean of theirs."""
         detections = self.detect(images)
+        crops = self._crops(images, detections) if any(n != "dlib_resnet" for n in self.embedders) else None
         parts = [
-            self._sface(images, detections) if name == "sface" else self._dlib(images, detections)
+            self._dlib(images, detections) if name == "dlib_resnet" else self._embedded(name, crops, detections)
             for name in self.embedders
         ]
         out = []
@@ -220,8 +228,9 @@ class FacePipeline:
             out.append(np.concatenate([emb, clamp_boxes(d, w, h)], axis=1).astype(np.float32))
         return out
 
-    def _sface(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:
-        """SFace embeddings per image: every face aligned on the device, one batch through the embedder."""
+    def _crops(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> torch.Tensor | None:
+        """Every face of the batch aligned to 112×112 (on the device with the fast recipe; as the CPU does
+        otherwise), in order; None when there is no face."""
         import torch
 
         align = warp_faces if self.fast else warp_faces_remap  # the portable recipe aligns as the CPU does
@@ -230,8 +239,39 @@ class FacePipeline:
             for img, d in zip(images, detections, strict=True)
             if len(d)
         ]
-        emb = self.embed(torch.cat(crops).to(self.device)) if crops else np.zeros((0, 128), np.float32)
+        return torch.cat(crops).to(self.device) if crops else None
+
+    def _embedded(self, name: str, crops: torch.Tensor | None, detections: list[np.ndarray]) -> list[np.ndarray]:
+        """One crop embedder's unit embeddings per image: every face of the batch through it at once."""
+        dim = 128 if name == "sface" else crop_embedder(name).dim
+        if crops is None:
+            emb = np.zeros((0, dim), np.float32)
+        elif name == "sface":
+            emb = self.embed(crops)
+        else:
+            emb = self._crop_embed(name, crops)
         return list(np.split(emb, np.cumsum([len(d) for d in detections])[:-1]))
+
+    @cached_property
+    def crop_modules(self) -> dict[str, Any]:
+        """The registered crop embedders this pipeline runs (:mod:`.face_embedders`), built from its weights file,
+        on its device."""
+        names = [n for n in self.embedders if is_crop_embedder(n)]
+        if names and self.weights_file is None:
+            raise TransferlabError(f"face embedder {names[0]!r} needs its weights file")
+        return {n: crop_embedder(n).build(self.weights_file).to(self.device) for n in names}  # type: ignore[arg-type]
+
+    def _crop_embed(self, name: str, crops: torch.Tensor) -> np.ndarray:
+        """Unit embeddings of aligned crops by a registered crop embedder (with ``flip``: the mean of each crop's and
+        its mirror image's)."""
+        import torch
+
+        module = self.crop_modules[name]
+        batch = torch.cat([crops, crops.flip(-1)]) if self.flip else crops
+        use_bf16 = self.precision == "bf16"
+        with torch.no_grad(), torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=use_bf16):
+            out = _unit(module(batch.float()).float().cpu().numpy())
+        return _unit(out[: len(crops)] + out[len(crops) :]) if self.flip else out
 
     def _dlib(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:
         """dlib embeddings per image: its own 5-point shape and chip, one photo at a time on the CPU."""

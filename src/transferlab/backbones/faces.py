@@ -17,7 +17,15 @@ import numpy as np
 
 from .._files import file_sha256
 from ..cache import default_cache_dir
-from ._registry import BackboneCfg, FaceCfg, WeightsSource, device_recipe, register_backbone, register_family
+from ._registry import (
+    BackboneCfg,
+    FaceCfg,
+    WeightsSource,
+    device_recipe,
+    get_backbone_cfg,
+    register_backbone,
+    register_family,
+)
 from ._tensors import tensors_sha256
 from .face_graphs import DLIB_RECOGNITION, DLIB_SHAPE5, SFACE, YUNET, model_file
 from .face_pipeline import FacePipeline
@@ -82,6 +90,7 @@ class FaceBackbone:
             flip=self.face.flip,
             recipe=self.recipe_name,
             tuned=self.tuned,
+            weights_file=self.weights_file,
         )
 
     def tune(self, state: dict[str, np.ndarray] | None) -> FaceBackbone:
@@ -121,11 +130,28 @@ class FaceBackbone:
 
     @cached_property
     def weights_hash(self) -> str:
-        """Hash over every model file used (detector, landmarks, embedder)."""
+        """Hash over every model file used (detector, landmarks, embedder; and a user-added weights file)."""
         h = hashlib.sha256()
         for f in self.cfg.files:
             h.update(file_sha256(model_file(f, f"the package that ships {f[1]}")).encode())
+        if self.cfg.weights.kind == "file":
+            h.update(file_sha256(self.weights_file).encode())
         return h.hexdigest()
+
+    def parts(self) -> list[FaceBackbone]:
+        """A fused backbone's parts (``FaceCfg.parts``), each as its own backbone on this one's device, recipe and
+        graph cache, a user-added weights file shared; empty for a backbone that is not fused."""
+        from ._factory import create_backbone
+
+        out = []
+        for name in self.face.parts:
+            own_file = get_backbone_cfg(name).weights.kind == "file"
+            part = create_backbone(name, weights=self.weights_file if own_file else None)
+            assert isinstance(part, FaceBackbone)
+            part.to(self.device).use_recipe(self.recipe_name)
+            part.cache_root = self.cache_root
+            out.append(part)
+        return out
 
     @property
     def embedding_dim(self) -> int:
@@ -189,7 +215,7 @@ class FaceBackbone:
 
 register_family("face", FaceBackbone, kind="faces")
 
-_DETECTION = {"detector": "YuNet 2023mar int8", "detector_max_side": 640, "score_threshold": 0.6, "nms": 0.3}
+DETECTION = {"detector": "YuNet 2023mar int8", "detector_max_side": 640, "score_threshold": 0.6, "nms": 0.3}
 
 
 def _sface_blocks(module: Any) -> list[Any]:
@@ -226,7 +252,7 @@ register_backbone(
         description="face embedding (128-d) of the detected, aligned face; fast, offline",
         face=FaceCfg(
             embedder="sface",
-            preprocessing={**_DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
+            preprocessing={**DETECTION, "align": "5-point similarity → 112×112 (cv2 alignCrop)"},
             # SFace's published same-person threshold (cosine ≥ 0.363: OpenCV Zoo's face_recognition_sface).
             same_person_cosine=0.363,
         ),
@@ -255,7 +281,7 @@ register_backbone(
         description="dlib's 128-d face descriptor of the detected face (5-point landmarks, 150 px chip)",
         face=FaceCfg(
             embedder="dlib_resnet",
-            preprocessing={**_DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
+            preprocessing={**DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
             single_threaded=True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
         ),
         files=(YUNET, DLIB_SHAPE5, DLIB_RECOGNITION),
@@ -276,7 +302,7 @@ register_backbone(
         face=FaceCfg(
             embedder="sface+dlib_resnet",
             preprocessing={
-                **_DETECTION,
+                **DETECTION,
                 "align": "SFace: 5-point similarity → 112×112; dlib: 5-point shape → 150 px chip, padding 0.25",
             },
             single_threaded=True,

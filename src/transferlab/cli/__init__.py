@@ -15,6 +15,7 @@ from ..errors import TransferlabError
 from .answers import export, predict, serve
 from .data import backbones, featurize, study
 from .training import check_labels, evaluate, train
+from .weights import app as weights_app
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +36,7 @@ for _name, _command in (
     ("backbones", backbones),
 ):
     app.command(_name)(_command)
+app.add_typer(weights_app, name="weights")
 
 
 # What a wrong choice is called in its one-line error ("--head forest: unknown head; choose one of: ...").

@@ -56,3 +56,16 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=True)
+
+
+def licence_note(backbone: str) -> str | None:
+    """One line when a backbone's weights may not be used commercially, else None."""
+    from ..backbones import get_backbone_cfg
+
+    cfg = get_backbone_cfg(backbone)
+    if not cfg.noncommercial:
+        return None
+    return (
+        f"note: {backbone}'s weights are licensed {cfg.license}: non-commercial use only, and so is a model made "
+        "with them"
+    )

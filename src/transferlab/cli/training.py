@@ -15,7 +15,7 @@ from ..errors import TransferlabError
 from ..evaluate import seen_note
 from ..options import EngineName, FaceChoice, HeadName, Pool, Runtime
 from ..report import summary_text
-from ._shared import engine_from_flags, load_model, options_from_flags
+from ._shared import engine_from_flags, licence_note, load_model, options_from_flags
 from ._shared import write_line as _out
 from .flags import (
     BackboneOpt,
@@ -124,6 +124,8 @@ def train(
         group_by=group_by,
         engine=engine_from_flags(engine, master, partitions),
     )
+    if (note := licence_note(opts.backbone)) is not None:  # on stderr: stdout stays one JSON object with --json
+        sys.stderr.write(note + "\n")
     if as_json:
         _out(json.dumps(res.metrics.to_dict()))
         return

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from .._runtime import tune_allocator
+from ..backbones.faces import META_COLS
 from ..cache import FeatureCache
 from ..decode import ImageRejected, decode_pixels
 from . import cuda, loader
 from .result import FeatureResult
-from .spec import lookup
+from .spec import lookup, open_cache
 
 CPU_BATCH = 24  # photos per batch on the CPU (24–32 measured best on 2 cores; larger batches idle lanes at the end)
 # Face lanes on the CPU: one per core (one torch thread each), up to this many. On 2 cores two single-thread lanes
@@ -75,6 +76,8 @@ def featurize_faces(
         An image without a face has an empty ``(0, width)`` bag, not an error: the caller decides the policy.
     """
     tune_allocator()
+    if backbone.face.parts:
+        return _fused(sources, backbone, content_hashes, cache, batch_size, num_workers, progress, hash_all, lanes)
     width = backbone.row_width("faces")
     bags: list[np.ndarray | None] = [None] * len(sources)
     hits, hashes, todo, errors = lookup(
@@ -96,6 +99,66 @@ def featurize_faces(
         n_computed += len(idx)
         if progress is not None:
             progress(len(idx) + len(bad))
+    return FeatureResult(bags, width, errors, n_cached, n_computed, content_hashes=hashes)
+
+
+def _fused(
+    sources: Sequence[Any],
+    backbone: Any,
+    content_hashes: Sequence[str | None] | None,
+    cache: FeatureCache | None,
+    batch_size: int | None,
+    num_workers: int | None,
+    progress: Callable[[int], None] | None,
+    hash_all: bool,
+    lanes: int | None,
+) -> FeatureResult:
+    """A fused backbone's rows, made from its parts' rows: each part featurizes (from its own cache where it can,
+    computing only what it lacks), and each face's part embeddings are put side by side, scaled so that a cosine is
+    the mean of the parts'. Nothing a part has cached is computed again; the fused rows themselves are not stored
+    (they are the parts' rows, side by side)."""
+    parts = backbone.parts()
+    results = []
+    for k, part in enumerate(parts):
+        part_cache = None if cache is None else open_cache(part, "faces", cache.root, True)
+        results.append(
+            featurize_faces(
+                sources,
+                part,
+                content_hashes=content_hashes,
+                cache=part_cache,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress if k == 0 else None,  # one bar: the first part's photos
+                hash_all=hash_all or cache is not None,
+                lanes=lanes,
+            )
+        )
+        content_hashes = results[-1].content_hashes or content_hashes
+    width = backbone.row_width("faces")
+    bags: list[np.ndarray | None] = [None] * len(sources)
+    errors: dict[int, tuple[str, str]] = {}
+    redo = []
+    for i in range(len(sources)):
+        failed = [r.errors[i] for r in results if i in r.errors]
+        if failed:
+            errors[i] = failed[0]
+            continue
+        rows = [r.bags[i] for r in results]
+        if any(len(r) != len(rows[0]) or not np.allclose(r[:, -META_COLS:], rows[0][:, -META_COLS:]) for r in rows):
+            redo.append(i)  # the parts saw different faces (decoded apart): computed together instead
+            continue
+        emb = np.concatenate([r[:, :-META_COLS] for r in rows], axis=1) / np.sqrt(len(rows))
+        bags[i] = np.concatenate([emb, rows[0][:, -META_COLS:]], axis=1).astype(np.float32)
+    for idx, rows, bad in _face_batches(backbone, sources, redo, batch_size, num_workers, lanes):
+        for i, reason, detail in bad:
+            errors[i] = (reason, detail)
+        for i, r in zip(idx, rows, strict=True):
+            bags[i] = r
+    computed = sum(r.n_computed > 0 for r in results)
+    n_computed = max(r.n_computed for r in results) if computed else 0
+    n_cached = len(sources) - len(errors) - n_computed
+    hashes = list(results[-1].content_hashes) if results[-1].content_hashes else []
     return FeatureResult(bags, width, errors, n_cached, n_computed, content_hashes=hashes)
 
 

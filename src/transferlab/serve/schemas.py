@@ -62,6 +62,8 @@ class ModelInfo(BaseModel):
 
     backbone: str
     architecture: str | None = None
+    license: str | None = Field(None, description="the backbone's weights licence")
+    noncommercial: bool = Field(False, description="the weights' licence forbids commercial use")
     head: str
     classes: list[str]
     face_model: bool

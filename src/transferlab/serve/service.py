@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..backbones import get_backbone_cfg
 from ..decode import MAX_PIXELS, ImageRejected, load_rgb
 from ..pipeline import load
 from .upload import UploadRejected
@@ -69,6 +70,7 @@ class ModelService:
     def info(self, max_upload_bytes: int) -> dict[str, Any]:
         """The ``GET /api/model`` answer."""
         meta = self.meta
+        cfg = get_backbone_cfg(self.clf.backbone)
         evaluation = meta.get("evaluation", {})
         classes = [str(c) for c in self.clf.classes_]
         ci = evaluation.get("accuracy_ci95")
@@ -79,6 +81,9 @@ class ModelService:
         return {
             "backbone": self.clf.backbone,
             "architecture": meta.get("backbone", {}).get("architecture"),
+            # the licence of the weights the model runs on (recorded at training; a model from before: the registry's)
+            "license": meta.get("backbone", {}).get("license", cfg.license),
+            "noncommercial": bool(meta.get("backbone", {}).get("noncommercial", cfg.noncommercial)),
             "head": self.clf.head,
             "classes": classes,
             "face_model": self.kind.answers_with_faces,

@@ -84,6 +84,12 @@ PIPELINES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("… fused + MIL by the configured head (combined)", {"backbone": "sface_dlib"}, {"mil": CONFIGURED_HEAD_CHOOSES}),
     ("sface (faces, MIL) → svm, default open set", {"backbone": "sface", "head": "svm"}, {}),
     ("sface, embedder's last 2 blocks fine-tuned (faces, MIL) → logreg", {"backbone": "sface", "finetune": 2}, {}),
+    ("edgeface_xs (faces, MIL) → logreg, default open set (opt-in, non-commercial)", {"backbone": "edgeface_xs"}, {}),
+    (
+        "sface + EdgeFace-XS fused (`sface_edgeface`) → logreg (opt-in, non-commercial)",
+        {"backbone": "sface_edgeface"},
+        {},
+    ),
 ]
 
 
@@ -174,6 +180,11 @@ def main() -> None:
         "--audit", default=None, help="label audit CSV (file, verdict, finding); default: the bundled data's own"
     )
     ap.add_argument("--no-audit", action="store_true", help="skip the audited view")
+    ap.add_argument(
+        "--few-shot-backbones",
+        default="sface",
+        help="backbones of the few-photos rows, comma-separated (e.g. sface,edgeface_xs)",
+    )
     args = ap.parse_args()
     parts = [t.strip().lower() for t in (args.only or "").split("|") if t.strip()]
     wanted = (lambda name: any(t in name.lower() for t in parts)) if parts else (lambda name: True)
@@ -225,18 +236,22 @@ def main() -> None:
             return
         extra = " | as answered, audited photos, per seed | lowest" if dropped else ""
         print(
-            "\n| few photos per class (sface), every seed | accuracy (as answered) per seed | lowest "
+            "\n| few photos per class, every seed | accuracy (as answered) per seed | lowest "
             f"| most probable class per seed | known answered unknown per seed{extra} |"
         )
         print("|---|---|---:|---|---|" + ("---|---:|" if dropped else ""))
+        rules = [
+            ("open set as before", BEFORE, "sface"),
+            *(("default", {}, b) for b in args.few_shot_backbones.split(",")),
+        ]
         for n in (3, 25):
-            for label, rule in (("open set as before", BEFORE), ("default", {})):
+            for label, rule, backbone in rules:
                 ms, kept = [], []
                 with open_set(rule):
                     for seed in seeds:
                         r = transferlab.train(
                             data, Path(tmp) / "m", seed=seed, per_class=n, test_size=args.test_size,
-                            cache_dir=cache,
+                            cache_dir=cache, backbone=backbone,
                         )  # fmt: skip
                         ms.append(r.metrics)
                         if dropped:
@@ -246,8 +261,8 @@ def main() -> None:
                 unknown = ", ".join(f"{m['unknown_rate']:.1%}" for m in ms)
                 tail = f" | {', '.join(f'{a:.3f}' for a in kept)} | {min(kept):.3f}" if kept else ""
                 print(
-                    f"| {n} per class, {label} | {', '.join(f'{a:.3f}' for a in accs)} | {min(accs):.3f} | {closed} "
-                    f"| {unknown}{tail} |",
+                    f"| {n} per class, {backbone}, {label} | {', '.join(f'{a:.3f}' for a in accs)} | {min(accs):.3f} "
+                    f"| {closed} | {unknown}{tail} |",
                     flush=True,
                 )
 

@@ -85,8 +85,10 @@ def test_cpu_batch_size_is_32():
 
 
 def test_accuracy_scores_the_answers_as_given_and_the_closed_set_beside_it():
-    """A face model's photo answered ``unknown`` is wrong in ``accuracy`` and right in ``accuracy_closed_set`` when
-    its most probable class is right; photos with no face count in ``no_face_rate``; all per group too."""
+    """One definition of accuracy: n is every photo asked about (answered, `unknown` or no face found); a known
+    person answered `unknown` or `no face found` is wrong as answered; the most probable class is the closed-set
+    figure (none without a face: wrong); only a photo that could not be read is outside n, listed; the confusion of
+    the answers has `unknown` and `no face found` columns. All per group too."""
     import pandas as pd
 
     from transferlab.evaluate import evaluate_analyses
@@ -95,10 +97,10 @@ def test_accuracy_scores_the_answers_as_given_and_the_closed_set_beside_it():
     face = FaceFinding([0, 0, 10, 10], [[0, 0]] * 5, 0.9, np.array([0.9, 0.1]), 0.5, True)
     table = pd.DataFrame(
         {
-            "path": list("abcde"),
-            "label": ["x", "x", "y", "y", "x"],
-            "content_hash": list("12345"),
-            "kind": ["web", "web", "web", "crop", "crop"],
+            "path": list("abcdef"),
+            "label": ["x", "x", "y", "y", "x", "y"],
+            "content_hash": list("123456"),
+            "kind": ["web", "web", "web", "crop", "crop", "crop"],
         }
     )
     analyses = [
@@ -106,13 +108,18 @@ def test_accuracy_scores_the_answers_as_given_and_the_closed_set_beside_it():
         Analysis(np.array([0.8, 0.2]), faces=[face], answer=0, known=False),  # x, unknown: right class, wrong answer
         Analysis(np.array([0.3, 0.7]), faces=[face, face], answer=1, known=True),  # y, right
         Analysis(np.array([0.6, 0.4]), faces=[face], answer=0, known=True),  # y, wrong
-        Analysis(error=("no face", "no face found")),  # x, no face
+        Analysis(error=("no face", "no face found")),  # x, no face: wrong, and inside n
+        Analysis(error=("truncated", "image file is truncated")),  # y, could not be read: outside n, listed
     ]
     m, detail = evaluate_analyses(table, analyses, ["x", "y"], group_by="kind", skipped={})
-    assert m["n"] == 4 and m["skipped"] == {"no face": 1}
-    assert m["accuracy"] == 0.5 and m["accuracy_closed_set"] == 0.75
-    assert m["unknown_rate"] == 0.25 and m["no_face_rate"] == 0.2 and m["several_faces"] == 1
-    assert detail["answers"] == ["x", "unknown", "y", "x"]
+    assert m["n"] == 5 and m["skipped"] == {"truncated": 1} and m["n_no_face"] == 1
+    assert m["not_read"] == [{"path": "f", "reason": "truncated"}]
+    assert m["accuracy"] == 2 / 5 and m["accuracy_closed_set"] == 3 / 5
+    assert m["unknown_rate"] == 1 / 5 and m["no_face_rate"] == 1 / 5 and m["several_faces"] == 1
+    assert detail["answers"] == ["x", "unknown", "y", "x", "no face found"]
+    assert m["answer_labels"] == ["x", "y", "unknown", "no face found"]
+    assert m["confusion_answered"] == [[1, 0, 1, 1], [1, 1, 0, 0]]  # rows x, y
+    assert m["confusion"] == [[2, 0], [1, 1]]  # closed set, over the photos with a face
     web, crop = m["groups"]["web"], m["groups"]["crop"]
     assert (web["accuracy"], web["accuracy_closed_set"], web["unknown_rate"]) == (2 / 3, 1.0, 1 / 3)
-    assert (crop["accuracy"], crop["no_face_rate"]) == (0.0, 0.5)
+    assert (crop["accuracy"], crop["no_face_rate"], crop["n"]) == (0.0, 0.5, 2)

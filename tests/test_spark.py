@@ -346,17 +346,17 @@ def test_standalone_cluster_featurize_survives_a_killed_executor(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-        # Kill one worker's executor once features are flowing (the cache fills as images are featurized).
+        # Kill one worker's executor once features are flowing (the cache fills as images are featurized). The wait
+        # follows the job's progress, not a clock: on a loaded machine it is slower, never a failure.
         killed = None
-        deadline = time.monotonic() + 240
-        while killed is None and job.poll() is None and time.monotonic() < deadline:
+        while killed is None and job.poll() is None:
             done = sum(1 for _ in cache.rglob("*.npy")) if cache.exists() else 0
             executors = _executors(workers[0].pid)
             if done >= 150 and executors:
                 os.kill(executors[0], signal.SIGKILL)
                 killed = (executors[0], done)
             time.sleep(0.2)
-        stdout, stderr = job.communicate(timeout=300)
+        stdout, stderr = job.communicate()
         assert killed is not None, f"never saw an executor to kill\n{stderr[-3000:]}"
         assert job.returncode == 0, stderr[-3000:]
         assert killed[1] < 812, "the executor was killed only after the job had finished featurizing"

@@ -71,3 +71,15 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
         else:
             out.append(str(p))
     return out
+
+
+def display_names(paths: Sequence[str | os.PathLike[str]], files: Sequence[str]) -> list[str]:
+    """How to show each of ``files`` (from :func:`expand_paths` of ``paths``) in a table: a file given by name as
+    given; a file found in a given folder relative to that folder's parent (``obama/0001.jpg``), so names stay short
+    and still say where they are."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    out = []
+    for f in files:
+        home = next((d for d in folders if Path(f).is_relative_to(d)), None)
+        out.append(os.path.relpath(f, home.parent if home.parent != home else home) if home is not None else f)
+    return out

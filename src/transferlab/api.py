@@ -222,9 +222,9 @@ def train(
         split_info=split_info,
         timings=timings,
         feature_stats=fe.stats,
-        rows=fe.detail["rows"],
-        proba=fe.detail["proba"],
+        detail=fe.detail,
         group_by=group_by,
+        draft=clf.extractor_.backbone.draft_size,
     )
     return TrainResult(clf, metrics, got, split, out, report_path, timings, fe.stats)
 

@@ -93,13 +93,23 @@ class Metrics(Mapping[str, Any]):
     Attributes
     ----------
     accuracy
-        The answers as given: for a face model a known person answered ``unknown`` is wrong.
+        The answers as given: a known person answered ``unknown`` or ``no face found`` is wrong.
     accuracy_closed_set
-        The most probable class (what the seed study measured).
-    n, labels, per_class, confusion, log_loss
-        Photos scored, the classes, per-class scores and the confusion matrix (most probable class), log loss.
-    skipped
-        Photos not scored, by reason.
+        The most probable class (what the seed study measured); a photo with no face has none, so it is wrong.
+    n, labels
+        Every photo asked about (answered, ``unknown`` or no face found: only photos that could not be read at all
+        are outside it), and the classes.
+    per_class, confusion, log_loss
+        Over the photos with a most probable class (closed set): precision, recall and F1 per class, the confusion
+        matrix (rows true, columns most probable), the log loss.
+    answer_labels, confusion_answered
+        The confusion of the answers as given: rows the true class, columns ``answer_labels`` (the classes,
+        ``unknown``, ``no face found``).
+    n_no_face
+        Photos in ``n`` where no face was found.
+    skipped, not_read
+        Photos not scored, by reason (training photos without a face, files that could not be read), and the
+        evaluated files that could not be read, each with its reason.
     accuracy_ci95
         Wilson interval of ``accuracy`` (absent when ``n`` is 0).
     groups
@@ -132,6 +142,10 @@ class Metrics(Mapping[str, Any]):
     found: int | None = None
     used: int | None = None
     n_train: int | None = None
+    answer_labels: list[str] | None = None
+    confusion_answered: list[list[int]] | None = None
+    n_no_face: int | None = None
+    not_read: list[dict[str, str]] | None = None
 
     # The --json key order; entries that are None are left out (as they always were).
     _ORDER = (
@@ -154,6 +168,10 @@ class Metrics(Mapping[str, Any]):
         "found",
         "used",
         "n_train",
+        "answer_labels",
+        "confusion_answered",
+        "n_no_face",
+        "not_read",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +206,11 @@ class Metrics(Mapping[str, Any]):
             skipped[reason] = skipped.get(reason, 0) + int(k)
         return replace(self, skipped=skipped)
 
+    def unread(self, files: Sequence[tuple[str, str]]) -> Metrics:
+        """These metrics with more files that could not be read (``(path, reason)``) listed in ``not_read``."""
+        listed = [*(self.not_read or []), *({"path": str(p), "reason": r} for p, r in files)]
+        return replace(self, not_read=listed)
+
     def counted(self, *, found: int, used: int, n_train: int | None = None) -> Metrics:
         """These metrics with the file counts of the job (``found = used + skipped``)."""
         return replace(self, found=int(found), used=int(used), n_train=None if n_train is None else int(n_train))
@@ -205,6 +228,9 @@ class Metrics(Mapping[str, Any]):
         return out
 
 
+NO_FACE_ANSWER = "no face found"
+
+
 def compute_metrics(
     y_true: Sequence[str],
     proba: np.ndarray,
@@ -214,14 +240,16 @@ def compute_metrics(
     skipped: dict[str, int] | None = None,
     answers: Sequence[str] | None = None,
 ) -> Metrics:
-    """Accuracy, per-class precision/recall/F1, confusion matrix, log loss and per-group accuracy.
+    """Accuracy as answered and of the most probable class, per-class precision/recall/F1, confusion matrices, log
+    loss and per-group accuracy.
 
     Parameters
     ----------
     y_true
         True labels (each must be one of ``labels``).
     proba
-        Predicted probabilities, ``(n, len(labels))``, columns in ``labels`` order.
+        Predicted probabilities, ``(n, len(labels))``, columns in ``labels`` order; a row of NaN for a photo with no
+        most probable class (no face found).
     labels
         Class names.
     groups
@@ -229,14 +257,14 @@ def compute_metrics(
     skipped
         Counts of images that could not be evaluated, by reason (reported, not scored).
     answers
-        The answers as the model gives them, when they can differ from the most probable class (a face model's
-        ``unknown``). ``accuracy`` scores these; ``accuracy_closed_set`` the most probable class. Default: the most
-        probable class.
+        The answers as the model gives them, when they can differ from the most probable class (``unknown``,
+        ``no face found``). ``accuracy`` scores these; ``accuracy_closed_set`` the most probable class. Default: the
+        most probable class.
 
     Returns
     -------
     Metrics
-        Precision, recall, F1 and the confusion matrix are over the classes (closed set).
+        Precision, recall, F1, ``confusion`` and the log loss are over the photos with a most probable class.
     """
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
@@ -244,14 +272,31 @@ def compute_metrics(
     y_true = np.asarray(y_true).astype(str)
     n = len(y_true)
     skipped = dict(skipped or {})
+    columns = [*labels, "unknown", NO_FACE_ANSWER]
     if n == 0:
         nan = float("nan")
-        return Metrics(nan, nan, 0, labels, {}, [], nan, skipped, groups=None if groups is None else {})
-    y_pred = np.asarray(labels)[np.argmax(proba, axis=1)]
+        return Metrics(
+            nan, nan, 0, labels, {}, [], nan, skipped, groups=None if groups is None else {},
+            answer_labels=columns, confusion_answered=[], n_no_face=0,
+        )  # fmt: skip
+    proba = np.asarray(proba, dtype=float)
+    has = ~np.isnan(proba).any(axis=1)
+    y_pred = np.full(n, NO_FACE_ANSWER, dtype=object)
+    y_pred[has] = np.asarray(labels)[np.argmax(proba[has], axis=1)]
     closed = y_pred == y_true
-    correct = closed if answers is None else np.asarray(answers).astype(str) == y_true
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    given = y_pred if answers is None else np.asarray(answers, dtype=object)
+    correct = given.astype(str) == y_true
     lo, hi = wilson_interval(int(correct.sum()), n)
+    if has.any():
+        p, r, f, s = precision_recall_fscore_support(
+            y_true[has], y_pred[has].astype(str), labels=labels, zero_division=0
+        )
+        per_class = {c: ClassScores(float(p[i]), float(r[i]), float(f[i]), int(s[i])) for i, c in enumerate(labels)}
+        confusion = confusion_matrix(y_true[has], y_pred[has].astype(str), labels=labels).tolist()
+        loss = float(log_loss(y_true[has], np.clip(proba[has], 1e-15, 1.0), labels=labels))
+    else:
+        per_class, confusion, loss = {}, [[0] * len(labels) for _ in labels], float("nan")
+    answered = confusion_matrix(y_true, given.astype(str), labels=columns)[: len(labels)].tolist()
     per_group = None
     if groups is not None:
         g = np.asarray(groups).astype(str)
@@ -277,11 +322,14 @@ def compute_metrics(
         n=n,
         labels=labels,
         accuracy_ci95=[lo, hi],
-        per_class={c: ClassScores(float(p[i]), float(r[i]), float(f[i]), int(s[i])) for i, c in enumerate(labels)},
-        confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        log_loss=float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
+        per_class=per_class,
+        confusion=confusion,
+        log_loss=loss,
         skipped=skipped,
         groups=per_group,
+        answer_labels=columns,
+        confusion_answered=answered,
+        n_no_face=int((~has).sum()),
     )
 
 
@@ -319,53 +367,65 @@ def evaluate_analyses(
 ) -> tuple[Metrics, dict[str, Any]]:
     """Metrics for the photos of an intake table, given the model's analysis of each row.
 
-    ``accuracy`` scores the answers as the model gives them: for a face model a photo answered ``unknown`` is
-    wrong; ``accuracy_closed_set`` scores the most probable class (what the seed measured). Rows without an answer
-    are counted in ``skipped`` by reason. ``unknown_rate`` is the share of answered photos (all of known people)
-    answered ``unknown``; ``no_face_rate`` the share of photos with no face found; both also per group. Face models
-    add ``several_faces``. With ``training_hashes`` (a saved model's), how many photos it was trained on and the
-    accuracy on the others.
+    One definition of accuracy (:class:`Metrics`): ``n`` is every photo asked about; ``accuracy`` scores the answers
+    as given, so a known person answered ``unknown`` or ``no face found`` is wrong; ``accuracy_closed_set`` scores
+    the most probable class (what the seed measured; none for a photo without a face). Only photos that could not be
+    read at all stay outside ``n``: counted in ``skipped`` and listed in ``not_read``. ``unknown_rate`` and
+    ``no_face_rate`` are shares of ``n``, also per group. Face models add ``several_faces``. With
+    ``training_hashes`` (a saved model's), how many photos it was trained on and the accuracy on the others.
 
     Returns
     -------
     metrics, detail
-        The metrics, and ``{"rows", "proba", "answers"}`` of the answered rows for reports.
+        The metrics, and for reports, per photo of ``n``: ``rows`` (the table's rows), ``answers``, ``proba`` (NaN
+        without a face), ``similarity`` (the answer face's, NaN without one) and ``box`` (the answer face's, or None).
     """
     skipped = dict(skipped or {})
-    ok = np.array([a.usable for a in analyses], dtype=bool)
     no_face = np.array([a.error is not None and a.error[0] == "no face" for a in analyses], dtype=bool)
-    for a in analyses:
-        if a.error is not None and not a.usable:
-            skipped[a.error[0]] = skipped.get(a.error[0], 0) + 1
-    rows = table[ok].reset_index(drop=True)
-    used = [a for a in analyses if a.proba is not None]
-    proba = np.stack([a.proba for a in used]) if used else np.zeros((0, len(classes)))
-    answers = [str(classes[int(np.argmax(a.proba))]) if a.known else "unknown" for a in used]
+    counted = np.array([a.usable for a in analyses], dtype=bool) | no_face
+    not_read = []
+    for i, a in enumerate(analyses):
+        if not counted[i]:
+            reason = a.error[0] if a.error is not None else "unreadable"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            not_read.append({"path": str(table["path"].iloc[i]), "reason": reason})
+    rows = table[counted].reset_index(drop=True)
+    asked = [a for a, c in zip(analyses, counted, strict=True) if c]
+    nan = np.full(len(classes), np.nan)
+    proba = np.stack([a.proba if a.proba is not None else nan for a in asked]) if asked else np.zeros((0, len(classes)))
+    answers = [
+        NO_FACE_ANSWER if a.proba is None else str(classes[int(np.argmax(a.proba))]) if a.known else "unknown"
+        for a in asked
+    ]
+    faces = [a.faces[a.answer] if a.faces and a.answer is not None else None for a in asked]
     groups = rows[group_by].tolist() if group_by is not None else None
     metrics = compute_metrics(
         rows["label"].tolist(), proba, list(classes), groups=groups, skipped=skipped, answers=answers
     )
-    unknown = np.array([not a.known for a in used], dtype=bool)
-    counted = ok | no_face
+    unknown = np.array([a == "unknown" for a in answers], dtype=bool)
+    lacking = np.array([a == NO_FACE_ANSWER for a in answers], dtype=bool)
     extra: dict[str, Any] = {
-        "unknown_rate": float(unknown.mean()) if len(used) else float("nan"),
-        "no_face_rate": float(no_face[counted].mean()) if counted.any() else float("nan"),
+        "unknown_rate": float(unknown.mean()) if len(asked) else float("nan"),
+        "no_face_rate": float(lacking.mean()) if len(asked) else float("nan"),
+        "not_read": not_read,
     }
     if group_by is not None and metrics.groups is not None:
-        all_groups = table[group_by].astype(str).to_numpy()
+        values = rows[group_by].astype(str).to_numpy()
         extra["groups"] = {
             v: replace(
-                g,
-                unknown_rate=float(unknown[all_groups[ok] == v].mean())
-                if (all_groups[ok] == v).any()
-                else float("nan"),
-                no_face_rate=float(no_face[(all_groups == v) & counted].mean()),
+                g, unknown_rate=float(unknown[values == v].mean()), no_face_rate=float(lacking[values == v].mean())
             )
             for v, g in metrics.groups.items()
         }
     if any(a.faces for a in analyses):
         extra["several_faces"] = int(sum(len(a.faces) > 1 for a in analyses))
-    detail = {"rows": rows, "proba": proba, "answers": answers}
+    detail = {
+        "rows": rows,
+        "proba": proba,
+        "answers": answers,
+        "similarity": np.array([f.similarity if f is not None else np.nan for f in faces]),
+        "box": [f.box if f is not None else None for f in faces],
+    }
     if training_hashes:
         extra.update(seen_in_training(table, detail, training_hashes))
     return replace(metrics, **extra), detail

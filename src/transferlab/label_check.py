@@ -251,10 +251,11 @@ def check_labels(
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         rows: list[dict[str, Any]] = []
         extra = [c for c in table.columns if c not in {"path", "label", "content_hash", "group", "width", "height"}]
+        clf.featurize(table["path"].tolist(), table["content_hash"].tolist())  # once, with progress: folds read it
+        quiet = opts.model_copy(update={"verbose": False})
         for fold, (train, test) in enumerate(splitter.split(np.zeros(len(table)), labels, groups)):
             rep.info(f"label check: fold {fold + 1}/{k}, fitting on {len(train)} photos, answering {len(test)}")
-            verbose = opts.verbose and fold == 0  # progress bars once: later folds read the cache
-            model = Classifier.from_options(opts.model_copy(update={"verbose": verbose}))
+            model = Classifier.from_options(quiet)
             model.fit_sources(
                 table["path"].iloc[train].tolist(), labels[train], table["content_hash"].iloc[train].tolist()
             )

@@ -178,9 +178,10 @@ def _saved_options(meta: dict[str, Any]) -> dict[str, Any]:
     """The options a model was saved with: its ``options`` entry, or, in models from before it was written, the
     fields those models kept."""
     if "options" in meta:
-        return dict(meta["options"])
+        return {**Options.before_saved(), **meta["options"]}
     fmeta = meta.get("fallback")
     return {
+        **Options.before_saved(),
         "backbone": meta["backbone"]["name"],
         "head": meta["head"]["name"],
         "pool": meta.get("pool", "avg"),

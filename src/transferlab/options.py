@@ -7,7 +7,6 @@ server all build an :class:`Options` and read defaults from it, so a default or 
 
 from __future__ import annotations
 
-import enum
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .backbones import get_backbone_cfg
+from .choices import DEFAULT_BACKBONE, EngineName, FaceChoice, FacesOutput, HeadName, Pool, Recipe, Runtime
 from .errors import TransferlabError
-from .features import DEFAULT_BACKBONE, FeatureOptions, Pool, Recipe, Runtime
+from .features import FeatureOptions
 from .finetune import FinetuneConfig
 from .heads import make_head
 from .kinds import ModelKind, kind_of
@@ -33,35 +33,6 @@ __all__ = [
     "Runtime",
     "validate_options",
 ]
-
-
-class HeadName(enum.StrEnum):
-    """Heads: scikit-learn estimators on features (:mod:`transferlab.heads`)."""
-
-    logreg = "logreg"
-    svm = "svm"
-    mlp = "mlp"
-
-
-class FaceChoice(enum.StrEnum):
-    """Which face of a photo is learned from and answers."""
-
-    mil = "mil"
-    largest = "largest"
-
-
-class EngineName(enum.StrEnum):
-    """Where the featurize stage runs."""
-
-    local = "local"
-    spark = "spark"
-
-
-class FacesOutput(enum.StrEnum):
-    """``predict --faces``: one answer per photo, or one per face."""
-
-    best = "best"
-    all = "all"
 
 
 class Options(FeatureOptions):

@@ -220,7 +220,11 @@ class Classifier(BaseEstimator):
         if names is None:
             names = [str(x) if isinstance(x, str | os.PathLike) else f"<image {i}>" for i, x in enumerate(images)]
         analyses = self.analyse(images, threshold=unknown_threshold)
-        return [Prediction.from_analysis(n, a, list(self.classes_)) for n, a in zip(names, analyses, strict=True)]
+        threshold = unknown_threshold if unknown_threshold is not None else self.options_.kind.threshold(self.head_)
+        classes = list(self.classes_)
+        return [
+            Prediction.from_analysis(n, a, classes, threshold=threshold) for n, a in zip(names, analyses, strict=True)
+        ]
 
     def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
         """Class probabilities per image (columns in ``classes_`` order); NaN rows for unusable images."""
@@ -244,6 +248,8 @@ class Classifier(BaseEstimator):
         object)."""
         got = self.read(data, manifest)
         metrics, _ = self.evaluate_table(got.table, group_by=group_by, skipped=got.report.skipped_counts())
+        # files the intake could not read (a duplicate was read: its first copy is evaluated)
+        metrics = metrics.unread([(s.path, s.reason) for s in got.report.skipped if s.reason != "duplicate"])
         return metrics.counted(found=sum(got.report.found.values()), used=metrics.n)  # found = used + skipped
 
     def evaluate_table(

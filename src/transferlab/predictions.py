@@ -64,13 +64,21 @@ class Prediction:
     faces: list[dict[str, Any]] = field(default_factory=list)
     fallback: bool = False
     reason: str | None = None  # the skip reason alone (e.g. "truncated") when ``error`` is set
+    similarity: float | None = None  # the answer face's similarity to its class (face models)
+    threshold: float | None = None  # the similarity below which a face is ``unknown`` (face models)
 
     @classmethod
     def from_analysis(
-        cls, path: str, analysis: Analysis, classes: Sequence[str], unknown: str = "unknown"
+        cls,
+        path: str,
+        analysis: Analysis,
+        classes: Sequence[str],
+        unknown: str = "unknown",
+        threshold: float | None = None,
     ) -> Prediction:
-        """The answer for one photo: its most probable class, ``unknown`` when its answer face is a stranger."""
-        p = cls(path=path)
+        """The answer for one photo: its most probable class, ``unknown`` when its answer face is a stranger
+        (its similarity below ``threshold``, the model's open-set threshold)."""
+        p = cls(path=path, threshold=threshold)
         if analysis.proba is None:
             reason, detail = analysis.error or ("unreadable", "")
             p.reason = reason
@@ -93,7 +101,24 @@ class Prediction:
         if analysis.faces:
             answer = p.faces[int(analysis.answer or 0)]
             p.label, p.box, p.face_score = answer["label"], answer["box"], answer["face_score"]
+            p.similarity = answer["similarity"]
         return p
+
+    def why(self) -> str:
+        """The answer's reason in words: for a face, its similarity to the class against the threshold."""
+        if self.error is not None:
+            return self.error
+        if self.fallback:
+            return "no face found; the whole-image model answered"
+        if self.similarity is None or self.threshold is None:
+            return ""
+        if self.label == "unknown":
+            nearest = max(self.probabilities, key=self.probabilities.__getitem__)
+            return (
+                f"not close enough to anyone this model knows: similarity {self.similarity:.2f} < "
+                f"{self.threshold:.2f} (nearest: {nearest})"
+            )
+        return f"similarity {self.similarity:.2f} ≥ {self.threshold:.2f}"
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """The ``predict --json`` line for this input (face models add ``box`` and ``face_score``)."""
@@ -102,6 +127,7 @@ class Prediction:
         out = {"path": self.path, "label": self.label, "probabilities": _top(self.probabilities, top_k)}
         if self.box is not None:
             out.update(box=self.box, face_score=self.face_score, n_faces=len(self.faces))
+            out.update(similarity=self.similarity, unknown_threshold=self.threshold)
         if self.fallback:
             out.update(n_faces=0, fallback=True)
         return out
@@ -118,22 +144,44 @@ class Prediction:
                 "probabilities": _top(f["probabilities"], top_k),
                 "box": f["box"],
                 "face_score": f["face_score"],
+                "similarity": f["similarity"],
+                "unknown_threshold": self.threshold,
+                "answer": bool(f["answer"]),
             }
             for k, f in enumerate(self.faces)
         ]
 
 
-def display_rows(predictions: Sequence[Prediction], top_k: int, every_face: bool = False) -> list[tuple[str, ...]]:
-    """``predict``'s table: file, label (or a red ``error``), probabilities and face box, a row per answer."""
+def display_rows(
+    predictions: Sequence[Prediction],
+    names: Sequence[str],
+    top_k: int | None = None,
+    every_face: bool = False,
+) -> list[tuple[str, ...]]:
+    """``predict``'s table, a row per answer (per face with ``every_face``): file (``names``: as the user sees it),
+    answer, its probability (or the ``top_k`` classes), why (a face's similarity against the threshold, in words;
+    an error), and with ``every_face`` the face's box, ``*`` marking the face that answered."""
     rows: list[tuple[str, ...]] = []
-    for p in predictions:
+    for p, name in zip(predictions, names, strict=True):
         if p.error:
-            rows.append((p.path, "[red]error[/red]", p.error, ""))
+            rows.append(
+                (name, "[red]error[/red]" if p.reason != "no face" else "no face", "", p.error, *("",) * every_face)
+            )
             continue
-        for line in p.face_dicts(top_k) if every_face else [p.to_dict(top_k)]:
+        for line in p.face_dicts(top_k or 1) if every_face else [p.to_dict(top_k or 1)]:
             probs = "  ".join(f"{c} {v:.2f}" for c, v in line["probabilities"].items())
-            box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""
-            rows.append((p.path, line["label"] or "", probs, box))
+            sim, thr = line.get("similarity"), p.threshold
+            if sim is None or thr is None:
+                why = p.why()
+            elif line["label"] == "unknown":
+                why = f"not close enough to anyone this model knows: {sim:.2f} < {thr:.2f}"
+            else:
+                why = f"similarity {sim:.2f} ≥ {thr:.2f}"
+            extra = ()
+            if every_face:
+                box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""
+                extra = (("* " if line.get("answer") else "  ") + box,)
+            rows.append((name, line["label"] or "", probs, why, *extra))
     return rows
 
 

@@ -18,25 +18,30 @@ def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def plot_confusion(labels: list[str], confusion: list[list[int]], title: str, path: Path) -> None:
-    """Confusion matrix heat map with counts (rows: the true class)."""
+def plot_confusion(
+    rows: list[str], confusion: list[list[int]], title: str, path: Path, columns: list[str] | None = None
+) -> None:
+    """Confusion matrix heat map with counts: rows the true class, columns the answer (``columns``: the classes
+    and, for answers as given, ``unknown`` and ``no face found``; default: the classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
+    columns = columns or rows
+    cm = np.asarray(confusion, dtype=int).reshape(len(rows), len(columns))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(columns), 1.2 + 0.8 * len(rows)))
+    ax.imshow(cm, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("answered" if len(columns) > len(rows) else "most probable class")
     ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(
-                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
-            )
+    if len(columns) > len(rows):  # the answers that are no class, apart from the classes
+        ax.axvline(len(rows) - 0.5, color="grey", linewidth=1)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
     ax.set_title(title)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
@@ -44,7 +49,7 @@ def plot_confusion(labels: list[str], confusion: list[list[int]], title: str, pa
 
 
 def plot_per_class(metrics: Metrics, path: Path) -> None:
-    """Precision, recall and F1 bars per class."""
+    """Precision, recall and F1 bars per class (of the most probable class), the legend beside the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,34 +57,51 @@ def plot_per_class(metrics: Metrics, path: Path) -> None:
 
     labels = metrics.labels
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(labels), 3.2))
+    fig, ax = plt.subplots(figsize=(3.2 + 1.1 * len(labels), 3.2))
     for k, key in enumerate(("precision", "recall", "f1")):
         ax.bar(x + (k - 1) * 0.27, [getattr(metrics.per_class[c], key) for c in labels], 0.27, label=key)
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("per-class precision, recall, F1")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: never on a bar
+    ax.set_title("per class, most probable class (closed set)", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
-def worst_mistakes(rows: pd.DataFrame, proba: np.ndarray, labels: list[str], k: int = 12) -> pd.DataFrame:
-    """The ``k`` most confident wrong predictions, most confident first."""
+def answered_mistakes(detail: dict[str, Any], threshold: float | None, k: int = 12) -> pd.DataFrame:
+    """The ``k`` worst mistakes as answered: another class (most confident first), then ``unknown`` (least similar
+    first), then no face found; each with a caption saying what was answered and why, and the answer face's box."""
+    rows = detail["rows"].reset_index(drop=True)
     if len(rows) == 0:
-        return rows.assign(pred=[], confidence=[])
-    pred_idx = np.argmax(proba, axis=1)
-    pred = np.asarray(labels)[pred_idx]
-    conf = proba[np.arange(len(proba)), pred_idx]
-    df = rows.assign(pred=pred, confidence=conf)
-    wrong = df[df["pred"] != df["label"]].sort_values("confidence", ascending=False)
-    return wrong.head(k)
+        return rows.assign(caption=[], box=[])
+    answers = np.asarray(detail["answers"], dtype=object)
+    proba, sims = np.asarray(detail["proba"], dtype=float), np.asarray(detail["similarity"], dtype=float)
+    wrong = np.flatnonzero(answers != rows["label"].astype(str).to_numpy())
+    found = []
+    for i in wrong:
+        answer, label = str(answers[i]), str(rows.at[i, "label"])
+        sim = "" if np.isnan(sims[i]) else f"sim {sims[i]:.2f}"
+        if answer == "no face found":
+            order, key, why = 2, 0.0, "no face found"
+        elif answer == "unknown":
+            nearest = detail["labels"][int(np.nanargmax(proba[i]))]
+            cut = f" < {threshold:.2f}" if threshold is not None else ""
+            order, key, why = 1, sims[i], f"unknown, nearest {nearest} ({sim}{cut})"
+        else:
+            p = float(np.nanmax(proba[i]))
+            order, key, why = 0, -p, f"answered {answer} (p {p:.2f}" + (f", {sim})" if sim else ")")
+        found.append((order, key, int(i), f"true {label}\n{why}"))
+    found.sort(key=lambda t: (t[0], t[1]))
+    picked = [i for _, _, i, _ in found[:k]]
+    captions = [c for *_, c in found[:k]]
+    return rows.iloc[picked].assign(caption=captions, box=[detail["box"][i] for i in picked]).reset_index(drop=True)
 
 
 def plot_mistakes(mistakes: pd.DataFrame, path: Path, draft: tuple[int, int] | None = None) -> bool:
-    """Gallery of mistakes with true and predicted labels (or each row's ``caption`` where the table has one), and
-    the face that answered outlined where a row has a ``box`` (pixels of the photo decoded with ``draft``, as the
-    face pipeline decodes it); returns False when there are none."""
+    """Gallery of photos, each titled with its ``caption`` (or its true and predicted labels), the face that
+    answered outlined where a row has a ``box`` (pixels of the photo decoded with ``draft``, as the face pipeline
+    decodes it); returns False when there are none."""
     if len(mistakes) == 0:
         return False
     import matplotlib
@@ -128,8 +150,11 @@ def metrics_md(metrics: Metrics, group_by: str | None) -> str:
     """Markdown for overall, per-class and per-group results."""
     lo, hi = metrics.accuracy_ci95 or [float("nan")] * 2
     out = [
-        f"**Accuracy {_fmt(metrics.accuracy)}** (95% CI {_fmt(lo)}–{_fmt(hi)}, n = {metrics.n}); "
-        f"log loss {_fmt(metrics.log_loss)}.",
+        f"**Accuracy as answered {_fmt(metrics.accuracy)}** (95% CI {_fmt(lo)}–{_fmt(hi)}, n = {metrics.n}: every "
+        "held-out photo that could be read; `unknown` and `no face found` count as wrong for a known person); most "
+        f"probable class {_fmt(metrics.accuracy_closed_set)}; log loss {_fmt(metrics.log_loss)}.",
+        "",
+        "Per class, by the most probable class (closed set, over the photos with a face):",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
@@ -161,18 +186,23 @@ def write_report(
     split_info: dict[str, Any],
     timings: dict[str, float],
     feature_stats: dict[str, int],
-    rows: pd.DataFrame,
-    proba: np.ndarray,
+    detail: dict[str, Any],
     group_by: str | None,
+    draft: tuple[int, int] | None = None,
 ) -> Path:
-    """Write ``report.md`` and its plots into ``out``; returns the report's path."""
+    """Write ``report.md`` and its plots into ``out``; returns the report's path. ``detail`` is the evaluation's
+    per-photo detail (:func:`~transferlab.evaluate.evaluate_analyses`); ``draft``, the size photos are decoded at
+    for the model (so the answer faces' boxes land on them)."""
     out.mkdir(parents=True, exist_ok=True)
+    title = f"accuracy as answered {metrics.accuracy:.3f} (n={metrics.n})"
     plot_confusion(
-        metrics.labels, metrics.confusion, f"accuracy {metrics.accuracy:.3f} (n={metrics.n})", out / "confusion.png"
-    )
+        metrics.labels, metrics.confusion_answered or metrics.confusion, title, out / "confusion.png",
+        columns=metrics.answer_labels,
+    )  # fmt: skip
     plot_per_class(metrics, out / "per_class.png")
-    mistakes = worst_mistakes(rows, proba, metrics.labels)
-    has_gallery = plot_mistakes(mistakes, out / "mistakes.png")
+    threshold = config.get("faces", {}).get("unknown_threshold")
+    mistakes = answered_mistakes({**detail, "labels": metrics.labels}, threshold)
+    has_gallery = plot_mistakes(mistakes, out / "mistakes.png", draft=draft)
     skipped = intake_report.skipped
     lines = [
         "# transferlab training report",
@@ -254,7 +284,8 @@ def summary_text(metrics: Metrics, group_by: str | None) -> str:
     """The few lines ``train`` and ``evaluate`` print: accuracy with its interval, per group, per class, files."""
     lo, hi = metrics.accuracy_ci95 or [float("nan"), float("nan")]
     lines = [
-        f"accuracy {metrics.accuracy:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics.n}, log loss {metrics.log_loss:.3f})"
+        f"accuracy as answered {metrics.accuracy:.3f}  (95% CI {lo:.3f}–{hi:.3f}, n={metrics.n}, log loss "
+        f"{metrics.log_loss:.3f})"
     ]
     if metrics.unknown_rate or metrics.no_face_rate:
         lines.append(
@@ -266,7 +297,7 @@ def summary_text(metrics: Metrics, group_by: str | None) -> str:
             pc = ", ".join(f"{c} {x['accuracy']:.2f}" for c, x in g.per_class.items())
             lines.append(f"  {group_by}={v:<20} accuracy {g.accuracy:.3f}  n={g.n:<4} ({pc})")
     pcs = "  ".join(f"{c} {m.recall:.2f}" for c, m in metrics.per_class.items())
-    lines.append(f"  recall per class: {pcs}")
+    lines.append(f"  recall per class (most probable class): {pcs}")
     if metrics.skipped:
         lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics.skipped.items())))
     if metrics.found is not None:

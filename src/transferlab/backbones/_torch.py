@@ -161,11 +161,11 @@ class ImageBackbone:
         """Values a head sees per photo: the whole row."""
         return self.row_width(pool)
 
-    def prepare(self, *, device: str, recipe: str, cache_root: Path, runtime: str = "torch") -> ImageBackbone:
-        """Ready to run: on ``device`` with ``recipe``, and on onnxruntime (exported once under ``cache_root``) when
-        ``runtime`` asks for it."""
-        self.to(device).use_recipe(recipe)
-        return self.use_onnxruntime(cache_root) if runtime == "onnxruntime" else self
+    def prepare(self, options: Any, *, device: str, cache_root: Path) -> ImageBackbone:
+        """Ready to run as ``options`` (:class:`~transferlab.features.FeatureOptions`) say: on ``device`` with their
+        recipe, and on onnxruntime (exported once under ``cache_root``) when their ``runtime`` asks for it."""
+        self.to(device).use_recipe(options.recipe_name)
+        return self.use_onnxruntime(cache_root) if options.runtime.value == "onnxruntime" else self
 
     def transform(self, image: torch.Tensor) -> torch.Tensor:
         """Decoded ``uint8`` image ``(3, H, W)`` → resized, centre-cropped ``uint8`` tensor ``(h, w, 3)`` (or a

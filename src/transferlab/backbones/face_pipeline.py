@@ -31,6 +31,8 @@ from .face_align import ALIGNED, clamp_boxes, similarity_transforms, warp_faces,
 from .face_detect import decode_detections, detector_size
 from .face_embedders import crop_embedder, is_crop_embedder
 from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
+from .face_second_look import RECIPE as SECOND_LOOK
+from .face_second_look import look_again
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -64,6 +66,8 @@ class FacePipeline:
         Fine-tuned tensors of SFace's top blocks (names as in the converted embedder's state dict), or None.
     weights_file
         The weights of a registered crop embedder (:mod:`.face_embedders`, e.g. EdgeFace) this pipeline runs.
+    second_look
+        Look again at photos in which the detector finds no face (:mod:`.face_second_look`).
     """
 
     def __init__(
@@ -76,9 +80,11 @@ class FacePipeline:
         recipe: str = "portable",
         tuned: dict[str, np.ndarray] | None = None,
         weights_file: Path | None = None,
+        second_look: bool = False,
     ) -> None:
         self.embedder = embedder
         self.weights_file = weights_file
+        self.second_look = second_look
         self.tuned = tuned
         self.flip = flip
         self.device = device
@@ -120,6 +126,8 @@ class FacePipeline:
             out["decode"] = self.made["decode"]
         if self.tuned:  # a fine-tuned embedder's rows never mix with the pretrained one's
             out["finetuned_sha256"] = tensors_sha256(self.tuned)
+        if self.second_look:  # photos without a face at first get rows: never mixed with a single look's
+            out["second_look"] = SECOND_LOOK
         return out
 
     @cached_property
@@ -216,6 +224,10 @@ class FacePipeline:
         clamped to the image. A fused backbone's embedding is its embedders' unit vectors side by side, scaled to
         unit length, so a cosine similarity is the mean of theirs."""
         detections = self.detect(images)
+        if self.second_look:  # only the photos where the first look found nothing
+            detections = [
+                d if len(d) else look_again(img, self.detect) for img, d in zip(images, detections, strict=True)
+            ]
         crops = self._crops(images, detections) if any(n != "dlib_resnet" for n in self.embedders) else None
         parts = [
             self._dlib(images, detections) if name == "dlib_resnet" else self._embedded(name, crops, detections)

@@ -78,6 +78,7 @@ class FaceBackbone:
         self.cache_root: Path | None = None
         self.recipe_name = "portable"  # see use_recipe
         self.tuned: dict[str, np.ndarray] | None = None  # fine-tuned tensors of the embedder's top blocks (``tune``)
+        self.second_look = False  # look again at photos without a face (``prepare``)
 
     @cached_property
     def pipeline(self) -> FacePipeline:
@@ -91,6 +92,7 @@ class FaceBackbone:
             recipe=self.recipe_name,
             tuned=self.tuned,
             weights_file=self.weights_file,
+            second_look=self.second_look,
         )
 
     def tune(self, state: dict[str, np.ndarray] | None) -> FaceBackbone:
@@ -149,7 +151,7 @@ class FaceBackbone:
             part = create_backbone(name, weights=self.weights_file if own_file else None)
             assert isinstance(part, FaceBackbone)
             part.to(self.device).use_recipe(self.recipe_name)
-            part.cache_root = self.cache_root
+            part.cache_root, part.second_look = self.cache_root, self.second_look
             out.append(part)
         return out
 
@@ -178,6 +180,7 @@ class FaceBackbone:
                 flip=self.face.flip,
                 recipe=self.recipe_name,
                 tuned=self.tuned,
+                second_look=self.second_look,
             ).recipe,
         }
 
@@ -189,10 +192,13 @@ class FaceBackbone:
         """Values a head sees per face: the embedding."""
         return self.embedding_dim
 
-    def prepare(self, *, device: str, recipe: str, cache_root: Path, runtime: str = "torch") -> FaceBackbone:
-        """Ready to run: on ``device`` with ``recipe``, the networks' float graphs kept under ``cache_root``.
-        ``runtime`` is for whole-image networks; the face pipeline picks its runtime per network (measured)."""
-        return self.to(device).use_recipe(recipe).use_cache_root(cache_root)
+    def prepare(self, options: Any, *, device: str, cache_root: Path) -> FaceBackbone:
+        """Ready to run as ``options`` (:class:`~transferlab.features.FeatureOptions`) say: on ``device`` with their
+        recipe, the networks' float graphs kept under ``cache_root``, looking again at photos without a face when
+        ``second_look`` is on. (Their ``runtime`` is for whole-image networks: the face pipeline picks its runtime
+        per network, measured.)"""
+        self.second_look = bool(options.second_look)
+        return self.to(device).use_recipe(options.recipe_name).use_cache_root(cache_root)
 
     def to(self, device: str) -> FaceBackbone:
         """Run the pipeline on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
@@ -203,7 +209,7 @@ class FaceBackbone:
     def unbuilt(self) -> FaceBackbone:
         """A copy without its built networks (which cannot be pickled), for worker processes."""
         copy = FaceBackbone(self.cfg, self.weights_file).to(self.device).use_recipe(self.recipe_name).tune(self.tuned)
-        copy.cache_root = self.cache_root
+        copy.cache_root, copy.second_look = self.cache_root, self.second_look
         return copy
 
     def use_cache_root(self, root: str | Path) -> FaceBackbone:

@@ -17,26 +17,60 @@ from .data import backbones, featurize, study
 from .training import check_labels, evaluate, train
 from .weights import app as weights_app
 
+# "\b" keeps Click from rewrapping the paragraph that follows it.
+_EXAMPLES = """\b
+Examples:
+  transferlab train photos/ --out model/        photos/<class>/*.jpg in, model out
+  transferlab evaluate model/ more_photos/      accuracy on photos it never saw
+  transferlab predict model/ photo.jpg folder/  who is in each photo (--json)
+  transferlab check-labels photos/ --out check/ photos whose label it doubts
+  transferlab serve model/                      the page at http://127.0.0.1:8000/
+
+Exit status: 0 done; 1 some inputs could not be used (each is reported); 2 a usage error or a missing input.
+"""
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags without a "<bool>" column, paragraphs wrapped as written
     help="Turn a folder of labelled photos into an evaluated classifier: cached pretrained features + a small head.",
+    epilog=_EXAMPLES,
+    context_settings={"max_content_width": 100},
 )
-for _name, _command in (
-    ("train", train),
-    ("evaluate", evaluate),
-    ("check-labels", check_labels),
-    ("predict", predict),
-    ("featurize", featurize),
-    ("study", study),
-    ("serve", serve),
-    ("export", export),
-    ("backbones", backbones),
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        sys.stdout.write(f"transferlab {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Turn a folder of labelled photos into an evaluated classifier: cached pretrained features + a small head."""
+
+
+# One line each in the command list (Click cuts longer ones at the terminal's width); `COMMAND --help` says more.
+for _name, _command, _short in (
+    ("train", train, "Train and evaluate a model on a folder of labelled photos."),
+    ("evaluate", evaluate, "Accuracy of a saved model on other labelled photos."),
+    ("check-labels", check_labels, "List the photos whose label the model doubts."),
+    ("predict", predict, "Say who is in each photo (table, JSON or Parquet)."),
+    ("featurize", featurize, "Write a Parquet table of features (local or Spark)."),
+    ("study", study, "Run the seed's study: Tables 1 and 2 with intervals."),
+    ("serve", serve, "Serve the web page and JSON API for a model."),
+    ("export", export, "Export a whole-image model as one ONNX graph."),
+    ("backbones", backbones, "List backbones, their weights here and licences."),
 ):
-    app.command(_name)(_command)
-app.add_typer(weights_app, name="weights")
+    app.command(_name, short_help=_short)(_command)
+app.add_typer(weights_app, name="weights", short_help="List, add or get model weights (e.g. EdgeFace).")
 
 
 # What a wrong choice is called in its one-line error ("--head forest: unknown head; choose one of: ...").

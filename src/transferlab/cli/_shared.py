@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..choices import EngineName
 from ..errors import TransferlabError
-from ..options import EngineName, Options, validate_options
 
 
 def write_line(text: str) -> None:
@@ -16,8 +16,10 @@ def write_line(text: str) -> None:
     sys.stdout.flush()
 
 
-def options_from_flags(flags: dict[str, Any], **values: Any) -> Options:
+def options_from_flags(flags: dict[str, Any], **values: Any) -> Any:
     """The model's options from a command's flags: those named like an :class:`Options` field, and ``values``."""
+    from ..options import Options, validate_options
+
     return validate_options(**{**{k: v for k, v in flags.items() if k in Options.model_fields}, **values})
 
 
@@ -52,10 +54,14 @@ def load_model(flags: dict[str, Any], **extra: Any) -> Any:
 
 
 def console() -> Any:
-    """Console for tables: terminal width on a terminal, never truncated when piped."""
+    """Console for tables: at most 100 columns on a terminal (cells wrap), never truncated when piped."""
+    import shutil
+
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=True)
+    if sys.stdout.isatty():
+        return Console(width=min(100, shutil.get_terminal_size().columns))
+    return Console(width=10_000, soft_wrap=True)
 
 
 def licence_note(backbone: str) -> str | None:

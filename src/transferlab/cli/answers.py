@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from .._runtime import hub_offline_unless_asked
+from ..choices import EngineName, FacesOutput, Runtime
 from ..errors import TransferlabError
-from ..options import EngineName, FacesOutput, Runtime
 from ._shared import console, engine_from_flags, load_model
 from ._shared import write_line as _out
 from .flags import CacheDir, Device, Engine, Master, NoCache, Partitions, Quiet, RecipeOpt, RuntimeOpt, Weights
@@ -56,11 +56,23 @@ def predict(
 
     Face models answer with the face that most confidently matches a known class (other faces are 'unknown'
     unless --faces all), 'unknown' when no face is close enough to a class, and 'no face found' without a face.
+
+    \b
+    Example:
+      transferlab predict runs/presidents photo.jpg folder/ --faces all
     """
     hub_offline_unless_asked(False)
     from .._files import expand_paths
     from ..predictions import display_rows, prediction_counts
 
+    if not (model / "model.json").is_file():  # the model first: its one-line error says what a model folder is
+        from ..artifact import load_artifact
+
+        load_artifact(model)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # a path that is not there is a usage error (exit 2), not an unreadable photo
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise TransferlabError(f"{missing[0]}: no such file or folder{more}")
     files = expand_paths(paths)
     if not files:
         raise TransferlabError("no files found in the given paths")
@@ -86,8 +98,11 @@ def predict(
     else:
         from rich.table import Table
 
-        table = Table("file", "label", "probabilities", "face box (x, y, w, h)", box=None, pad_edge=False)
-        for cells in display_rows(preds, top_k or len(clf.classes_), every_face):
+        from .._files import display_names
+
+        columns = ["file", "answer", "probability" if not top_k else "probabilities", "why"]
+        table = Table(*columns, *(["face (* answered): x, y, w, h"] if every_face else []), box=None, pad_edge=False)
+        for cells in display_rows(preds, display_names(paths, files), top_k, every_face):
             table.add_row(*cells)
         console().print(table)
     counts = prediction_counts(preds)
@@ -98,8 +113,8 @@ def predict(
             + (f", skipped {sum(counts['skipped'].values())} ({skipped})" if skipped else "")
             + "\n"
         )
-    if all(p.error for p in preds):
-        raise typer.Exit(1)
+    if any(p.error is not None and p.reason != "no face" for p in preds):
+        raise typer.Exit(1)  # some inputs could not be used (each has its error line); "no face found" is an answer
 
 
 def serve(
@@ -117,6 +132,10 @@ def serve(
     """Serve MODEL as the "Who's my President?" web page (/) and a JSON API (/api/predict, /api/model, /docs).
 
     The model is loaded once at start. Uploaded photos are processed in memory and never stored, cached or logged.
+
+    \b
+    Example:
+      transferlab serve runs/presidents --port 8000
     """
     hub_offline_unless_asked(False)
     if max_upload_mb <= 0:
@@ -149,7 +168,12 @@ def export(
     weights: Weights = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Export backbone + head as one ONNX graph, checked against the torch model with onnxruntime."""
+    """Export backbone + head as one ONNX graph, checked against the torch model with onnxruntime.
+
+    \b
+    Example:
+      transferlab export runs/mobilenet --onnx model.onnx
+    """
     hub_offline_unless_asked(False)
     from ..export import export_onnx
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .._runtime import hub_offline_unless_asked
-from ..options import EngineName, Pool
+from ..choices import EngineName, Pool
 from ._shared import console, engine_from_flags, options_from_flags
 from ._shared import write_line as _out
 from .flags import (
@@ -24,6 +24,7 @@ from .flags import (
     PoolOpt,
     Quiet,
     RecipeOpt,
+    SecondLook,
     Weights,
 )
 
@@ -49,6 +50,7 @@ def featurize(
         ),
     ] = None,
     recipe: RecipeOpt = None,
+    second_look: SecondLook = True,
     engine: Engine = EngineName.local,
     master: Master = None,
     partitions: Partitions = None,
@@ -59,6 +61,10 @@ def featurize(
 
     Both engines write the same table and share the feature cache. An unreadable image gets a row with its error
     and no features; the run continues.
+
+    \b
+    Example:
+      transferlab featurize data/presidents --backbone sface --out runs/features
     """
     hub_offline_unless_asked(download)
     verbose = not quiet and not as_json
@@ -83,7 +89,12 @@ def study(
     quiet: Quiet = False,
 ) -> None:
     """Run the seed's study — Table 1 (source models × heads) and Table 2 (images per class × augmentation) —
-    with repeated seeds and 95% intervals. Rerunning after an interruption skips finished runs."""
+    with repeated seeds and 95% intervals. Rerunning after an interruption skips finished runs.
+
+    \b
+    Example:
+      transferlab study studies/quick.toml --out runs/quick
+    """
     hub_offline_unless_asked(False)
     from ..study import run_study
 
@@ -94,7 +105,12 @@ def study(
 
 
 def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
-    """List registered backbones: parameters, feature shape, whether weights are here, and their licence."""
+    """List registered backbones: parameters, feature shape, whether weights are here, and their licence.
+
+    \b
+    Example:
+      transferlab backbones --json
+    """
     hub_offline_unless_asked(False)
     from ..backbones import catalogue, get_backbone_cfg
 

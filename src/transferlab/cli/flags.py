@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import EngineName, HeadName, Pool, Recipe, Runtime
+from ..choices import EngineName, HeadName, Pool, Recipe, Runtime
 
 __all__ = [
     "BackboneOpt",
@@ -25,6 +25,7 @@ __all__ = [
     "Quiet",
     "RecipeOpt",
     "RuntimeOpt",
+    "SecondLook",
     "Weights",
 ]
 
@@ -86,3 +87,11 @@ RecipeOpt = Annotated[
     ),
 ]
 HeadOpt = Annotated[HeadName, typer.Option(help="Head: logreg, svm or mlp (the seed's).")]
+SecondLook = Annotated[
+    bool,
+    typer.Option(
+        "--second-look/--no-second-look",
+        help="Face backbones: look again (enlarged, in tiles, turned) at photos in which no face is found, before "
+        "answering 'no face found'; photos with a face cost nothing more.",
+    ),
+]

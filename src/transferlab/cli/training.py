@@ -11,10 +11,8 @@ from typing import Annotated
 import typer
 
 from .._runtime import hub_offline_unless_asked
+from ..choices import EngineName, FaceChoice, HeadName, Pool, Runtime
 from ..errors import TransferlabError
-from ..evaluate import seen_note
-from ..options import EngineName, FaceChoice, HeadName, Pool, Runtime
-from ..report import summary_text
 from ._shared import engine_from_flags, licence_note, load_model, options_from_flags
 from ._shared import write_line as _out
 from .flags import (
@@ -33,6 +31,7 @@ from .flags import (
     Quiet,
     RecipeOpt,
     RuntimeOpt,
+    SecondLook,
     Weights,
 )
 
@@ -86,6 +85,7 @@ def train(
             "detectable face, instead of skipping them.",
         ),
     ] = None,
+    second_look: SecondLook = True,
     finetune: Annotated[
         int,
         typer.Option(
@@ -102,6 +102,10 @@ def train(
 
     With a face backbone (the default, sface) every photo goes through face detection: photos without a face are
     skipped with the reason 'no face', and with several faces the one that carries the label is learned.
+
+    \b
+    Example:
+      transferlab train data/presidents --out runs/presidents --manifest data/presidents/manifest.csv --group-by kind
     """
     hub_offline_unless_asked(download)
     t = time.perf_counter()
@@ -130,6 +134,8 @@ def train(
         _out(json.dumps(res.metrics.to_dict()))
         return
     _out(f"model: {res.out}  ({opts.backbone} + {opts.head.value}, {res.metrics.n} held-out images)")
+    from ..report import summary_text
+
     _out(summary_text(res.metrics, group_by))
     st = res.feature_stats
     rate = f", {st['computed'] / st['seconds']:.0f} photos/s" if st["computed"] and st.get("seconds") else ""
@@ -151,12 +157,21 @@ def evaluate(
     recipe: RecipeOpt = None,
     quiet: Quiet = False,
 ) -> None:
-    """Evaluate a saved model on every usable image under DATA."""
+    """Evaluate a saved model on every usable image under DATA.
+
+    \b
+    Example:
+      transferlab evaluate runs/presidents more_photos/ --json
+    """
     hub_offline_unless_asked(False)
     clf = load_model(locals())
     metrics = clf.evaluate(data, manifest=manifest, group_by=group_by)
+    from ..evaluate import seen_note
+
     if (note := seen_note(metrics)) and not quiet:  # on stderr: stdout stays one JSON object with --json
         sys.stderr.write(note + "\n")
+    from ..report import summary_text
+
     _out(json.dumps(metrics.to_dict()) if as_json else summary_text(metrics, group_by))
 
 
@@ -183,13 +198,19 @@ def check_labels(
         int | None,
         typer.Option(min=0, help="As for train: decoding processes; face backbones on the CPU: pipeline processes."),
     ] = None,
+    second_look: SecondLook = True,
     show: Annotated[int, typer.Option(min=0, help="Doubted photos to list (all are in --out's CSV).")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """List the photos whose label the model doubts: each photo of DATA is answered by a model trained on the
     other folds, and those not answered with their own label are listed, most doubtful first (answered as another
-    class, then `unknown`, then no face found). Nothing is relabelled: look at them, then fix the folder."""
+    class, then `unknown`, then no face found). Nothing is relabelled: look at them, then fix the folder.
+
+    \b
+    Example:
+      transferlab check-labels data/presidents --out runs/check
+    """
     hub_offline_unless_asked(download)
     verbose = not quiet and not as_json
     opts = options_from_flags(locals(), use_cache=not no_cache, num_workers=workers, verbose=verbose)

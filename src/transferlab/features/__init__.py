@@ -7,11 +7,12 @@ and cached by content.
 - :mod:`.images` and :mod:`.face_rows`: the two featurize loops; :mod:`.extract`: the stage for any backbone.
 """
 
+from ..choices import DEFAULT_BACKBONE, Pool, Recipe, Runtime
 from .extract import Extractor, extract, prepare_backbone
 from .face_rows import featurize_faces
 from .images import featurize_images
 from .loader import balanced_batches, cpu_lanes, default_num_workers, map_in_lanes
-from .options import DEFAULT_BACKBONE, FeatureOptions, Pool, Recipe, Runtime
+from .options import FeatureOptions
 from .result import FeatureResult
 from .spec import FEATURES_VERSION, feature_spec, open_cache
 

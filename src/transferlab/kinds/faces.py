@@ -72,9 +72,8 @@ class FaceKind(ModelKind):
     def make_head(self, opts: Any) -> FaceBagClassifier:
         """The configured head in a face bag, with the MIL choice and the open-set rule (see the constants)."""
         prior = get_backbone_cfg(opts.backbone).face.same_person_cosine  # type: ignore[union-attr]
-        return FaceBagClassifier(
-            opts.make_head(), face_choice=opts.face_choice.value, threshold_prior=prior, **OPEN_SET, **MIL_CHOICE
-        )
+        rule = {"threshold_prior": prior, **OPEN_SET}  # a measurement may set the rule's prior too (accuracy.py)
+        return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **MIL_CHOICE)
 
     def fit(
         self, head: Any, res: FeatureResult, used: Sequence[int], y: np.ndarray, *, engine: Any, reporter: Reporter

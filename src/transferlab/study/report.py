@@ -130,7 +130,7 @@ def _table1_lines(t1: pd.DataFrame, facts: dict[str, dict[str, Any]], skipped: d
         "## Table 1 — source models",
         "",
         "| source | head | params in source | trainable params | load (s) | featurize all (s) | head train (s) | "
-        "accuracy | log loss | per kind | seed's accuracy |",
+        "accuracy as answered | log loss | per kind | seed's accuracy |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for (b, h), rows in t1.groupby(["backbone", "head"]):
@@ -166,7 +166,8 @@ def _table2_lines(t2: pd.DataFrame, cfg: StudyConfig, table2_backbone: str) -> l
         "training image (the seed's seven: rotate, "
         "shear, blur, flip, brighten, darken, invert), featurized once and cached.",
         "",
-        "| per class | aug: head train (s) | aug: accuracy | aug: loss | no aug: head train (s) | no aug: accuracy | "
+        "| per class | aug: head train (s) | aug: accuracy as answered | aug: loss | no aug: head train (s) | "
+        "no aug: accuracy as answered | "
         "no aug: loss | seed aug / no aug accuracy |",
         "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -213,7 +214,7 @@ def write_study_report(
         best = t1.groupby("cell")["accuracy"].mean().idxmax()
         row = t1[t1["cell"] == best].iloc[0]
         cm = json.loads(row["confusion"])
-        title = f"accuracy {float(row['accuracy']):.3f} (n={int(np.sum(cm))})"
+        title = f"most probable class; accuracy as answered {float(row['accuracy']):.3f}"
         plot_confusion(sorted(table["label"].unique()), cm, title, out / "confusion_best.png")
         lines += [
             "",

@@ -17,10 +17,9 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from sklearn.base import BaseEstimator
 
 from . import model_state
@@ -32,9 +31,13 @@ from .errors import TransferlabError
 from .evaluate import Metrics, evaluate_analyses, rows_to_evaluate
 from .features import Extractor, FeatureResult
 from .heads import LogRegHead
-from .intake import Intake, intake
 from .options import DEFAULT_BACKBONE, Options, validate_options
 from .predictions import Analysis, Prediction
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .intake import Intake
 
 
 def _parameters() -> dict[str, Any]:
@@ -122,6 +125,8 @@ class Classifier(BaseEstimator):
 
     def read(self, data: Any, manifest: str | os.PathLike[str] | None = None) -> Intake:
         """Intake of a labelled folder or CSV, with this classifier's cache and progress settings."""
+        from .intake import intake  # only jobs that read a folder pay for pandas and the perceptual hashes
+
         opts = self.options()
         cache = (opts.cache_dir or default_cache_dir()) if opts.use_cache else None
         return intake(data, cache_dir=cache, progress=Reporter(opts.verbose).wrap, manifest=manifest)

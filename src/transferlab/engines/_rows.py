@@ -25,14 +25,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from .._atomic import atomic_write_bytes
 from ..errors import TransferlabError
 from ..features import FeatureResult, extract
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 TABLE_COLUMNS = ("path", "content_hash", "label", "features", "error")
 META_FILE = "_transferlab.json"
@@ -104,6 +106,8 @@ def rows_to_result(backbone: Any, pool: str, rows: Rows) -> FeatureResult:
 
 def table_frame(paths: Sequence[str], labels: Sequence[str | None], rows: Rows) -> pd.DataFrame:
     """A feature table as a pandas DataFrame (the local engine's output before writing)."""
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "path": list(paths),
@@ -185,6 +189,8 @@ def read_feature_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def prediction_frame(preds: Sequence[Any]) -> pd.DataFrame:
     """Predictions (:class:`transferlab.predictions.Prediction`) as the prediction table's columns."""
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "path": [p.path for p in preds],

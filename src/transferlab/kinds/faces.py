@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from .._progress import Reporter
 from ..backbones import face_areas, face_boxes, face_embeddings, face_landmarks, face_scores, get_backbone_cfg
@@ -25,7 +24,7 @@ from ._base import ModelKind, fit_head, kind_of, register_kind
 # head choosing in sample 0.986 (it confirms its own first choices); the configured head out of fold 0.990, within
 # noise of this one. So the choice stays with this model and the figures stay as they were; FaceBagClassifier takes
 # any other (``choice_estimator``, ``choice_folds``).
-MIL_CHOICE: dict[str, Any] = {"choice_estimator": LogisticRegression(C=1.0, max_iter=2000), "choice_folds": None}
+MIL_CHOICE: dict[str, Any] = {"choice_estimator": "logreg C=1", "choice_folds": None}  # built in make_head
 # The open-set rule (benchmarks/accuracy.py, BENCHMARKS.md): similarity to the nearest of up to 4 prototypes of the
 # predicted class, the threshold calibrated by 5-fold cross-validation (keep 98% of known people's faces, admit 1% of
 # other classes' faces) and shrunk towards the embedder's own same-person similarity as if that were 20 faces.
@@ -69,11 +68,19 @@ class FaceKind(ModelKind):
         if opts.fallback is not None and kind_of(opts.fallback).answers_with_faces:
             raise TransferlabError(f"--fallback {opts.fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
 
-    def make_head(self, opts: Any) -> FaceBagClassifier:
-        """The configured head in a face bag, with the MIL choice and the open-set rule (see the constants)."""
+    def make_head(self, opts: Any, *, to_fit: bool = True) -> FaceBagClassifier:
+        """The configured head in a face bag, with the MIL choice and the open-set rule (see the constants);
+        ``to_fit=False``: the bag's parameters only (a saved model's, which answers and is not refitted)."""
         prior = get_backbone_cfg(opts.backbone).face.same_person_cosine  # type: ignore[union-attr]
         rule = {"threshold_prior": prior, **OPEN_SET}  # a measurement may set the rule's prior too (accuracy.py)
-        return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **MIL_CHOICE)
+        choice = dict(MIL_CHOICE)
+        if choice["choice_estimator"] == "logreg C=1":
+            choice["choice_estimator"] = None
+            if to_fit:  # scikit-learn's LogisticRegression, imported only when a model is fitted (~0.5 s)
+                from sklearn.linear_model import LogisticRegression
+
+                choice["choice_estimator"] = LogisticRegression(C=1.0, max_iter=2000)
+        return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **choice)
 
     def fit(
         self, head: Any, res: FeatureResult, used: Sequence[int], y: np.ndarray, *, engine: Any, reporter: Reporter
@@ -164,7 +171,7 @@ class FaceKind(ModelKind):
         if CENTROIDS not in arrays or "faces" not in meta:
             raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
         own = {k.removeprefix("open_set."): v for k, v in arrays.items() if k.startswith("open_set.")}
-        template = self.make_head(opts)  # the bag's parameters come from the options, as in training
+        template = self.make_head(opts, to_fit=False)  # the bag's parameters come from the options, as in training
         params = template.state_params()
         params["threshold_"] = float(meta["faces"]["unknown_threshold"])
         return FaceBagClassifier.from_state(

@@ -159,3 +159,13 @@ def test_fast_preprocessing_matches_timms_standard_transform(name):
         assert (ours - ref).abs().mean() < 1.0
     feats = bb.forward(bb.transform(decode_pixels(path, bb.draft_size)).unsqueeze(0))
     assert torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "+" in (getattr(get_backbone_cfg(n).face, "embedder", "") or "")])
+def test_a_fused_backbone_names_its_parts_so_their_cached_rows_are_reused(name):
+    """A fused face backbone is made from its parts' rows (read from their caches): its config names the parts, and
+    their embedders, side by side, are its own."""
+    cfg = get_backbone_cfg(name)
+    assert cfg.face.parts, f"{name} fuses {cfg.face.embedder} but names no parts: its rows would be computed twice"
+    assert "+".join(get_backbone_cfg(p).face.embedder for p in cfg.face.parts) == cfg.face.embedder
+    assert sum(get_backbone_cfg(p).feature_shape[0] for p in cfg.face.parts) == cfg.feature_shape[0]

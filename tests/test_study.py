@@ -135,3 +135,14 @@ def test_study_config_names_its_engine(tmp_path):
     cfg.write_text('data = "x"\nengine = "hadoop"\n')
     with pytest.raises(TransferlabError, match="engine = 'hadoop'; choose one of: local, spark"):
         StudyConfig.from_toml(cfg)
+
+
+def test_the_seed_study_is_the_seeds_tables_and_the_extended_one_adds_fine_tuning():
+    """studies/seed.toml reproduces the seed's two tables (every available backbone, the three heads; photos per
+    class × augmentation) and fits in minutes; studies/extended.toml is the same with fine-tuned rows beside."""
+    seed = StudyConfig.from_toml(REPO / "studies" / "seed.toml")
+    extended = StudyConfig.from_toml(REPO / "studies" / "extended.toml")
+    assert seed.backbones == ["available"] and sorted(seed.heads) == ["logreg", "mlp", "svm"] and not seed.finetune
+    assert seed.per_class == [1, 3, 5, 10, 25, 50, 100, 150] and seed.augment_modes == [False, True]
+    assert extended.finetune == 2
+    assert (extended.per_class, extended.heads, extended.seeds) == (seed.per_class, seed.heads, seed.seeds)

@@ -281,7 +281,7 @@ def compute_metrics(
             nan, nan, 0, labels, {}, [], nan, skipped, groups=None if groups is None else {},
             answer_labels=columns, confusion_answered=[], n_no_face=0,
         )  # fmt: skip
-    proba = np.asarray(proba, dtype=float)
+    proba = np.asarray(proba)  # its own float type: sklearn checks the sums to that precision
     has = ~np.isnan(proba).any(axis=1)
     y_pred = np.full(n, NO_FACE_ANSWER, dtype=object)
     y_pred[has] = np.asarray(labels)[np.argmax(proba[has], axis=1)]
@@ -393,7 +393,7 @@ def evaluate_analyses(
             not_read.append({"path": str(table["path"].iloc[i]), "reason": reason})
     rows = table[counted].reset_index(drop=True)
     asked = [a for a, c in zip(analyses, counted, strict=True) if c]
-    nan = np.full(len(classes), np.nan)
+    nan = np.full(len(classes), np.nan, dtype=np.float32)  # keeps float32 probabilities float32
     proba = np.stack([a.proba if a.proba is not None else nan for a in asked]) if asked else np.zeros((0, len(classes)))
     answers = [
         NO_FACE_ANSWER if a.proba is None else str(classes[int(np.argmax(a.proba))]) if a.known else "unknown"

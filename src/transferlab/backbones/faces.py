@@ -312,6 +312,7 @@ register_backbone(
                 "align": "SFace: 5-point similarity → 112×112; dlib: 5-point shape → 150 px chip, padding 0.25",
             },
             single_threaded=True,
+            parts=("sface", "dlib_resnet"),
         ),
         files=(YUNET, SFACE, DLIB_SHAPE5, DLIB_RECOGNITION),
     )

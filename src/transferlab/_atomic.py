@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back, under a lock: there is no getter)."""
+def file_mode() -> int:
+    """The permissions an ordinary new file gets here: ``0o666`` less the process's umask (read by setting it and
+    putting it back, under a lock: there is no getter)."""
     with _UMASK_LOCK:
         mask = os.umask(0o022)
         os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 _UMASK_LOCK = threading.Lock()
@@ -33,7 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -104,21 +104,19 @@ class Prediction:
             p.similarity = answer["similarity"]
         return p
 
-    def why(self) -> str:
-        """The answer's reason in words: for a face, its similarity to the class against the threshold."""
+    def why(self, face: dict[str, Any] | None = None) -> str:
+        """The reason for an answer in words: a face's similarity to its class against the model's threshold
+        (``face``: one of :meth:`face_dicts`' lines; default: the face that answered), or what else happened."""
         if self.error is not None:
             return self.error
         if self.fallback:
             return "no face found; the whole-image model answered"
-        if self.similarity is None or self.threshold is None:
+        label, similarity = (face["label"], face.get("similarity")) if face else (self.label, self.similarity)
+        if similarity is None or self.threshold is None:
             return ""
-        if self.label == "unknown":
-            nearest = max(self.probabilities, key=self.probabilities.__getitem__)
-            return (
-                f"not close enough to anyone this model knows: similarity {self.similarity:.2f} < "
-                f"{self.threshold:.2f} (nearest: {nearest})"
-            )
-        return f"similarity {self.similarity:.2f} ≥ {self.threshold:.2f}"
+        if label == "unknown":
+            return f"not close enough to anyone this model knows: similarity {similarity:.2f} < {self.threshold:.2f}"
+        return f"similarity {similarity:.2f} ≥ {self.threshold:.2f}"
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """The ``predict --json`` line for this input (face models add ``box`` and ``face_score``)."""
@@ -170,13 +168,7 @@ def display_rows(
             continue
         for line in p.face_dicts(top_k or 1) if every_face else [p.to_dict(top_k or 1)]:
             probs = "  ".join(f"{c} {v:.2f}" for c, v in line["probabilities"].items())
-            sim, thr = line.get("similarity"), p.threshold
-            if sim is None or thr is None:
-                why = p.why()
-            elif line["label"] == "unknown":
-                why = f"not close enough to anyone this model knows: {sim:.2f} < {thr:.2f}"
-            else:
-                why = f"similarity {sim:.2f} ≥ {thr:.2f}"
+            why = p.why(line)
             extra = ()
             if every_face:
                 box = ", ".join(f"{v:.0f}" for v in line["box"]) if "box" in line else ""

@@ -80,6 +80,12 @@ class FaceBackbone:
         self.tuned: dict[str, np.ndarray] | None = None  # fine-tuned tensors of the embedder's top blocks (``tune``)
         self.second_look = False  # look again at photos without a face (``prepare``)
 
+    def _forget_built(self) -> None:
+        """Drop what was built for the old device, recipe, tensors or cache root (the pipeline, a fused one's
+        parts): it is built again, as now asked, on next use."""
+        self.__dict__.pop("pipeline", None)
+        self.__dict__.pop("_parts", None)
+
     @cached_property
     def pipeline(self) -> FacePipeline:
         """The batched detector + aligner + embedder on this backbone's device."""
@@ -98,7 +104,7 @@ class FaceBackbone:
     def tune(self, state: dict[str, np.ndarray] | None) -> FaceBackbone:
         """Use fine-tuned tensors for the embedder's top blocks (names as in its converted state dict)."""
         self.tuned = dict(state) if state else None
-        self.__dict__.pop("pipeline", None)
+        self._forget_built()
         return self
 
     @property
@@ -111,7 +117,7 @@ class FaceBackbone:
         ``"fast"`` (on a CUDA GPU: nvJPEG, everything on the device, bf16)."""
         device_recipe(self.device, recipe)  # checks the name
         self.recipe_name = recipe
-        self.__dict__.pop("pipeline", None)
+        self._forget_built()
         return self
 
     @property
@@ -142,7 +148,12 @@ class FaceBackbone:
 
     def parts(self) -> list[FaceBackbone]:
         """A fused backbone's parts (``FaceCfg.parts``), each as its own backbone on this one's device, recipe and
-        graph cache, a user-added weights file shared; empty for a backbone that is not fused."""
+        graph cache, a user-added weights file shared; empty for a backbone that is not fused. Built once (locating
+        and hashing their files, building their networks), until this backbone moves or changes."""
+        return self._parts
+
+    @cached_property
+    def _parts(self) -> list[FaceBackbone]:
         from ._factory import create_backbone
 
         out = []
@@ -203,7 +214,7 @@ class FaceBackbone:
     def to(self, device: str) -> FaceBackbone:
         """Run the pipeline on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
         self.device = str(device)
-        self.__dict__.pop("pipeline", None)
+        self._forget_built()
         return self
 
     def unbuilt(self) -> FaceBackbone:
@@ -215,7 +226,7 @@ class FaceBackbone:
     def use_cache_root(self, root: str | Path) -> FaceBackbone:
         """Keep the networks' float graphs under ``root`` (default: the user's cache directory)."""
         self.cache_root = Path(root)
-        self.__dict__.pop("pipeline", None)
+        self._forget_built()
         return self
 
 

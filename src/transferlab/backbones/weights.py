@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .._atomic import file_mode
 from .._files import file_sha256
 from ..errors import TransferlabError
 from ._registry import get_backbone_cfg, list_backbones, weights_store
@@ -64,9 +65,7 @@ def _store(source: Path, digest: str) -> Path:
         shutil.copyfile(source, tmp)
         if file_sha256(tmp) != digest:  # the copy itself went wrong (a full disk)
             raise TransferlabError(f"{target}: the copy does not match its source; check the free space and retry")
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary copy would be, not mkstemp's 0600
+        os.chmod(tmp, file_mode())  # as an ordinary copy would be, not mkstemp's 0600
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -14,11 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["Classifier", "Options", "TransferlabError", "__version__", "list_backbones", "load", "train"]
+__all__ = [
+    "Classifier",
+    "Options",
+    "TransferlabError",
+    "__version__",
+    "enroll_model",
+    "forget_model",
+    "list_backbones",
+    "load",
+    "train",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import train
     from .backbones import list_backbones
+    from .enrolment import enroll_model, forget_model
     from .errors import TransferlabError
     from .options import Options
     from .pipeline import Classifier, load
@@ -27,6 +38,8 @@ _WHERE = {
     "Classifier": "pipeline",
     "load": "pipeline",
     "train": "api",
+    "enroll_model": "enrolment",
+    "forget_model": "enrolment",
     "list_backbones": "backbones",
     "TransferlabError": "errors",
     "Options": "options",

@@ -21,7 +21,9 @@ FORMAT_VERSION = 1
 HEAD_FILE = "head.safetensors"
 
 
-def save_artifact(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+def save_artifact(
+    path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray], *, replace: bool = False
+) -> Path:
     """Write ``model.json`` and the head's arrays (safetensors) into ``path``, each file atomically.
 
     Parameters
@@ -32,6 +34,10 @@ def save_artifact(path: str | os.PathLike[str], meta: dict[str, Any], arrays: di
         JSON-serialisable description (classes, backbone, preprocessing, head parameters, training summary).
     arrays
         The head's fitted arrays; string arrays (class names) belong in ``meta``.
+    replace
+        Replace a model in ``path`` in one step: the arrays go to a new file named by their hash and one rename of
+        ``model.json`` switches to it, so a reader or a crash sees the old model or the new one, never a mix;
+        the old arrays file is removed afterwards.
 
     Returns
     -------
@@ -44,11 +50,16 @@ def save_artifact(path: str | os.PathLike[str], meta: dict[str, Any], arrays: di
     out.mkdir(parents=True, exist_ok=True)
     numeric = {k: np.ascontiguousarray(v) for k, v in arrays.items() if v.dtype.kind in "fiub"}
     blob = save(numeric)
-    atomic_write_bytes(out / HEAD_FILE, blob)
-    # The two files are replaced one after the other; the hash lets a reader tell a pair cut apart by a kill.
     head_sha = hashlib.sha256(blob).hexdigest()
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "head_file": HEAD_FILE, "head_sha256": head_sha}
+    head_file = f"head-{head_sha[:16]}.safetensors" if replace else HEAD_FILE
+    atomic_write_bytes(out / head_file, blob)
+    # Written by train: the two files are replaced one after the other; the hash lets a reader tell a pair cut apart
+    # by a kill. Replaced (enrol, forget): model.json's rename is the one step that switches models.
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "head_file": head_file, "head_sha256": head_sha}
     atomic_write_bytes(out / "model.json", json.dumps(doc, indent=2, default=_json_default).encode())
+    for old in out.glob("head*.safetensors"):  # the arrays of a model this one replaced (a gallery, perhaps)
+        if old.name != head_file:
+            old.unlink(missing_ok=True)
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._atomic import atomic_write_bytes
 
-__all__ = ["FeatureCache", "ProbeCache", "default_cache_dir", "space_key"]
+__all__ = ["FeatureCache", "ProbeCache", "default_cache_dir", "purge", "space_key"]
 
 # Each entry is an ``.npy`` file followed by this marker and the sha256 of the ``.npy`` bytes. The rename makes a
 # kill harmless; the checksum catches what a rename cannot: a disk or copy that damaged or cut a file. np.load
@@ -156,3 +156,40 @@ class ProbeCache:
         if self.db is not None:
             self.commit()
             self.db.close()
+
+
+def purge(root: str | os.PathLike[str], content_hashes: set[str] | list[str]) -> dict[str, int]:
+    """Remove every cache entry of these photos under ``root``: their features in every feature space (every
+    backbone, recipe and pooling; augmented copies too, whose keys start with the content hash) and intake's
+    probe rows that name them (deleted with SQLite's ``secure_delete`` and the file vacuumed, so the rows are not
+    left in free pages).
+
+    Returns
+    -------
+    dict
+        ``{"feature_entries": n, "feature_spaces": n, "intake_rows": n}`` removed.
+    """
+    root = Path(root)
+    hashes = sorted({h for h in content_hashes if h})
+    entries, spaces = 0, set()
+    for space in sorted((root / "features").glob("*")) if (root / "features").is_dir() else []:
+        for h in hashes:
+            for f in (space / h[:2]).glob(f"{h}*.npy"):
+                f.unlink(missing_ok=True)
+                entries += 1
+                spaces.add(space.name)
+    rows = 0
+    db_path = root / "intake.sqlite"
+    if db_path.is_file() and hashes:
+        db = sqlite3.connect(db_path, timeout=30)
+        try:
+            db.execute("PRAGMA secure_delete=ON")
+            for i in range(0, len(hashes), 500):
+                chunk = hashes[i : i + 500]
+                cur = db.execute(f"DELETE FROM probe WHERE chash IN ({','.join('?' * len(chunk))})", chunk)
+                rows += cur.rowcount
+            db.commit()
+            db.execute("VACUUM")
+        finally:
+            db.close()
+    return {"feature_entries": entries, "feature_spaces": len(spaces), "intake_rows": rows}

@@ -21,6 +21,7 @@ from .artifact import load_artifact, save_artifact
 from .backbones import device_recipe, recipe_of, recorded_recipe
 from .errors import TransferlabError
 from .features import Extractor, feature_spec
+from .gallery import PREFIX as GALLERY_PREFIX
 from .heads import HEADS, head_name
 from .options import Options
 
@@ -98,6 +99,12 @@ def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     hashes = getattr(clf, "training_hashes_", [])
     if hashes:  # content hashes (of decoded pixels), so evaluate can tell photos it was trained on
         arrays[TRAINING_HASHES] = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(-1, 32)
+    gallery = clf.gallery_ if getattr(clf, "gallery_", None) is not None else None
+    if gallery is None and getattr(clf, "saved_gallery_", None) is not None:
+        gallery = clf.gallery()  # a loaded model saved again: its gallery, checked against its hash
+    if gallery is not None:  # per training photo what the head was fitted on: enrol, forget and explain read it
+        garrays, meta["gallery"] = gallery.to_state(kind.gallery_features)
+        arrays.update(garrays)
     kind_arrays, kind_meta = kind.save(clf.head_, opts, getattr(clf, "fit_stats_", {}))
     arrays.update(kind_arrays)
     meta.update(kind_meta)
@@ -132,9 +139,11 @@ def _finetune_meta(clf: Any, opts: Any, tuned: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def save(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+def save(
+    path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray], *, replace: bool = False
+) -> Path:
     """Write a model directory (see :func:`transferlab.artifact.save_artifact`)."""
-    return save_artifact(path, meta, arrays)
+    return save_artifact(path, meta, arrays, replace=replace)
 
 
 def _head_from(meta: dict[str, Any], arrays: dict[str, Any], path: Any) -> Any:
@@ -214,8 +223,10 @@ def restore(cls: type, path: str | os.PathLike[str], **kwargs: Any) -> Any:
     own = {
         k: v
         for k, v in arrays.items()
-        if not k.startswith((FALLBACK_PREFIX, FINETUNED_PREFIX)) and k != TRAINING_HASHES
+        if not k.startswith((FALLBACK_PREFIX, FINETUNED_PREFIX, GALLERY_PREFIX)) and k != TRAINING_HASHES
     }
+    if "gallery" in meta:  # read (and checked against its hash) when enrol, forget or explain need it
+        clf.saved_gallery_ = ({k: v for k, v in arrays.items() if k.startswith(GALLERY_PREFIX)}, meta["gallery"])
     head_arrays = {k: v for k, v in own.items() if not k.startswith("open_set.")}
     if TRAINING_HASHES in arrays:
         clf.training_hashes_ = [row.tobytes().hex() for row in np.asarray(arrays[TRAINING_HASHES], np.uint8)]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from . import model_state
+from . import model_state, people
 from ._progress import Reporter
 from ._version import __version__
 from .cache import default_cache_dir
@@ -30,6 +30,7 @@ from .engines import as_engine
 from .errors import TransferlabError
 from .evaluate import Metrics, evaluate_analyses, rows_to_evaluate
 from .features import Extractor, FeatureResult
+from .gallery import Gallery, gallery_paths
 from .heads import LogRegHead
 from .options import DEFAULT_BACKBONE, Options, validate_options
 from .predictions import Analysis, Prediction
@@ -175,20 +176,33 @@ class Classifier(BaseEstimator):
         if len(used) == 0:
             raise TransferlabError("no usable training images (all were skipped); see the intake report")
         self.head_ = kind.make_head(opts)
-        engine = as_engine(self.engine)
-        self.fit_stats_ = kind.fit(self.head_, res, used, y[used], engine=engine, reporter=self.extractor_.reporter)
+        bags, start = kind.bags(res, used)
+        picked = kind.fit(
+            self.head_, bags, start, y[used], engine=as_engine(self.engine), reporter=self.extractor_.reporter
+        )
         self.classes_ = np.asarray(self.head_.classes_).astype(str)
         self.fit_seconds_["head"] = time.perf_counter() - t
         self.train_used_, self.train_errors_ = used, errors
-        known = (res.content_hashes[i] for i in used) if res.content_hashes else ()
-        self.training_hashes_ = sorted({h for h in known if isinstance(h, str) and len(h) == 64})  # real photos only
-        skipped = dict(Counter(r for r, _ in errors.values()))
-        per_class = {str(k): int(v) for k, v in Counter(y[used]).items()}
-        self.meta_ = {"training_data": {"n_images": len(used), "per_class": per_class, "skipped": skipped}}
+        keys = [res.content_hashes[i] if res.content_hashes else None for i in used]
+        self.gallery_ = Gallery(
+            np.stack([b[p] for b, p in zip(bags, picked, strict=True)]),
+            y[used],
+            keys,
+            gallery_paths([sources[i] for i in used], used),
+            kind.gallery_columns(res, used, picked),
+        )
+        self.training_hashes_ = sorted({h for h in keys if isinstance(h, str) and len(h) == 64})  # real photos only
+        people.gallery_changed(self, skipped=dict(Counter(r for r, _ in errors.values())))
         if opts.fallback is not None:
             fallback = model_state.Fallback(self.build_extractor(opts.features_of(opts.fallback)), LogRegHead())
             self.fallback_ = fallback.fit(sources, hashes, y)
         return self
+
+    def gallery(self) -> Gallery:
+        """The training photos the head was fitted on (:class:`~transferlab.gallery.Gallery`); a saved model's is
+        read on first use (one line when it is missing or does not match its hash)."""
+        self._check_fitted()
+        return people.gallery_of(self)
 
     # -- prediction -------------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -196,11 +210,19 @@ class Classifier(BaseEstimator):
             raise TransferlabError("this classifier is not trained yet; call fit() or load a saved model")
 
     def analyse(
-        self, sources: Sequence[Any], hashes: Sequence[str | None] | None = None, *, threshold: float | None = None
+        self,
+        sources: Sequence[Any],
+        hashes: Sequence[str | None] | None = None,
+        *,
+        threshold: float | None = None,
+        explain: int = 0,
     ) -> list[Analysis]:
         """Per photo, the model's :class:`~transferlab.predictions.Analysis`: the answer's probabilities, every
-        face, and whether the answer face is known under ``threshold`` (default: the calibrated one)."""
+        face, and whether the answer face is known under ``threshold`` (default: the calibrated one); with
+        ``explain=k``, each answer's explanation with its ``k`` nearest training photos."""
         self._check_fitted()
+        if explain:
+            self.gallery()  # one line before any work when the model keeps none
         res = self.featurize(sources, hashes)
         out = [Analysis(error=res.errors.get(i)) for i in range(len(sources))]
         rows = [i for i, b in enumerate(res.bags) if b is not None and len(b)]
@@ -210,26 +232,63 @@ class Classifier(BaseEstimator):
         fallback = getattr(self, "fallback_", None)
         for i, p in zip(empty, _fallback_answers(fallback, empty, sources, hashes, self.classes_), strict=True):
             out[i] = Analysis(p, fallback=True) if p is not None else Analysis(error=("no face", "no face found"))
+        if explain:
+            people.explain(self, res, out, explain)
         return out
 
     def predict_images(
-        self, images: Sequence[Any], names: Sequence[str] | None = None, *, unknown_threshold: float | None = None
+        self,
+        images: Sequence[Any],
+        names: Sequence[str] | None = None,
+        *,
+        unknown_threshold: float | None = None,
+        explain: int = 0,
     ) -> list[Prediction]:
         """Predictions with probabilities, or an error message, for each image (paths, bytes or PIL images).
 
         For face models each prediction also lists every face (box, score, label) in ``faces``; faces whose
         similarity to their best class is below ``unknown_threshold`` (default: calibrated at training) are
-        ``"unknown"``, and the same threshold picks the face that answers.
+        ``"unknown"``, and the same threshold picks the face that answers. ``explain=k`` adds each answer's
+        :class:`~transferlab.predictions.Explanation` (its ``k`` nearest training photos, see :meth:`explain`).
         """
         images = list(images)
         if names is None:
             names = [str(x) if isinstance(x, str | os.PathLike) else f"<image {i}>" for i, x in enumerate(images)]
-        analyses = self.analyse(images, threshold=unknown_threshold)
+        analyses = self.analyse(images, threshold=unknown_threshold, explain=explain)
         threshold = unknown_threshold if unknown_threshold is not None else self.options_.kind.threshold(self.head_)
         classes = list(self.classes_)
         return [
             Prediction.from_analysis(n, a, classes, threshold=threshold) for n, a in zip(names, analyses, strict=True)
         ]
+
+    def explain(self, images: Sequence[Any], k: int = 5) -> list[Prediction]:
+        """Predictions that say why: per answer the ``k`` nearest training photos (label, similarity, path), the
+        similarity to each class (a face model: its nearest prototype), the margin to the ``unknown`` threshold and
+        which face answered (``Prediction.explanation``)."""
+        if k < 1:
+            raise TransferlabError(f"explain: k={k}; ask for at least one nearest training photo")
+        return self.predict_images(images, explain=k)
+
+    # -- people: the model changes without the training folder ------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        images: Sequence[Any],
+        content_hashes: Sequence[str | None] | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> people.Change:
+        """Add photos of ``name``, new or known, and refit on the gallery plus them; ``paths`` name them in the
+        gallery. Returns a :class:`~transferlab.people.Change`; see :func:`transferlab.people.enroll`."""
+        self._check_fitted()
+        return people.enroll(self, name, list(images), content_hashes, paths, engine=as_engine(self.engine))
+
+    def forget(self, name: str | None = None, *, content_hashes: Sequence[str] = ()) -> people.Change:
+        """Remove a person or photos (by content hash) from the gallery and refit on the rest (see
+        :func:`transferlab.people.forget`; :func:`transferlab.forget_model` also purges the cache)."""
+        self._check_fitted()
+        if name is None and not content_hashes:
+            raise TransferlabError("forget: name a person or give photos")
+        return people.forget(self, name, content_hashes, engine=as_engine(self.engine))
 
     def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
         """Class probabilities per image (columns in ``classes_`` order); NaN rows for unusable images."""
@@ -274,12 +333,14 @@ class Classifier(BaseEstimator):
         )
 
     # -- persistence ------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model directory (``model.json`` + ``head.safetensors``)."""
+    def save(self, path: str | os.PathLike[str], *, replace: bool = False) -> Path:
+        """Write the model directory (``model.json`` + ``head.safetensors``); ``replace``: switch a model already
+        there to this one in one atomic step (a crash leaves the old model or this one, never a mix)."""
         self._check_fitted()
         meta, arrays = model_state.describe(self)
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        return model_state.save(path, {"transferlab_version": __version__, "created": created, **meta}, arrays)
+        meta = {"transferlab_version": __version__, "created": created, **meta}
+        return model_state.save(path, meta, arrays, replace=replace)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Classifier:

@@ -25,6 +25,58 @@ class FaceFinding:
 
 
 @dataclass
+class Explanation:
+    """Why an answer was given: the training photos the answer's features resemble most, the similarity to each
+    class, and the margin to the ``unknown`` threshold.
+
+    Attributes
+    ----------
+    neighbours
+        The nearest gallery photos, most similar first: ``{"label", "similarity", "path"}`` (``path`` relative to
+        the folder the model was trained from).
+    class_similarity
+        Cosine similarity to each class (a face model: to the class's nearest prototype; a whole-image model: to
+        the class's mean training feature).
+    margin
+        The answer's similarity minus the ``unknown`` threshold (face models; negative: answered ``unknown``).
+    face
+        Index of the face that answered (face models).
+    """
+
+    neighbours: list[dict[str, Any]]
+    class_similarity: dict[str, float]
+    margin: float | None = None
+    face: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``explanation`` entry of ``predict --explain --json``."""
+        out: dict[str, Any] = {
+            "neighbours": [
+                {"label": n["label"], "similarity": round(float(n["similarity"]), 4), "path": n["path"]}
+                for n in self.neighbours
+            ],
+            "class_similarity": {k: round(float(v), 4) for k, v in self.class_similarity.items()},
+        }
+        if self.margin is not None:
+            out["margin"] = round(float(self.margin), 4)
+        if self.face is not None:
+            out["face"] = self.face
+        return out
+
+    def lines(self) -> list[str]:
+        """The explanation as ``predict --explain`` prints it under an answer."""
+        near = ", ".join(f"{n['label']} {n['similarity']:.2f} ({n['path']})" for n in self.neighbours)
+        classes = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.class_similarity.items(), key=lambda kv: -kv[1]))
+        out = [f"nearest training photos: {near}", f"similarity per class: {classes}"]
+        if self.margin is not None:
+            out.append(
+                f"margin to the unknown threshold: {self.margin:+.2f}"
+                + (f" (face {self.face})" if self.face is not None else "")
+            )
+        return out
+
+
+@dataclass
 class Analysis:
     """The model's view of one photo: the answer's class probabilities (or why there is none) and, for face
     models, every face and which one answers."""
@@ -35,6 +87,7 @@ class Analysis:
     answer: int | None = None
     known: bool = True
     fallback: bool = False
+    explanation: Explanation | None = None
 
     @property
     def usable(self) -> bool:
@@ -66,6 +119,7 @@ class Prediction:
     reason: str | None = None  # the skip reason alone (e.g. "truncated") when ``error`` is set
     similarity: float | None = None  # the answer face's similarity to its class (face models)
     threshold: float | None = None  # the similarity below which a face is ``unknown`` (face models)
+    explanation: Explanation | None = None  # why (``predict --explain``)
 
     @classmethod
     def from_analysis(
@@ -87,6 +141,7 @@ class Prediction:
         p.probabilities = _named(classes, analysis.proba)
         p.label = str(classes[int(np.argmax(analysis.proba))])
         p.fallback = analysis.fallback
+        p.explanation = analysis.explanation
         for k, f in enumerate(analysis.faces):
             p.faces.append(
                 {
@@ -128,6 +183,8 @@ class Prediction:
             out.update(similarity=self.similarity, unknown_threshold=self.threshold)
         if self.fallback:
             out.update(n_faces=0, fallback=True)
+        if self.explanation is not None:
+            out["explanation"] = self.explanation.to_dict()
         return out
 
     def face_dicts(self, top_k: int | None = None) -> list[dict[str, Any]]:
@@ -145,6 +202,7 @@ class Prediction:
                 "similarity": f["similarity"],
                 "unknown_threshold": self.threshold,
                 "answer": bool(f["answer"]),
+                **({"explanation": self.explanation.to_dict()} if f["answer"] and self.explanation is not None else {}),
             }
             for k, f in enumerate(self.faces)
         ]

@@ -14,6 +14,7 @@ from .._runtime import tune_allocator
 from ..errors import TransferlabError
 from .answers import export, predict, serve
 from .data import backbones, featurize, study
+from .people import enroll, forget
 from .training import check_labels, evaluate, train
 from .weights import app as weights_app
 
@@ -24,6 +25,8 @@ Examples:
   transferlab evaluate model/ more_photos/      accuracy on photos it never saw
   transferlab predict model/ photo.jpg folder/  who is in each photo (--json)
   transferlab check-labels photos/ --out check/ photos whose label it doubts
+  transferlab enroll model/ lincoln lincoln/    a new person, in seconds
+  transferlab forget model/ lincoln             and gone again, from the cache too
   transferlab serve model/                      the page at http://127.0.0.1:8000/
 
 Exit status: 0 done; 1 some inputs could not be used (each is reported); 2 a usage error or a missing input.
@@ -65,6 +68,8 @@ for _name, _command, _short in (
     ("predict", predict, "Say who is in each photo (table, JSON or Parquet)."),
     ("featurize", featurize, "Write a Parquet table of features (local or Spark)."),
     ("study", study, "Run the seed's study: Tables 1 and 2 with intervals."),
+    ("enroll", enroll, "Add photos of a person to a model, without retraining."),
+    ("forget", forget, "Remove a person or a photo from a model and the cache."),
     ("serve", serve, "Serve the web page and JSON API for a model."),
     ("export", export, "Export a whole-image model as one ONNX graph."),
     ("backbones", backbones, "List backbones, their weights here and licences."),

@@ -33,6 +33,17 @@ def predict(
             "(default: calibrated on the training data, stored in model.json).",
         ),
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Say why: the nearest training photos, the similarity to each class and the margin to the "
+            "unknown threshold.",
+        ),
+    ] = False,
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", min=1, help="With --explain: how many nearest training photos.")
+    ] = 3,
     weights: Weights = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
@@ -77,8 +88,10 @@ def predict(
     if not files:
         raise TransferlabError("no files found in the given paths")
     eng = engine_from_flags(engine, master, partitions)
-    if out is not None and (faces != FacesOutput.best or unknown_threshold is not None or top_k is not None):
-        raise TransferlabError("--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k")
+    if out is not None and (faces != FacesOutput.best or unknown_threshold is not None or top_k is not None or explain):
+        raise TransferlabError(
+            "--out writes the best answer per image; drop --faces/--unknown-threshold/--top-k/--explain"
+        )
     clf = load_model(locals(), engine=eng)
     if out is not None:
         summary = eng.predict_table(clf, files, out)
@@ -89,7 +102,7 @@ def predict(
         if summary.rows and summary.errors == summary.rows:
             raise typer.Exit(1)
         return
-    preds = clf.predict_images(files, unknown_threshold=unknown_threshold)
+    preds = clf.predict_images(files, unknown_threshold=unknown_threshold, explain=neighbours if explain else 0)
     every_face = faces == FacesOutput.all
     if as_json:
         for p in preds:
@@ -102,9 +115,13 @@ def predict(
 
         columns = ["file", "answer", "probability" if not top_k else "probabilities", "why"]
         table = Table(*columns, *(["face (* answered): x, y, w, h"] if every_face else []), box=None, pad_edge=False)
-        for cells in display_rows(preds, display_names(paths, files), top_k, every_face):
+        shown = display_names(paths, files)
+        for cells in display_rows(preds, shown, top_k, every_face):
             table.add_row(*cells)
         console().print(table)
+        for p, name in zip(preds, shown, strict=True):
+            if p.explanation is not None:
+                _out(f"{name} → {p.label}:\n" + "\n".join(f"  {line}" for line in p.explanation.lines()))
     counts = prediction_counts(preds)
     if not quiet:  # on stderr: stdout stays one JSON object per image with --json
         skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items())
@@ -127,6 +144,20 @@ def serve(
         float, typer.Option("--max-upload-mb", help="Largest photo accepted, in MB; larger uploads get HTTP 413.")
     ] = 10.0,
     weights: Weights = None,
+    gallery: Annotated[
+        Path | None,
+        typer.Option(
+            "--gallery",
+            help="The folder the model was trained from: answers show the nearest training faces, read from here.",
+        ),
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-token-file",
+            help="Enable POST/DELETE /api/people/{name} (enrol, forget) for requests with this bearer token.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only (no request log).")] = False,
 ) -> None:
     """Serve MODEL as the "Who's my President?" web page (/) and a JSON API (/api/predict, /api/model, /docs).
@@ -151,7 +182,13 @@ def serve(
         ) from None
 
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second, in one line
-    web = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), weights=weights)
+    web = create_app(
+        model,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        weights=weights,
+        gallery_dir=gallery,
+        admin_token_file=admin_token_file,
+    )
     if note := web.state.service.clf.recipe_note_:
         sys.stderr.write(note + "\n")
     sys.stderr.write(f"serving {model} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)\n")

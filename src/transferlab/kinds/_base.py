@@ -18,6 +18,7 @@ from ..backbones import BackboneCfg, get_backbone_cfg
 from ..errors import TransferlabError
 from ..features import Extractor, FeatureResult
 from ..finetune import FinetuneResult
+from ..gallery import Gallery
 from ..heads import MLPHead, head_name
 from ..predictions import Analysis
 
@@ -56,12 +57,42 @@ class ModelKind:
         """A new, unfitted head for these options (a scikit-learn estimator)."""
         raise NotImplementedError
 
-    def fit(
-        self, head: Any, res: FeatureResult, used: Sequence[int], y: np.ndarray, *, engine: Any, reporter: Reporter
-    ) -> dict[str, int]:
-        """Fit ``head`` on the feature rows of the photos ``used`` (indices into ``res``) and their labels; returns
-        what the fit says of the training photos, for ``model.json``."""
+    gallery_features: ClassVar[str]  # what a gallery row is, as model.json says it
+
+    def bags(self, res: FeatureResult, rows: Sequence[int]) -> tuple[list[np.ndarray], list[int]]:
+        """Per photo ``rows`` (indices into ``res``), the feature rows a head can be fitted on, ``(k, d)``, and
+        the one to start from."""
         raise NotImplementedError
+
+    def fit(
+        self,
+        head: Any,
+        bags: Sequence[np.ndarray],
+        start: Sequence[int],
+        y: np.ndarray,
+        *,
+        engine: Any,
+        reporter: Reporter,
+    ) -> np.ndarray:
+        """Fit ``head`` on the photos' bags (:meth:`bags`; a gallery photo is a bag of its one row) and labels;
+        returns per photo the index of the row the head was fitted on."""
+        raise NotImplementedError
+
+    def gallery_columns(self, res: FeatureResult, rows: Sequence[int], picked: np.ndarray) -> dict[str, np.ndarray]:
+        """What the gallery keeps per photo besides its features (e.g. the chosen face's box)."""
+        return {}
+
+    def stats(self, gallery: Gallery) -> dict[str, int]:
+        """What ``model.json`` says of the training photos (e.g. the face choice), from the gallery."""
+        return {}
+
+    def query(self, res: FeatureResult, i: int, analysis: Analysis) -> np.ndarray:
+        """The feature row photo ``i``'s answer was made from (comparable with the gallery's rows)."""
+        raise NotImplementedError
+
+    def class_similarity(self, head: Any, query: np.ndarray, gallery: Gallery) -> np.ndarray:
+        """The query's cosine similarity to each class (in ``head.classes_`` order) as the model measures it."""
+        return gallery.class_means([str(c) for c in head.classes_]) @ _unit(query)
 
     def analyse(
         self, head: Any, res: FeatureResult, rows: Sequence[int], threshold: float | None = None
@@ -139,3 +170,7 @@ def fit_head(head: Any, X: Any, y: np.ndarray, *, inner: Any, engine: Any, repor
     else:
         reporter.info(f"training {name} head on {len(X)} images")
         head.fit(X, y, **params)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32) / max(float(np.linalg.norm(x)), 1e-12)

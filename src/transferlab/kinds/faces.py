@@ -16,6 +16,7 @@ from ..facebag import FaceBagClassifier
 from ..features import Extractor, FeatureResult
 from ..finetune import FinetuneResult
 from ..finetune_faces import finetune_face_embedder
+from ..gallery import Gallery
 from ..predictions import Analysis, FaceFinding
 from ._base import ModelKind, fit_head, kind_of, register_kind
 
@@ -82,18 +83,56 @@ class FaceKind(ModelKind):
                 choice["choice_estimator"] = LogisticRegression(C=1.0, max_iter=2000)
         return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **choice)
 
+    gallery_features = "the chosen face's embedding (biometric data)"
+
+    def bags(self, res: FeatureResult, rows: Sequence[int]) -> tuple[list[np.ndarray], list[int]]:
+        """Each photo's face embeddings, starting from its largest face."""
+        return face_bags(res, rows)
+
     def fit(
-        self, head: Any, res: FeatureResult, used: Sequence[int], y: np.ndarray, *, engine: Any, reporter: Reporter
-    ) -> dict[str, int]:
-        """Choose each photo's face and fit the bag; returns the face choice's statistics."""
-        bags, start = face_bags(res, used)
-        fit_head(head, bags, y, inner=head.estimator, engine=engine, reporter=reporter, start=start)
-        stats = head.choice_stats_
+        self,
+        head: Any,
+        bags: Sequence[np.ndarray],
+        start: Sequence[int],
+        y: np.ndarray,
+        *,
+        engine: Any,
+        reporter: Reporter,
+    ) -> np.ndarray:
+        """Choose each photo's face and fit the bag; returns the chosen faces."""
+        fit_head(head, list(bags), y, inner=head.estimator, engine=engine, reporter=reporter, start=list(start))
+        return np.asarray(head.chosen_, dtype=int)
+
+    def gallery_columns(self, res: FeatureResult, rows: Sequence[int], picked: np.ndarray) -> dict[str, np.ndarray]:
+        """The chosen face's box, the number of faces in the photo, and whether the chosen face is not the
+        largest (the face choice's statistics come from these)."""
+        rows = list(rows)
+        bags = [res.bags[i] for i in rows]
+        largest = [int(np.argmax(face_areas(b))) for b in bags]
         return {
-            "images_with_faces": stats["bags"],
-            "images_with_several_faces": stats["bags_with_several_faces"],
-            "several_faces_not_largest_chosen": stats["several_faces_not_start_chosen"],
+            "box": np.asarray(
+                [face_boxes(b[p][None])[0] for b, p in zip(bags, picked, strict=True)], np.float32
+            ).reshape(-1, 4),
+            "faces": np.asarray([len(b) for b in bags], np.int32),
+            "not_largest": np.asarray([p != s for p, s in zip(picked, largest, strict=True)], np.uint8),
         }
+
+    def stats(self, gallery: Gallery) -> dict[str, int]:
+        """The face choice's statistics over the gallery's photos."""
+        several = gallery.columns["faces"] > 1
+        return {
+            "images_with_faces": len(gallery),
+            "images_with_several_faces": int(several.sum()),
+            "several_faces_not_largest_chosen": int((several & (gallery.columns["not_largest"] > 0)).sum()),
+        }
+
+    def query(self, res: FeatureResult, i: int, analysis: Analysis) -> np.ndarray:
+        """The embedding of the face that answered."""
+        return face_embeddings(res.bags[i])[analysis.answer or 0]
+
+    def class_similarity(self, head: FaceBagClassifier, query: np.ndarray, gallery: Gallery) -> np.ndarray:
+        """Similarity to the nearest of each class's prototypes (what the open set compares)."""
+        return head.similarity(np.asarray(query, np.float32)[None])[0]
 
     def analyse(
         self, head: Any, res: FeatureResult, rows: Sequence[int], threshold: float | None = None

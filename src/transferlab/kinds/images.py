@@ -38,12 +38,30 @@ class ImageKind(ModelKind):
         """The configured head, unfitted."""
         return opts.make_head()
 
+    gallery_features = "the photo's feature row"
+
+    def bags(self, res: FeatureResult, rows: Sequence[int]) -> tuple[list[np.ndarray], list[int]]:
+        """Each photo's one row."""
+        return [res.features[i][None] for i in rows], [0] * len(rows)
+
     def fit(
-        self, head: Any, res: FeatureResult, used: Sequence[int], y: np.ndarray, *, engine: Any, reporter: Reporter
-    ) -> dict[str, int]:
-        """Fit the head on the used photos' rows."""
-        fit_head(head, res.features[list(used)], y, inner=head, engine=engine, reporter=reporter)
-        return {}
+        self,
+        head: Any,
+        bags: Sequence[np.ndarray],
+        start: Sequence[int],
+        y: np.ndarray,
+        *,
+        engine: Any,
+        reporter: Reporter,
+    ) -> np.ndarray:
+        """Fit the head on the photos' rows."""
+        X = np.stack([b[0] for b in bags]) if len(bags) else np.zeros((0, 0), np.float32)
+        fit_head(head, X, y, inner=head, engine=engine, reporter=reporter)
+        return np.zeros(len(bags), dtype=int)
+
+    def query(self, res: FeatureResult, i: int, analysis: Analysis) -> np.ndarray:
+        """The photo's row."""
+        return np.asarray(res.features[i], np.float32)
 
     def analyse(
         self, head: Any, res: FeatureResult, rows: Sequence[int], threshold: float | None = None

@@ -5,6 +5,11 @@
 - ``GET /``: the page (static HTML, CSS and JS shipped in ``transferlab/serve/static``; no network resource).
 - ``POST /api/predict``: a photo in the multipart field ``file`` → one entry per face (box, label, probabilities).
 - ``GET /api/model``: backbone, head, classes and held-out accuracy from the model's report.
+- ``GET /api/gallery/{content_hash}`` (with ``gallery_dir``): a small crop of a training photo an answer resembles,
+  read from that folder; answers then carry an ``explanation``.
+- ``POST`` / ``DELETE /api/people/{name}`` (with ``admin_token_file`` only; bearer token, compared in constant
+  time; 401 without detail otherwise): enrol uploaded photos of a person, or forget one. The changed model is saved
+  (one atomic switch) and swapped in under the model's lock: a prediction sees the old model or the new one.
 - ``GET /healthz``; the OpenAPI document at ``/openapi.json`` and ``/docs`` (Swagger UI served from the
   ``fastapi-offline`` package, not a CDN).
 
@@ -17,13 +22,15 @@ recogniser objects keep per-call state (``setInputSize``) and intake's decoder s
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -31,7 +38,7 @@ from .._version import __version__
 from ..errors import TransferlabError
 from .schemas import Health, ModelInfo, PredictResponse
 from .service import STATIC_DIR, ModelService
-from .upload import MULTIPART_OVERHEAD, UploadRejected, error_responses, read_upload
+from .upload import MULTIPART_OVERHEAD, UploadRejected, error_responses, read_upload, read_uploads
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "MULTIPART_OVERHEAD", "ModelService", "create_app"]
 
@@ -64,6 +71,8 @@ def create_app(
     weights: str | os.PathLike[str] | None = None,
     uploads_in_flight: int = UPLOADS_IN_FLIGHT,
     upload_timeout_s: float = UPLOAD_TIMEOUT_S,
+    admin_token_file: str | os.PathLike[str] | None = None,
+    gallery_dir: str | os.PathLike[str] | None = None,
 ) -> FastAPI:
     """Load the model in ``model_dir`` once and return the web app that serves it.
 
@@ -79,6 +88,12 @@ def create_app(
         Requests whose bodies may be read into memory at the same time; others wait their turn.
     upload_timeout_s
         Time allowed for a body to arrive once its turn has come; slower uploads get 408.
+    admin_token_file
+        A file holding the bearer token of the admin routes (``POST`` and ``DELETE /api/people/{name}``: enrol
+        and forget); without it those routes do not exist.
+    gallery_dir
+        The folder the model was trained from: answers then carry the nearest training photos, served (as small
+        crops) from this folder only.
 
     Returns
     -------
@@ -89,7 +104,8 @@ def create_app(
 
     if max_upload_bytes < 1:
         raise TransferlabError(f"--max-upload-mb must be positive, not {max_upload_bytes / (1024 * 1024):g}")
-    service = ModelService(model_dir, weights=weights)
+    token = read_token(admin_token_file) if admin_token_file is not None else None
+    service = ModelService(model_dir, weights=weights, gallery_dir=gallery_dir)
     # A malformed form is answered with 422; python-multipart would also log it, quoting bytes of the upload.
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
     gate = asyncio.Semaphore(uploads_in_flight)
@@ -139,6 +155,27 @@ def create_app(
                 ) from None
             return await run_in_threadpool(service.predict, data)
 
+    async def _uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+        async with gate:
+            try:
+                async with asyncio.timeout(upload_timeout_s):
+                    return await read_uploads(request, max_upload_bytes, max_files=max_files)
+            except TimeoutError:
+                raise UploadRejected(
+                    408, "too slow", f"the upload took longer than {upload_timeout_s:g} s; try again"
+                ) from None
+
+    if token is not None:
+        _admin_routes(app, service, token, _uploads)
+
+    if gallery_dir is not None:
+
+        @app.get("/api/gallery/{content_hash}", include_in_schema=False)
+        async def gallery_photo(content_hash: str) -> Response:
+            """A training photo the answer resembles (a small crop), from the ``--gallery`` folder."""
+            data = await run_in_threadpool(service.gallery_photo, content_hash)
+            return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     @app.get("/api/model", response_model=ModelInfo, summary="The served model")
     async def model_info() -> Any:
         """Backbone, head, classes and the held-out accuracy measured when the model was trained."""
@@ -154,6 +191,51 @@ def create_app(
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+ENROL_MAX_FILES = 50  # photos per enrolment request, each within the upload limit
+
+
+def read_token(path: str | os.PathLike[str]) -> str:
+    """The admin bearer token from its file (one line; at least 16 characters)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferlabError(f"--admin-token-file {path}: cannot read it ({exc})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise TransferlabError(
+            f"--admin-token-file {path}: the token should be one line of at least 16 characters without spaces "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE)"
+        )
+    return token
+
+
+def _admin_routes(app: FastAPI, service: ModelService, token: str, uploads: Any) -> None:
+    """``POST`` / ``DELETE /api/people/{name}``, behind a bearer token compared in constant time."""
+
+    def authorised(request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+    def refused() -> Response:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/api/people/{name}", summary="Enrol photos of a person (admin)")
+    async def enrol(name: str, request: Request) -> Any:
+        """Add the photos (multipart fields ``file``, up to 50) to person ``name``, new or known; the model is
+        refitted, saved and served. Needs ``Authorization: Bearer <token>``."""
+        if not authorised(request):
+            return refused()
+        got = await uploads(request, ENROL_MAX_FILES)
+        return await run_in_threadpool(service.enroll, name, got)
+
+    @app.delete("/api/people/{name}", summary="Forget a person (admin)")
+    async def forget(name: str, request: Request) -> Any:
+        """Remove person ``name`` from the model and the cache; the model is refitted, saved and served. Needs
+        ``Authorization: Bearer <token>``."""
+        if not authorised(request):
+            return refused()
+        return await run_in_threadpool(service.forget, name)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -29,6 +29,21 @@ class ImageSize(BaseModel):
     height: int
 
 
+class Neighbour(BaseModel):
+    label: str
+    similarity: float
+    url: str | None = Field(None, description="a small crop of the training photo, from the --gallery folder")
+
+
+class Explanation(BaseModel):
+    """Why (with ``serve --gallery``): the nearest training photos, similarity per class, margin to unknown."""
+
+    neighbours: list[Neighbour]
+    class_similarity: dict[str, float]
+    margin: float | None = None
+    face: int | None = None
+
+
 class PredictResponse(BaseModel):
     """The answer for one photo."""
 
@@ -37,6 +52,7 @@ class PredictResponse(BaseModel):
     label: str | None = Field(None, description="the photo's answer (absent when no face was found)")
     message: str | None = Field(None, description="'no face found', or how the answer was reached when unusual")
     fallback: bool | None = Field(None, description="true when a whole-image fallback model answered")
+    explanation: Explanation | None = Field(None, description="why, when the server was started with --gallery")
 
 
 class ErrorResponse(BaseModel):

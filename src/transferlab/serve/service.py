@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -13,7 +14,10 @@ from typing import Any
 
 from .._version import __version__
 from ..backbones import get_backbone_cfg
+from ..cache import default_cache_dir, purge
 from ..decode import MAX_PIXELS, ImageRejected, load_rgb
+from ..engines import as_engine
+from ..errors import TransferlabError
 from ..pipeline import load
 from .upload import UploadRejected
 
@@ -50,11 +54,25 @@ class ModelService:
         Local backbone weights file, for backbones that need one.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        gallery_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
         # use_cache=False: features of uploaded photos must not be written anywhere.
         self.clf = load(self.model_dir, weights=weights, use_cache=False, verbose=False, num_workers=0)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the model in use: predictions and the features of an enrolment
+        self.change_lock = threading.Lock()  # enrolments and forgets, one at a time
+        self.gallery_dir = Path(gallery_dir).resolve() if gallery_dir is not None else None
+        if self.gallery_dir is not None:
+            if not self.gallery_dir.is_dir():
+                raise TransferlabError(
+                    f"--gallery {gallery_dir}: not a folder; give the folder the model was trained from"
+                )
+            self.clf.gallery()  # one line at start when the model keeps no gallery
         self.kind = self.clf.options_.kind
         backbone = self.clf.extractor_.backbone.build()  # located, checked and built now, not on the first request
         self.draft: tuple[int, int] = backbone.draft_size
@@ -116,8 +134,100 @@ class ModelService:
             decoded = self._decode(data)
             # The model gets the photo decoded once, at its backbone's draft size: the pixels `transferlab predict`
             # decodes from the file (Pillow and libjpeg-turbo decode alike: tested).
-            (pred,) = self.clf.predict_images([decoded.image], names=["upload"])
-        return self._answer(pred, decoded)
+            clf = self.clf
+            explain = 3 if self.gallery_dir is not None else 0
+            (pred,) = clf.predict_images([decoded.image], names=["upload"], explain=explain)
+        answer = self._answer(pred, decoded)
+        if pred.explanation is not None:
+            answer["explanation"] = _with_urls(pred.explanation.to_dict(), clf.gallery())
+        return answer
+
+    # -- people: changes to the served model (admin routes) -------------------------------------------------------
+    def enroll(self, name: str, uploads: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Add uploaded photos of ``name`` to the model, save it (one atomic switch on disk) and serve it; returns
+        the change (``enroll --json``'s keys). Unusable photos are skipped and listed; none usable is a 422."""
+        from .. import people
+
+        with self.change_lock:
+            images, paths, skipped = [], [], []
+            for filename, data in uploads:
+                shown = f"{name}/{Path(filename).name or 'upload'}"
+                try:
+                    images.append(self._decode(data).image)
+                    paths.append(shown)
+                except UploadRejected as exc:
+                    skipped.append((shown, exc.reason, exc.detail))
+            new = copy.copy(self.clf)  # changed by assignment only: self.clf answers as before meanwhile
+            with self.lock:  # the extractor (and the detector's per-call state) is shared with the model in use
+                try:
+                    change = people.enroll(new, name, images, None, paths, engine=as_engine(None), skipped=skipped)
+                except TransferlabError as exc:
+                    raise UploadRejected(422, "not enrolled", str(exc)) from None
+            return self._switch(new, change.to_dict())
+
+    def forget(self, name: str) -> dict[str, Any]:
+        """Remove ``name`` from the served model and save it; 404 when the model does not know the name."""
+        from .. import people
+
+        with self.change_lock:
+            if name not in set(self.clf.gallery().labels.tolist()):
+                raise UploadRejected(404, "unknown person", f"{name}: not a person this model knows")
+            new = copy.copy(self.clf)
+            try:
+                change = people.forget(new, name, engine=as_engine(None))
+            except TransferlabError as exc:
+                raise UploadRejected(422, "not forgotten", str(exc)) from None
+            root = default_cache_dir()  # where `train` cached the photos' features (this server caches none)
+            purged = {"dir": str(root), **purge(root, change.removed_hashes)}
+            return {**self._switch(new, change.to_dict()), "cache": purged}
+
+    def _switch(self, new: Any, change: dict[str, Any]) -> dict[str, Any]:
+        """Save the changed model (a failed save changes nothing), then serve it."""
+        from ..enrolment import commit
+
+        try:
+            commit(new, self.model_dir)
+        except OSError as exc:
+            raise UploadRejected(500, "not saved", f"the changed model could not be saved ({exc.strerror})") from None
+        with self.lock:
+            self.clf = new
+            self.meta = new.model_meta_ = json.loads((self.model_dir / "model.json").read_text())
+        return {**change, "classes": [str(c) for c in new.classes_]}
+
+    def gallery_photo(self, content_hash: str) -> bytes:
+        """A training photo of the gallery as a small JPEG (a face model: its chosen face), read from the
+        ``--gallery`` folder; 404 unless that folder has the photo with the same pixels."""
+        from PIL import Image
+
+        from ..decode import content_hash as pixels_hash
+        from ..decode import read_rgb
+
+        missing = UploadRejected(404, "not found", "no such photo in the gallery folder")
+        if self.gallery_dir is None:
+            raise missing
+        gallery = self.clf.gallery()
+        try:
+            i = gallery.hashes.index(content_hash)
+        except ValueError:
+            raise missing from None
+        path = (self.gallery_dir / gallery.paths[i]).resolve()
+        if not path.is_relative_to(self.gallery_dir) or not path.is_file():
+            raise missing
+        try:
+            img = read_rgb(path)
+        except (ImageRejected, OSError):
+            raise missing from None
+        if pixels_hash(img) != content_hash:  # the folder's file is not the photo the model was trained on
+            raise missing
+        box = gallery.columns.get("box")
+        if box is not None:
+            x, y, w, h = (float(v) for v in box[i])
+            m = 0.25 * max(w, h)
+            img = img.crop((max(0, x - m), max(0, y - m), min(img.width, x + w + m), min(img.height, y + h + m)))
+        img.thumbnail((160, 160), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
 
     def _answer(self, pred: Any, decoded: _Decoded) -> dict[str, Any]:
         out: dict[str, Any] = {"image": {"width": decoded.width, "height": decoded.height}}
@@ -148,6 +258,16 @@ class ModelService:
         if pred.fallback:
             out.update(fallback=True, message=f"no face found; the whole-image model ({self.clf.fallback}) answered")
         return out
+
+
+def _with_urls(explanation: dict[str, Any], gallery: Any) -> dict[str, Any]:
+    """The explanation with each neighbour's photo URL (``GET /api/gallery/{content hash}``) instead of its path."""
+    by_path = dict(zip(gallery.paths, gallery.hashes, strict=True))
+    for n in explanation["neighbours"]:
+        h = by_path.get(n.pop("path"))
+        if h is not None:
+            n["url"] = f"/api/gallery/{h}"
+    return explanation
 
 
 def _finite(x: Any) -> float | None:

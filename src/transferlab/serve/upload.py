@@ -55,8 +55,15 @@ async def read_upload(request: Request, limit: int) -> bytes:
     The body is refused from its ``Content-Length`` when that is already too large, and otherwise while it streams
     in, so a 1 GB request costs at most ``limit`` bytes of memory. Other form fields are read past and dropped.
     """
+    ((_, data),) = await read_uploads(request, limit, max_files=1)
+    return data
+
+
+async def read_uploads(request: Request, limit: int, *, max_files: int) -> list[tuple[str, bytes]]:
+    """``(file name, bytes)`` of up to ``max_files`` multipart fields named ``file``, each at most ``limit`` bytes,
+    read into memory (see :func:`read_upload`); further files are read past and dropped."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    body_limit = limit + MULTIPART_OVERHEAD
+    body_limit = max_files * (limit + MULTIPART_OVERHEAD)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > body_limit:
         raise _too_large(limit)
@@ -75,6 +82,7 @@ async def read_upload(request: Request, limit: int) -> bytes:
         raise UploadRejected(422, "malformed form", "multipart/form-data without a boundary; let your client set it")
 
     parts: list[bytearray] = []
+    names: list[str] = []
     state: dict[str, Any] = {"headers": {}, "current": None}  # the part being parsed
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -88,8 +96,10 @@ async def read_upload(request: Request, limit: int) -> bytes:
 
     def on_headers_finished() -> None:
         _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        wanted = disposition.get(b"name") == b"file" and not parts
+        wanted = disposition.get(b"name") == b"file" and len(parts) < max_files
         state["current"] = bytearray() if wanted else None
+        if wanted:
+            names.append(disposition.get(b"filename", b"").decode("utf-8", "replace") or f"upload {len(names)}")
         state["headers"] = {}
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -128,9 +138,9 @@ async def read_upload(request: Request, limit: int) -> bytes:
         raise UploadRejected(
             422, "no file", "the form has no complete field 'file'; send the photo as multipart field 'file'"
         )
-    if not parts[0]:
+    if not all(parts):
         raise UploadRejected(422, "zero-byte", "the uploaded file is empty")
-    return bytes(parts[0])
+    return [(n, bytes(p)) for n, p in zip(names, parts, strict=False)]
 
 
 def _empty_body() -> UploadRejected:

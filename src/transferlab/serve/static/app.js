@@ -164,7 +164,26 @@ function show(blob, res) {
     }
     list.append(faceItem(f, i, colour, faces.length));
   });
+  showNearest(res.explanation);
   $("result").hidden = false;
+}
+
+// The training photos the answer resembles most (served from the --gallery folder; absent without one).
+function showNearest(explanation) {
+  const box = $("nearest");
+  const thumbs = $("nearest-thumbs");
+  thumbs.replaceChildren();
+  const shown = ((explanation && explanation.neighbours) || []).filter((n) => n.url);
+  box.hidden = !shown.length;
+  shown.forEach((n) => {
+    const fig = el("figure", "neighbour");
+    const img = el("img");
+    img.src = n.url;
+    img.alt = "training photo of " + n.label;
+    img.onerror = () => { img.remove(); };
+    fig.append(img, el("figcaption", "", n.label + " · similarity " + n.similarity.toFixed(2)));
+    thumbs.append(fig);
+  });
 }
 
 function faceItem(f, i, colour, n) {

@@ -408,6 +408,7 @@ def live(face_model, tmp_path_factory):
     }
     log = open(root / "server.log", "wb")
     cmd = [sys.executable, "-m", "transferlab", "serve", str(face_model), "--port", str(port)]
+    cmd += ["--gallery", str(face_model.parent / "photos")]  # the training folder: answers show the nearest faces
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -553,6 +554,11 @@ def test_page_in_a_real_browser_names_the_person_in_an_uploaded_photo(page, live
     expect(page.locator("#answer")).to_contain_text("trump")
     expect(page.locator("#boxes .box")).to_have_count(1)
     expect(page.locator("#faces .face .bar")).to_have_count(4)  # a bar for every class
+    # the nearest training faces beside the answer, read by the server from its --gallery folder
+    expect(page.locator("#nearest figure img")).to_have_count(3)
+    expect(page.locator("#nearest")).to_contain_text("trump · similarity")
+    loaded = "[...document.querySelectorAll('#nearest img')].every(i => i.complete && i.naturalWidth > 0)"
+    page.wait_for_function(loaded)
     page.screenshot(path=tmp_path / "trump.png", full_page=True)
 
     # Two presidents in one photo: two boxes, each drawn over its face at the displayed size.

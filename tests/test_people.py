@@ -317,6 +317,10 @@ def test_people_over_http_need_the_token_and_never_show_a_half_changed_model(peo
                 face = next(f for f in a["faces"] if f["answer"])
                 assert set(face["probabilities"]) in (three, four)
                 assert a["label"] in set(face["probabilities"]) | {"unknown"}
+            # an uploaded photo is named by the same pixel hash as its file: `forget --photo FILE` finds it
+            c.post("/api/people/clinton", files=[("file", ("c.jpg", photo))], headers=admin).raise_for_status()
+            assert content_hash(read_rgb(people["clinton"][0])) in transferlab.load(model).gallery().hashes
+            c.delete("/api/people/clinton", headers=admin).raise_for_status()
             # the nearest training faces, served from the --gallery folder only
             r = c.post("/api/predict", files={"file": ("p.jpg", asks[0])}).json()
             urls = [n["url"] for n in r["explanation"]["neighbours"] if "url" in n]

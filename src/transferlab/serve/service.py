@@ -15,7 +15,7 @@ from typing import Any
 from .._version import __version__
 from ..backbones import get_backbone_cfg
 from ..cache import default_cache_dir, purge
-from ..decode import MAX_PIXELS, ImageRejected, load_rgb
+from ..decode import MAX_PIXELS, ImageRejected, content_hash, load_rgb
 from ..engines import as_engine
 from ..errors import TransferlabError
 from ..pipeline import load
@@ -149,18 +149,20 @@ class ModelService:
         from .. import people
 
         with self.change_lock:
-            images, paths, skipped = [], [], []
+            photos, hashes, paths, skipped = [], [], [], []
             for filename, data in uploads:
                 shown = f"{name}/{Path(filename).name or 'upload'}"
-                try:
-                    images.append(self._decode(data).image)
-                    paths.append(shown)
-                except UploadRejected as exc:
+                try:  # decoded whole, as intake does: the pixel hash is the one a file of this photo gets
+                    hashes.append(content_hash(load_rgb(data)))
+                except ImageRejected as exc:
                     skipped.append((shown, exc.reason, exc.detail))
+                    continue
+                photos.append(data)  # featurized from its bytes, as `transferlab enroll` does from the file
+                paths.append(shown)
             new = copy.copy(self.clf)  # changed by assignment only: self.clf answers as before meanwhile
             with self.lock:  # the extractor (and the detector's per-call state) is shared with the model in use
                 try:
-                    change = people.enroll(new, name, images, None, paths, engine=as_engine(None), skipped=skipped)
+                    change = people.enroll(new, name, photos, hashes, paths, engine=as_engine(None), skipped=skipped)
                 except TransferlabError as exc:
                     raise UploadRejected(422, "not enrolled", str(exc)) from None
             return self._switch(new, change.to_dict())
@@ -194,12 +196,11 @@ class ModelService:
             self.meta = new.model_meta_ = json.loads((self.model_dir / "model.json").read_text())
         return {**change, "classes": [str(c) for c in new.classes_]}
 
-    def gallery_photo(self, content_hash: str) -> bytes:
+    def gallery_photo(self, wanted: str) -> bytes:
         """A training photo of the gallery as a small JPEG (a face model: its chosen face), read from the
         ``--gallery`` folder; 404 unless that folder has the photo with the same pixels."""
         from PIL import Image
 
-        from ..decode import content_hash as pixels_hash
         from ..decode import read_rgb
 
         missing = UploadRejected(404, "not found", "no such photo in the gallery folder")
@@ -207,7 +208,7 @@ class ModelService:
             raise missing
         gallery = self.clf.gallery()
         try:
-            i = gallery.hashes.index(content_hash)
+            i = gallery.hashes.index(wanted)
         except ValueError:
             raise missing from None
         path = (self.gallery_dir / gallery.paths[i]).resolve()
@@ -217,7 +218,7 @@ class ModelService:
             img = read_rgb(path)
         except (ImageRejected, OSError):
             raise missing from None
-        if pixels_hash(img) != content_hash:  # the folder's file is not the photo the model was trained on
+        if content_hash(img) != wanted:  # the folder's file is not the photo the model was trained on
             raise missing
         box = gallery.columns.get("box")
         if box is not None:

@@ -112,6 +112,7 @@ def fit_evaluate(
     test_rows = np.array([i for i in test_idx if table.at[i, "path"] in test_paths], dtype=int)
     stats = {k: int(clf.extractor_.counts[k]) for k in ("cached", "computed", "failed")}
     stats["seconds"] = round(clf.extractor_.seconds, 3)
+    stats["build_seconds"] = round(clf.extractor_.build_seconds, 3)
     return FitEvaluation(metrics, detail, stats, train_rows, test_rows, timings)
 
 

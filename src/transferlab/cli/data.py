@@ -78,7 +78,12 @@ def featurize(
         _out(json.dumps(doc))
         return
     counts = f", {summary.n_computed} computed, {summary.n_cached} from cache" if summary.n_computed is not None else ""
-    _out(f"features: {summary.out}  ({summary.rows} rows, {summary.errors} errors{counts}; {summary.seconds:.1f} s)")
+    built = summary.extra.get("build_seconds", 0)
+    built_text = f", {built:.1f} s of it building the networks, once" if built >= 0.5 else ""
+    _out(
+        f"features: {summary.out}  ({summary.rows} rows, {summary.errors} errors{counts}; {summary.seconds:.1f} s"
+        f"{built_text})"
+    )
 
 
 def study(

@@ -139,6 +139,8 @@ def train(
     _out(summary_text(res.metrics, group_by))
     st = res.feature_stats
     rate = f", {st['computed'] / st['seconds']:.0f} photos/s" if st["computed"] and st.get("seconds") else ""
+    if st.get("build_seconds", 0) >= 0.5:
+        rate += f" (+ {st['build_seconds']:.1f} s building the networks, once)"
     _out(f"features: {st['computed']} computed, {st['cached']} from cache{rate}")
     _out(f"report: {res.report_path}   total {time.perf_counter() - t:.1f} s")
 

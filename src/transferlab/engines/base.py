@@ -40,6 +40,7 @@ class TableSummary:
             "cached": self.n_cached,
             "engine": engine,
             "seconds": round(self.seconds, 2),
+            **({"build_seconds": self.extra["build_seconds"]} if "build_seconds" in self.extra else {}),
         }
 
 
@@ -48,6 +49,11 @@ class Engine(Protocol):
     """Where the featurize and predict stages run."""
 
     name: str
+
+    def prepare(self, extractor: Extractor) -> None:
+        """Get the featurize stage ready where it runs, before the photos (the local engine builds the networks in
+        this process: a one-time cost, timed apart from the photos/s)."""
+        ...
 
     def featurize(
         self,

@@ -341,6 +341,9 @@ class SparkEngine:
         )
 
     # -- the engine protocol (transferlab.engines.base.Engine) ---------------------------------------------------
+    def prepare(self, extractor: Extractor) -> None:
+        """Nothing on the driver: each executor builds the networks it runs (``prepare_backbone``)."""
+
     def featurize(
         self,
         extractor: Extractor,

@@ -180,8 +180,9 @@ def test_bad_input_is_one_line_and_changes_nothing(people, tmp_path, args, says)
     digests = {d: _tree_digest(d) for d in (model, damaged, old)}
     proc = run(*[a.format(**values) for a in args], "--cache-dir", str(cache), check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
+    lines = proc.stderr.strip().splitlines()  # status lines may come first (e.g. the networks built)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [lines[-1]] and says in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
     assert {d: _tree_digest(d) for d in digests} == digests
 
 
@@ -329,3 +330,27 @@ def test_people_over_http_need_the_token_and_never_show_a_half_changed_model(peo
     finally:
         server.should_exit = True
     assert list(transferlab.load(model).classes_) == ["bush", "obama", "trump"]
+
+
+def test_two_enrolments_at_once_both_land(people, tmp_path):
+    """Two `enroll` processes on one model: the second waits for the first and reads what it wrote."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    model, cache = _copy_model(people, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(cache)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "transferlab", "enroll", str(model), name, *map(str, photos), "-q"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, photos in (("clinton", people["clinton"][:3]), ("hillary", people["clinton"][3:6]))
+    ]
+    assert [p.wait() for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    counts = transferlab.load(model).gallery().counts()
+    assert counts["clinton"] == 3 and counts["hillary"] == 3

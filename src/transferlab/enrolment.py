@@ -11,9 +11,10 @@ lists what was done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,21 @@ def _check_writable(model: Path, out: Path | None) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _one_change_at_a_time(model: Path) -> Iterator[None]:
+    """Serialise changes to one model directory across processes (an advisory lock on the directory itself, so
+    nothing is written and a read-only model can still be enrolled into ``--out``): a second `enroll` or `forget`
+    waits, then reads the model the first one wrote, so neither change is lost."""
+    import fcntl
+
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def commit(clf: Classifier, target: Path) -> list[str]:
     """Write the changed model (one atomic switch) and remove the training run's report from the directory."""
     clf.save(target, replace=True)
@@ -138,23 +154,24 @@ def enroll_model(
     files = expand_paths(given)
     if not files:
         raise TransferlabError(f"no files found in {', '.join(map(str, given))}; nothing was changed")
-    clf = load(model, cache_dir=cache_dir, use_cache=use_cache, verbose=verbose, **load_options)
-    clf.gallery()  # one line before any work when the model keeps none (or it does not match its hash)
     cache = (cache_dir or default_cache_dir()) if use_cache else None
     got = intake([(f, name) for f in files], cache_dir=cache)
     names = dict(zip(files, _gallery_names(name, given, files), strict=True))
     skipped = [(names.get(s.path, s.path), s.reason, s.detail) for s in got.report.skipped]
     table = got.table
-    change = people.enroll(
-        clf,
-        name,
-        table["path"].tolist(),
-        table["content_hash"].tolist(),
-        [names[p] for p in table["path"]],
-        engine=as_engine(clf.engine),
-        skipped=skipped,
-    )
-    removed = commit(clf, target)
+    with _one_change_at_a_time(model):
+        clf = load(model, cache_dir=cache_dir, use_cache=use_cache, verbose=verbose, **load_options)
+        clf.gallery()  # one line before any work when the model keeps none (or it does not match its hash)
+        change = people.enroll(
+            clf,
+            name,
+            table["path"].tolist(),
+            table["content_hash"].tolist(),
+            [names[p] for p in table["path"]],
+            engine=as_engine(clf.engine),
+            skipped=skipped,
+        )
+        removed = commit(clf, target)
     return ModelChange(change, target, removed, None, time.perf_counter() - t)
 
 
@@ -186,15 +203,16 @@ def forget_model(
             hashes.append(content_hash(read_rgb(p)))
         except (ImageRejected, OSError) as exc:
             raise TransferlabError(f"{p}: cannot read it ({exc}); nothing was forgotten") from None
-    clf = load(model, cache_dir=cache_dir, verbose=verbose, **load_options)
-    gallery = clf.gallery()
-    missing = [str(p) for p, h in zip(photos, hashes, strict=True) if h not in set(gallery.hashes)]
-    if missing:
-        raise TransferlabError(
-            f"{missing[0]}: not in {model}'s gallery (no photo with its pixels); nothing was forgotten"
-        )
-    change = people.forget(clf, name, hashes, engine=as_engine(clf.engine))
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    purged = {"dir": str(root), **purge(root, change.removed_hashes)}
-    removed = commit(clf, target)
+    with _one_change_at_a_time(model):
+        clf = load(model, cache_dir=cache_dir, verbose=verbose, **load_options)
+        gallery = clf.gallery()
+        missing = [str(p) for p, h in zip(photos, hashes, strict=True) if h not in set(gallery.hashes)]
+        if missing:
+            raise TransferlabError(
+                f"{missing[0]}: not in {model}'s gallery (no photo with its pixels); nothing was forgotten"
+            )
+        change = people.forget(clf, name, hashes, engine=as_engine(clf.engine))
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        purged = {"dir": str(root), **purge(root, change.removed_hashes)}
+        removed = commit(clf, target)
     return ModelChange(change, target, removed, purged, time.perf_counter() - t)

@@ -354,3 +354,22 @@ def test_two_enrolments_at_once_both_land(people, tmp_path):
     assert [p.wait() for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     counts = transferlab.load(model).gallery().counts()
     assert counts["clinton"] == 3 and counts["hillary"] == 3
+
+
+def test_a_read_only_model_is_refused_before_any_work_unless_out_is_given(people, tmp_path, monkeypatch):
+    import os
+
+    import transferlab.enrolment as enrolment
+
+    model, cache = _copy_model(people, tmp_path)
+    before = _tree_digest(model)
+    real = os.access
+    monkeypatch.setattr(enrolment.os, "access", lambda p, mode: False if Path(p) == model else real(p, mode))
+    with pytest.raises(transferlab.TransferlabError, match=r"read-only; the model was not changed \(pass --out DIR"):
+        transferlab.enroll_model(model, "clinton", people["clinton"][:2], cache_dir=cache)
+    with pytest.raises(transferlab.TransferlabError, match="read-only"):
+        transferlab.forget_model(model, "bush", cache_dir=cache)
+    assert _tree_digest(model) == before
+    done = transferlab.enroll_model(model, "clinton", people["clinton"][:2], cache_dir=cache, out=tmp_path / "out")
+    assert done.change.added == ["clinton/" + p.name for p in people["clinton"][:2]]
+    assert _tree_digest(model) == before

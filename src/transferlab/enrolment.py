@@ -142,6 +142,24 @@ def enroll_model(
     The photos go through train's intake (unreadable files, exact duplicates: skipped with their reason), then
     photos already in the gallery and (face models) photos without a face are skipped too; features are computed
     for the new photos only, and the head, prototypes and ``unknown`` threshold refitted on the gallery plus them.
+
+    Parameters
+    ----------
+    model
+        A model directory written by ``transferlab train`` (with a gallery).
+    name
+        The person: a class the model knows, or a new one (:func:`transferlab.people.check_name`).
+    photos
+        Files and folders of photos of ``name``; the gallery names them ``name/<path within the folder>``.
+    out
+        Write the enrolled model here instead of replacing ``model``.
+    cache_dir, use_cache, verbose, **load_options
+        As for :func:`transferlab.load`.
+
+    Returns
+    -------
+    ModelChange
+        What changed (photos per class, threshold, skipped photos) and where it was written.
     """
     t = time.perf_counter()
     name = people.check_name(name)
@@ -189,6 +207,24 @@ def forget_model(
 
     The cache is purged first, then the model switched: a crash in between leaves the old model, and running the
     forget again finishes it.
+
+    Parameters
+    ----------
+    model
+        A model directory written by ``transferlab train`` (with a gallery), changed in place.
+    name
+        The person to forget, or None.
+    photos
+        Photo files to forget, found in the gallery by their pixels' hash.
+    cache_dir
+        The cache to purge (default: the user cache, ``$TRANSFERLAB_CACHE_DIR``).
+    verbose, **load_options
+        As for :func:`transferlab.load`.
+
+    Returns
+    -------
+    ModelChange
+        What was removed from the model and from the cache.
     """
     t = time.perf_counter()
     model = Path(model)

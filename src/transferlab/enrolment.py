@@ -76,7 +76,8 @@ class ModelChange:
 
 def _check_writable(model: Path, out: Path | None) -> Path:
     """The directory a change will write, checked before any work (one line when it cannot be written)."""
-    load_artifact(model)  # one line when MODEL is not a model (or is damaged)
+    if not (model / "model.json").is_file():  # one line saying what a model folder is; a damaged one: at load
+        load_artifact(model)
     target = out if out is not None else model
     if out is not None and out.exists() and any(out.iterdir()) and not (out / "model.json").is_file():
         raise TransferlabError(f"--out {out}: a folder with other files in it; give a new or empty folder")

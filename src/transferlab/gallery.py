@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TransferlabError
+from .facebag import l2_normalise
 
 PREFIX = "gallery."
 _HASH_HEX = 64
@@ -106,20 +107,20 @@ class Gallery:
         index, similarity
             ``(m, k')`` arrays, ``k' = min(k, len(self))``.
         """
-        sims = _unit(np.asarray(queries, np.float32)) @ _unit(self.features).T
+        sims = l2_normalise(np.asarray(queries, np.float32)) @ l2_normalise(self.features).T
         k = min(k, len(self))
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return order, np.take_along_axis(sims, order, axis=1)
 
     def class_means(self, classes: Sequence[str]) -> np.ndarray:
         """``(len(classes), d)``: each class's unit-length mean feature (zeros for a class with no photo)."""
-        unit = _unit(self.features)
+        unit = l2_normalise(self.features)
         out = np.zeros((len(classes), self.features.shape[1]), np.float32)
         for j, c in enumerate(classes):
             rows = unit[self.labels == c]
             if len(rows):
                 out[j] = rows.mean(axis=0)
-        return _unit(out)
+        return l2_normalise(out)
 
     # -- saving ----------------------------------------------------------------------------------------------
     def sha256(self) -> str:
@@ -191,7 +192,3 @@ def gallery_paths(sources: Sequence[Any], indices: Sequence[int]) -> list[str]:
         os.path.relpath(f, root).replace(os.sep, "/") if f is not None else f"<image {i}>"
         for f, i in zip(files, indices, strict=True)
     ]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -239,7 +239,7 @@ def enroll(
         np.full(len(rows), name, dtype=object),
         [keys[todo[j]] for j in rows],
         [paths[todo[j]] for j in rows],
-        kind.gallery_columns(res, rows, new_picked),
+        kind.gallery_columns(res, rows, new_start, new_picked),
     )
     before = gallery.counts()
     hashes_after = set(getattr(clf, "training_hashes_", ())) | set(added.hashes)

@@ -189,7 +189,7 @@ class Classifier(BaseEstimator):
             y[used],
             keys,
             gallery_paths([sources[i] for i in used], used),
-            kind.gallery_columns(res, used, picked),
+            kind.gallery_columns(res, used, start, picked),
         )
         self.training_hashes_ = sorted({h for h in keys if isinstance(h, str) and len(h) == 64})  # real photos only
         people.gallery_changed(self, skipped=dict(Counter(r for r, _ in errors.values())))

@@ -185,13 +185,11 @@ class Extractor:
         names the progress bar."""
         _ = self.backbone  # located (and checked) here, before any engine starts work
         start = time.perf_counter()
-        prepare = getattr(self.engine, "prepare", None)
-        if prepare is not None:  # the networks built where the stage runs: once, and not counted in the photos/s
-            prepare(self)
-            built = time.perf_counter() - start
-            self.build_seconds += built
-            if built >= 1.0:
-                self.reporter.info(f"{self.name}: networks ready in {built:.1f} s (once; not counted in photos/s)")
+        self.engine.prepare(self)  # the networks built where the stage runs: once, and not counted in the photos/s
+        built = time.perf_counter() - start
+        self.build_seconds += built
+        if built >= 1.0:
+            self.reporter.info(f"{self.name}: networks ready in {built:.1f} s (once; not counted in photos/s)")
         start = time.perf_counter()
         with self.reporter.task(label, len(sources)) as advance:
             res: FeatureResult = self.engine.featurize(self, sources, content_hashes, advance)

@@ -16,6 +16,7 @@ import numpy as np
 from .._progress import Reporter
 from ..backbones import BackboneCfg, get_backbone_cfg
 from ..errors import TransferlabError
+from ..facebag import l2_normalise
 from ..features import Extractor, FeatureResult
 from ..finetune import FinetuneResult
 from ..gallery import Gallery
@@ -78,8 +79,11 @@ class ModelKind:
         returns per photo the index of the row the head was fitted on."""
         raise NotImplementedError
 
-    def gallery_columns(self, res: FeatureResult, rows: Sequence[int], picked: np.ndarray) -> dict[str, np.ndarray]:
-        """What the gallery keeps per photo besides its features (e.g. the chosen face's box)."""
+    def gallery_columns(
+        self, res: FeatureResult, rows: Sequence[int], start: Sequence[int], picked: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """What the gallery keeps per photo besides its features (e.g. the chosen face's box), given the row each
+        photo started from (:meth:`bags`) and the one the head was fitted on."""
         return {}
 
     def stats(self, gallery: Gallery) -> dict[str, int]:
@@ -92,7 +96,8 @@ class ModelKind:
 
     def class_similarity(self, head: Any, query: np.ndarray, gallery: Gallery) -> np.ndarray:
         """The query's cosine similarity to each class (in ``head.classes_`` order) as the model measures it."""
-        return gallery.class_means([str(c) for c in head.classes_]) @ _unit(query)
+        means = gallery.class_means([str(c) for c in head.classes_])
+        return means @ l2_normalise(np.asarray(query, np.float32)[None])[0]
 
     def analyse(
         self, head: Any, res: FeatureResult, rows: Sequence[int], threshold: float | None = None
@@ -170,7 +175,3 @@ def fit_head(head: Any, X: Any, y: np.ndarray, *, inner: Any, engine: Any, repor
     else:
         reporter.info(f"training {name} head on {len(X)} images")
         head.fit(X, y, **params)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, np.float32) / max(float(np.linalg.norm(x)), 1e-12)

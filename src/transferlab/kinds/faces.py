@@ -103,18 +103,18 @@ class FaceKind(ModelKind):
         fit_head(head, list(bags), y, inner=head.estimator, engine=engine, reporter=reporter, start=list(start))
         return np.asarray(head.chosen_, dtype=int)
 
-    def gallery_columns(self, res: FeatureResult, rows: Sequence[int], picked: np.ndarray) -> dict[str, np.ndarray]:
+    def gallery_columns(
+        self, res: FeatureResult, rows: Sequence[int], start: Sequence[int], picked: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The chosen face's box, the number of faces in the photo, and whether the chosen face is not the
-        largest (the face choice's statistics come from these)."""
-        rows = list(rows)
+        largest, where :meth:`bags` starts (the face choice's statistics come from these)."""
         bags = [res.bags[i] for i in rows]
-        largest = [int(np.argmax(face_areas(b))) for b in bags]
         return {
             "box": np.asarray(
                 [face_boxes(b[p][None])[0] for b, p in zip(bags, picked, strict=True)], np.float32
             ).reshape(-1, 4),
             "faces": np.asarray([len(b) for b in bags], np.int32),
-            "not_largest": np.asarray([p != s for p, s in zip(picked, largest, strict=True)], np.uint8),
+            "not_largest": np.asarray([p != s for p, s in zip(picked, start, strict=True)], np.uint8),
         }
 
     def stats(self, gallery: Gallery) -> dict[str, int]:

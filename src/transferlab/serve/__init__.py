@@ -38,7 +38,7 @@ from .._version import __version__
 from ..errors import TransferlabError
 from .schemas import Health, ModelInfo, PredictResponse
 from .service import STATIC_DIR, ModelService
-from .upload import MULTIPART_OVERHEAD, UploadRejected, error_responses, read_upload, read_uploads
+from .upload import MULTIPART_OVERHEAD, UploadRejected, error_responses, read_uploads
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "MULTIPART_OVERHEAD", "ModelService", "create_app"]
 
@@ -122,6 +122,19 @@ def create_app(
     async def _rejected(_: Request, exc: UploadRejected) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status)
 
+    async def with_uploads(request: Request, max_files: int, work: Any) -> Any:
+        """Read up to ``max_files`` uploads in one of the upload slots, within the time allowed, and run ``work``
+        on them in a worker thread; the slot is held until it is done, as long as the bodies are in memory."""
+        async with gate:
+            try:
+                async with asyncio.timeout(upload_timeout_s):
+                    got = await read_uploads(request, max_upload_bytes, max_files=max_files)
+            except TimeoutError:
+                raise UploadRejected(
+                    408, "too slow", f"the upload took longer than {upload_timeout_s:g} s; try again"
+                ) from None
+            return await run_in_threadpool(work, got)
+
     @app.post(
         "/api/predict",
         response_model=PredictResponse,
@@ -145,28 +158,10 @@ def create_app(
     )
     async def predict(request: Request) -> Any:
         """Every face in the photo (field ``file``) with its box, predicted label and class probabilities."""
-        async with gate:
-            try:
-                async with asyncio.timeout(upload_timeout_s):
-                    data = await read_upload(request, max_upload_bytes)
-            except TimeoutError:
-                raise UploadRejected(
-                    408, "too slow", f"the upload took longer than {upload_timeout_s:g} s; try again"
-                ) from None
-            return await run_in_threadpool(service.predict, data)
-
-    async def _uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
-        async with gate:
-            try:
-                async with asyncio.timeout(upload_timeout_s):
-                    return await read_uploads(request, max_upload_bytes, max_files=max_files)
-            except TimeoutError:
-                raise UploadRejected(
-                    408, "too slow", f"the upload took longer than {upload_timeout_s:g} s; try again"
-                ) from None
+        return await with_uploads(request, 1, lambda got: service.predict(got[0][1]))
 
     if token is not None:
-        _admin_routes(app, service, token, _uploads)
+        _admin_routes(app, service, token, with_uploads)
 
     if gallery_dir is not None:
 
@@ -226,8 +221,7 @@ def _admin_routes(app: FastAPI, service: ModelService, token: str, uploads: Any)
         refitted, saved and served. Needs ``Authorization: Bearer <token>``."""
         if not authorised(request):
             return refused()
-        got = await uploads(request, ENROL_MAX_FILES)
-        return await run_in_threadpool(service.enroll, name, got)
+        return await uploads(request, ENROL_MAX_FILES, lambda got: service.enroll(name, got))
 
     @app.delete("/api/people/{name}", summary="Forget a person (admin)")
     async def forget(name: str, request: Request) -> Any:

@@ -49,19 +49,14 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.4g} MB"
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The bytes of the multipart field ``file``, read into memory and never more than ``limit`` of them.
+async def read_uploads(request: Request, limit: int, *, max_files: int) -> list[tuple[str, bytes]]:
+    """``(file name, bytes)`` of up to ``max_files`` multipart fields named ``file``, each read into memory and
+    never more than ``limit`` bytes of it.
 
     The body is refused from its ``Content-Length`` when that is already too large, and otherwise while it streams
-    in, so a 1 GB request costs at most ``limit`` bytes of memory. Other form fields are read past and dropped.
+    in, so a 1 GB request costs at most about ``max_files × limit`` bytes of memory. Further files and other form
+    fields are read past and dropped.
     """
-    ((_, data),) = await read_uploads(request, limit, max_files=1)
-    return data
-
-
-async def read_uploads(request: Request, limit: int, *, max_files: int) -> list[tuple[str, bytes]]:
-    """``(file name, bytes)`` of up to ``max_files`` multipart fields named ``file``, each at most ``limit`` bytes,
-    read into memory (see :func:`read_upload`); further files are read past and dropped."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     body_limit = max_files * (limit + MULTIPART_OVERHEAD)
     length = request.headers.get("content-length")

@@ -57,6 +57,42 @@ def test_the_classifier_follows_scikit_learns_estimator_rules(small_photos):
         transferlab.Classifier(pool="max").options()
 
 
+def test_the_classifiers_parameters_pass_scikit_learns_checks():
+    """``Classifier`` has scikit-learn's parameter protocol without inheriting ``BaseEstimator`` (a saved model
+    answers without importing scikit-learn): scikit-learn's own checks of parameters pass on it, a bad name is
+    scikit-learn's ValueError, nested parameters reach an estimator parameter, and ``repr`` shows what changed."""
+    from sklearn.utils import estimator_checks as ec
+
+    clf = transferlab.Classifier(backbone="mobilenet_v2", head="svm")
+    for check in (
+        ec.check_no_attributes_set_in_init,
+        ec.check_parameters_default_constructible,
+        ec.check_get_params_invariance,
+        ec.check_set_params,
+        ec.check_estimator_cloneable,
+        ec.check_estimator_repr,
+        ec.check_valid_tag_types,
+    ):
+        check("Classifier", clf)
+    with pytest.raises(ValueError, match="Invalid parameter 'colour' for estimator"):
+        clf.set_params(colour="blue")
+    assert repr(clf) == "Classifier(backbone='mobilenet_v2', head='svm')"
+
+    class Engine:  # an engine object with parameters of its own
+        def __init__(self, partitions: int = 2) -> None:
+            self.partitions = partitions
+
+        def get_params(self, deep: bool = True) -> dict:
+            return {"partitions": self.partitions}
+
+        def set_params(self, **params: int) -> Engine:
+            self.partitions = params.get("partitions", self.partitions)
+            return self
+
+    clf.set_params(engine=Engine()).set_params(engine__partitions=8)
+    assert clf.engine.partitions == 8 and clf.get_params()["engine__partitions"] == 8
+
+
 def test_predictions_report_errors_per_image(trained_model, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")

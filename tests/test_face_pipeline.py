@@ -51,10 +51,11 @@ def test_same_faces_boxes_embeddings_and_labels_as_the_opencv_path(sface):
     at cosine ≥ 0.999, and a head trained on one path's embeddings labels ≥ 99.5% of photos alike on the other."""
     res = featurize_faces([str(p) for p in SAMPLE], sface)
     assert not res.errors
+    opencv = reference(sface)  # built once: it keeps no state from one photo to the next
     ref_rows, new_rows = [], []
     for path, new in zip(SAMPLE, res.bags, strict=True):
         img = np.asarray(read_rgb(path, draft=sface.draft_size))
-        ref = reference(sface).faces(img)
+        ref = opencv.faces(img)
         assert len(ref) == len(new), path
         if len(ref):
             assert np.abs(_clamped(ref, img.shape[1], img.shape[0]) - new[:, 128:132]).max() <= 1.0, path
@@ -309,9 +310,14 @@ def test_jpegs_decode_to_the_same_pixels_through_pillow_and_torchvision(sface, m
     assert torch.equal(fast, decode_pixels(EVERY[-1], sface.draft_size, torchvision_jpeg=False))
 
 
-def test_a_cold_face_predict_does_not_import_torchvision(tmp_path):
-    """Predicting one photo with a face model in a fresh process loads neither torchvision nor torch._dynamo
-    (~2 s of a cold start), and still answers."""
+# What a cold predict with a face model does not need: torchvision and torch._dynamo (~2 s of a cold start), and
+# scikit-learn with SciPy and pandas (~1 s): a saved model answers from its arrays (transferlab.fitted).
+NOT_FOR_PREDICT = ("torchvision", "torch._dynamo", "sklearn", "scipy", "pandas")
+
+
+def test_a_cold_face_predict_imports_neither_torchvision_nor_scikit_learn(tmp_path):
+    """Predicting one photo with a face model in a fresh process, through the Python API and through the command
+    line, loads none of :data:`NOT_FOR_PREDICT`, and still answers."""
     import os
     import subprocess
     import sys
@@ -319,14 +325,24 @@ def test_a_cold_face_predict_does_not_import_torchvision(tmp_path):
     import transferlab
 
     photos = copy_subset(tmp_path / "photos", 4)
-    transferlab.train(photos, tmp_path / "model", cache_dir=tmp_path / "cache", test_size=0.25)
-    code = (
+    model = tmp_path / "model"
+    transferlab.train(photos, model, cache_dir=tmp_path / "cache", test_size=0.25)
+    show = f"print(sorted(m for m in {NOT_FOR_PREDICT!r} if m in sys.modules))\n"
+    api = (
         "import sys, transferlab\n"
-        f"clf = transferlab.load({str(tmp_path / 'model')!r}, use_cache=False)\n"
+        f"clf = transferlab.load({str(model)!r}, use_cache=False)\n"
         f"(p,) = clf.predict_images([{str(EVERY[0])!r}])\n"
         "assert p.error is None and p.label in clf.classes_, p\n"
-        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    cli = (
+        "import sys\nfrom transferlab.cli import main\n"
+        "try:\n"
+        f"    main(['predict', {str(model)!r}, {str(EVERY[0])!r}, '--no-cache', '--json', '--explain'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
     )
     env = {**os.environ, "TRANSFERLAB_CACHE_DIR": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    for code in (api, cli):
+        out = subprocess.run([sys.executable, "-c", code + show], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert '"label"' in out.stdout and '"explanation"' in out.stdout  # the command answered, and said why

@@ -143,6 +143,32 @@ def test_one_threshold_picks_the_answer_face_and_names_it():
     np.testing.assert_allclose(bag.predict_proba([photo])[0], answer.proba[answer.answer])
 
 
+def test_a_saved_bag_answers_exactly_as_the_fitted_one():
+    """A loaded face model's bag (transferlab.fitted.FittedFaceBag: the saved head, open set and threshold, no
+    scikit-learn) gives the fitted bag's answers bit for bit, at its threshold and at another, and saves the same
+    state again; its parameters start from the estimator's defaults."""
+    from transferlab.fitted import BAG_DEFAULTS, FittedFaceBag, FittedHead
+
+    assert FaceBagClassifier().state_params() == BAG_DEFAULTS
+    bags, y, _, people, strangers = photo_bags(n=200)
+    bag = FaceBagClassifier(LogRegHead(), face_choice="mil", threshold_prior=0.3).fit(bags, y)
+    head_arrays, head_params = bag.estimator_.to_state()
+    arrays, params = bag.to_state()
+    threshold = params.pop("threshold_")
+    saved = FittedFaceBag(FittedHead("logreg", head_arrays, head_params, bag.classes_), arrays, threshold, params)
+    photos = [*bags[:40], l2_normalise(np.vstack([strangers[0], people[2]]))]
+    for thr in (None, 1.01, -1.0):
+        for a, b in zip(bag.analyse(photos, threshold=thr), saved.analyse(photos, threshold=thr), strict=True):
+            np.testing.assert_array_equal(a.proba, b.proba)
+            np.testing.assert_array_equal(a.similarity, b.similarity)
+            assert a.answer == b.answer and np.array_equal(a.known, b.known)
+        assert list(bag.predict(photos, threshold=thr)) == list(saved.predict(photos, threshold=thr))
+    again_arrays, again_params = saved.to_state()
+    assert again_params == {**params, "threshold_": threshold} and again_arrays.keys() == arrays.keys()
+    with pytest.raises(TransferlabError, match="no parameter colour"):
+        FittedFaceBag(saved.estimator_, arrays, threshold, {"colour": 1})
+
+
 def test_bad_bags_are_clear_errors():
     with pytest.raises(TransferlabError, match="at least one face"):
         FaceBagClassifier(LogisticRegression()).fit([np.zeros((0, D)), _people(1, 0)], ["a", "b"])

@@ -9,6 +9,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from transferlab.errors import TransferlabError
+from transferlab.fitted import HEAD_SPECS, FittedHead
 from transferlab.heads import HEADS, LogRegHead, MLPHead, SVMHead, make_head
 
 
@@ -40,6 +41,30 @@ def test_state_round_trip_gives_identical_probabilities(name):
     arrays, params = head.to_state()
     again = HEADS[name].from_state(arrays, params)
     np.testing.assert_array_equal(head.predict_proba(X), again.predict_proba(X))
+
+
+@pytest.mark.parametrize(("name", "k"), [(n, k) for n in HEADS for k in (2, 4)])
+def test_a_saved_head_answers_exactly_as_the_fitted_estimator(name, k):
+    """What a loaded model answers with (transferlab.fitted.FittedHead, no scikit-learn) gives the estimator's
+    probabilities and labels bit for bit, saves the same state again, and refuses features of the wrong width."""
+    X, y = blobs(k=k)
+    head = make_head(name, **({"epochs": 5} if name == "mlp" else {})).fit(X, y)
+    arrays, params = head.to_state()
+    saved = FittedHead(name, arrays, params, arrays["classes_"])
+    np.testing.assert_array_equal(saved.predict_proba(X), head.predict_proba(X))
+    np.testing.assert_array_equal(saved.predict(X), head.predict(X))
+    again, again_params = saved.to_state()
+    assert again_params == params and again.keys() == arrays.keys()
+    assert saved.n_features_in_ == head.n_features_in_ == X.shape[1]
+    with pytest.raises(TransferlabError, match=r"takes \(20,\) per row"):
+        saved.predict_proba(X[:, :5])
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_each_heads_spec_names_its_parameters_and_arrays(name):
+    """The head as data (what options are checked against without building a head) is the estimator's own."""
+    assert set(HEAD_SPECS[name].params) == set(HEADS[name]().get_params())
+    assert HEADS[name].spec is HEAD_SPECS[name]
 
 
 @pytest.mark.parametrize("name", list(HEADS))

@@ -18,7 +18,6 @@ import numpy as np
 
 from .backbones.onnx_graph import export_module, features_module
 from .errors import TransferlabError
-from .heads import LogRegHead, MLPHead, SVMHead
 from .pipeline import Classifier, load
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +30,8 @@ def head_module(head: Any) -> torch.nn.Module:
     Parameters
     ----------
     head
-        A fitted :mod:`transferlab.heads` head (logreg, svm or mlp).
+        A fitted :mod:`transferlab.heads` head (logreg, svm or mlp), or a saved model's
+        (:class:`~transferlab.fitted.FittedHead`).
 
     Returns
     -------
@@ -62,7 +62,7 @@ def head_module(head: Any) -> torch.nn.Module:
             return torch.softmax(z, dim=1)
 
     class _MLP(torch.nn.Module):
-        def __init__(self, h: MLPHead) -> None:
+        def __init__(self, h: Any) -> None:
             super().__init__()
             self.register_buffer("w1", const(h.w1_.T))
             self.register_buffer("b1", const(h.b1_))
@@ -73,13 +73,14 @@ def head_module(head: Any) -> torch.nn.Module:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.act(x @ self.w1 + self.b1) @ self.w2 + self.b2, dim=1)
 
-    if isinstance(head, SVMHead):
+    name = getattr(getattr(head, "spec", None), "name", None)  # a fitted head, or a saved one (transferlab.fitted)
+    if name == "svm":
         m: torch.nn.Module = _Linear(
             head.mean_, head.scale_, head.coef_, head.intercept_, (head.cal_coef_, head.cal_intercept_)
         )
-    elif isinstance(head, LogRegHead):
+    elif name == "logreg":
         m = _Linear(head.mean_, head.scale_, head.coef_, head.intercept_, None)
-    elif isinstance(head, MLPHead):
+    elif name == "mlp":
         m = _MLP(head)
     else:
         raise TransferlabError(f"cannot export a {type(head).__name__} head")

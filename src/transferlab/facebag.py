@@ -11,7 +11,6 @@ threshold decides which face answers for a photo and what that face is called.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,17 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import TransferlabError
+from .fitted import BagAnswer, FaceBagAnswers, l2_normalise, prototype_similarity
 
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+__all__ = [
+    "BagAnswer",
+    "FaceBagClassifier",
+    "calibrate_threshold_cv",
+    "class_centroids",
+    "class_prototypes",
+    "l2_normalise",
+    "prototype_similarity",
+]
 
 
 def class_centroids(X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -57,15 +62,6 @@ def class_prototypes(
         protos.append(l2_normalise(centres))
         owner += [j] * len(centres)
     return np.concatenate(protos).astype(np.float32), np.asarray(owner)
-
-
-def prototype_similarity(faces: np.ndarray, prototypes: np.ndarray, owner: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(n, n_classes)``: each face's cosine similarity to the nearest prototype of each class."""
-    sims = faces @ prototypes.T
-    out = np.full((len(faces), n_classes), -2.0, dtype=np.float32)
-    for j in range(n_classes):
-        out[:, j] = sims[:, owner == j].max(axis=1)
-    return out
 
 
 def calibrate_threshold_cv(
@@ -107,29 +103,7 @@ def calibrate_threshold_cv(
     return max(bounds) if bounds else 0.0
 
 
-@dataclass
-class BagAnswer:
-    """What a fitted :class:`FaceBagClassifier` says about one bag (one photo's faces).
-
-    Attributes
-    ----------
-    proba
-        Class probabilities per face, ``(k, n_classes)``.
-    similarity
-        Each face's cosine similarity to its most probable class's mean face.
-    known
-        Whether each face clears the unknown threshold.
-    answer
-        Index of the face that answers for the photo.
-    """
-
-    proba: np.ndarray
-    similarity: np.ndarray
-    known: np.ndarray
-    answer: int
-
-
-class FaceBagClassifier(BaseEstimator):
+class FaceBagClassifier(FaceBagAnswers, BaseEstimator):
     """Classify photos given as bags of face embeddings, with multiple-instance face choice and an open set.
 
     Parameters
@@ -320,48 +294,11 @@ class FaceBagClassifier(BaseEstimator):
                     new[i] = int(np.argmax(p[offsets[j] : offsets[j + 1], col[y[i]]]))
         return new
 
-    def analyse(
-        self, bags: Sequence[np.ndarray], *, start: Sequence[int] | None = None, threshold: float | None = None
-    ) -> list[BagAnswer]:
-        """Per bag: every face's probabilities, similarity and known flag, and the face that answers.
-
-        Parameters
-        ----------
-        bags
-            Per photo, its face embeddings (at least one face each).
-        start
-            Per photo, the face ``face_choice="largest"`` answers with (default: the first).
-        threshold
-            Overrides ``threshold_`` for this call; it decides both the answer face and whether it is known.
-
-        Returns
-        -------
-        list of BagAnswer
-        """
+    def _check_answering(self) -> None:
         check_is_fitted(self)
-        thr = self.threshold_ if threshold is None else float(threshold)
-        bags = [np.asarray(b, dtype=np.float32) for b in bags]
-        if not bags:
-            return []
-        offsets = np.cumsum([0] + [len(b) for b in bags])
-        flat = np.concatenate(bags)
-        proba_all = self.estimator_.predict_proba(flat) if len(flat) else np.zeros((0, len(self.classes_)))
-        out = []
-        for i, bag in enumerate(bags):
-            if len(bag) == 0:
-                raise TransferlabError(f"bag {i} has no face; photos without faces are answered elsewhere")
-            proba = proba_all[offsets[i] : offsets[i + 1]]
-            sims = self.similarity(bag)[np.arange(len(bag)), np.argmax(proba, axis=1)]
-            known = sims >= thr
-            if self.face_choice == "mil":
-                # Among faces that clear the threshold, the most confident; else the closest to a class.
-                answer = int(np.argmax(np.where(known, proba.max(axis=1), -1.0 + sims)))
-            else:
-                answer = int(start[i]) if start is not None else 0
-            out.append(BagAnswer(proba, sims, known, answer))
-        return out
 
     # -- saving: like the heads, the bag's fitted state is plain arrays and parameters -----------------------------
+    # (answering, analyse/similarity/predict/predict_proba, is FaceBagAnswers': a saved bag answers the same way)
     _OBJECTS = ("estimator", "choice_estimator")  # estimators save themselves; the rest of the parameters is JSON
 
     def state_params(self) -> dict[str, Any]:
@@ -370,65 +307,14 @@ class FaceBagClassifier(BaseEstimator):
 
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The fitted open set as arrays (``centroids``, ``prototypes``, ``prototype_class``) and the parameters
-        with the threshold in use (``threshold_``). ``estimator_`` saves itself (its own ``to_state``).
+        with the threshold in use (``threshold_``). ``estimator_`` saves itself (its own ``to_state``); a saved bag
+        is read back as a :class:`~transferlab.fitted.FittedFaceBag`.
 
         Returns
         -------
         arrays, params
         """
-        check_is_fitted(self)
-        arrays = {"centroids": np.asarray(self.centroids_, dtype=np.float32)}
-        if hasattr(self, "prototypes_"):
-            arrays["prototypes"] = np.asarray(self.prototypes_, dtype=np.float32)
-            arrays["prototype_class"] = np.asarray(self.prototype_class_, dtype=np.int32)
-        return arrays, {**self.state_params(), "threshold_": float(self.threshold_)}
-
-    @classmethod
-    def from_state(
-        cls,
-        arrays: dict[str, np.ndarray],
-        params: dict[str, Any],
-        *,
-        estimator_: Any,
-        estimator: Any = None,
-        choice_estimator: Any = None,
-    ) -> FaceBagClassifier:
-        """A fitted bag from :meth:`to_state`'s arrays and parameters around a fitted ``estimator_`` (restored by
-        its own ``from_state``); ``estimator`` and ``choice_estimator`` are the unfitted templates, for refitting.
-        Arrays without prototypes (models from before them) compare faces with the class means."""
-        params = dict(params)
-        threshold = float(params.pop("threshold_"))
-        bag = cls(estimator=estimator, choice_estimator=choice_estimator, **params)
-        bag.estimator_, bag.classes_ = estimator_, np.asarray(estimator_.classes_)
-        bag.centroids_ = np.asarray(arrays["centroids"], dtype=np.float32)
-        bag.threshold_ = threshold
-        if "prototypes" in arrays:
-            bag.prototypes_ = np.asarray(arrays["prototypes"], dtype=np.float32)
-            bag.prototype_class_ = np.asarray(arrays["prototype_class"], dtype=np.int64)
-        return bag
-
-    def similarity(self, faces: np.ndarray) -> np.ndarray:
-        """``(n, n_classes)``: each face's cosine similarity to the nearest prototype of each class."""
-        check_is_fitted(self)
-        protos = getattr(self, "prototypes_", self.centroids_)
-        owner = getattr(self, "prototype_class_", np.arange(len(self.centroids_)))
-        return prototype_similarity(np.asarray(faces, np.float32), protos, owner, len(self.classes_))
-
-    def predict_proba(self, bags: Sequence[np.ndarray], *, start: Sequence[int] | None = None) -> np.ndarray:
-        """Class probabilities of each photo's answer face, ``(n, n_classes)`` (the closed-set view)."""
-        answers = self.analyse(bags, start=start)
-        return np.stack([a.proba[a.answer] for a in answers]) if answers else np.zeros((0, len(self.classes_)))
-
-    def predict(
-        self, bags: Sequence[np.ndarray], *, start: Sequence[int] | None = None, threshold: float | None = None
-    ) -> np.ndarray:
-        """Each photo's label: its answer face's class, or ``unknown_label`` when that face is unknown."""
-        answers = self.analyse(bags, start=start, threshold=threshold)
-        labels = [
-            self.classes_[int(np.argmax(a.proba[a.answer]))] if a.known[a.answer] else self.unknown_label
-            for a in answers
-        ]
-        return np.asarray(labels, dtype=object)
+        return self.open_set_arrays(), {**self.state_params(), "threshold_": float(self.threshold_)}
 
 
 def _pick(bags: Sequence[np.ndarray], chosen: np.ndarray) -> np.ndarray:

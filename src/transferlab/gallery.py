@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TransferlabError
-from .facebag import l2_normalise
+from .fitted import l2_normalise
 
 PREFIX = "gallery."
 _HASH_HEX = 64

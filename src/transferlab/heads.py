@@ -19,16 +19,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import TransferlabError
+from .fitted import HEAD_SPECS, HeadSpec, check_head_params, head_spec, softmax
 
 
 class HeadInputError(TransferlabError, ValueError):
     """Training data a head cannot learn from (a :class:`ValueError`, as scikit-learn expects)."""
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _one_row_per_class(coef: np.ndarray, intercept: np.ndarray, n_classes: int, scale: float) -> tuple:
@@ -41,11 +36,12 @@ def _one_row_per_class(coef: np.ndarray, intercept: np.ndarray, n_classes: int, 
 class _Head(ClassifierMixin, BaseEstimator):
     """Input validation, prediction and export of fitted state as ``(arrays, json_params)``, shared by all heads.
 
-    A subclass names its fitted arrays in ``_state_arrays`` and implements ``_logits`` (one column per class, in
-    ``classes_`` order; ``predict_proba`` is their softmax) and ``_n_features_from_arrays``.
+    A subclass is one entry of :data:`~transferlab.fitted.HEAD_SPECS` (``spec``): its fitted arrays, and the class
+    scores computed from them (one column per class, in ``classes_`` order; ``predict_proba`` is their softmax), the
+    arithmetic a saved model answers with too (:class:`~transferlab.fitted.FittedHead`).
     """
 
-    _state_arrays: ClassVar[tuple[str, ...]] = ()
+    spec: ClassVar[HeadSpec]
 
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Validated ``float32`` features and labels encoded as ``0..k-1``; sets ``classes_`` and ``n_features_in_``."""
@@ -68,10 +64,10 @@ class _Head(ClassifierMixin, BaseEstimator):
         return validate_data(self, X, reset=False, dtype=np.float32)
 
     def _n_features_from_arrays(self) -> int:
-        raise NotImplementedError
+        return self.spec.n_features(vars(self))
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return self.spec.logits(vars(self), X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities.
@@ -86,7 +82,7 @@ class _Head(ClassifierMixin, BaseEstimator):
         numpy.ndarray
             Shape ``(n_samples, n_classes)``, columns in ``classes_`` order, rows summing to 1.
         """
-        return _softmax(self._logits(self._validate_predict(X)))
+        return softmax(self._logits(self._validate_predict(X)))
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class per row.
@@ -110,10 +106,10 @@ class _Head(ClassifierMixin, BaseEstimator):
         Returns
         -------
         tuple of (dict of str to numpy.ndarray, dict of str to Any)
-            The arrays named in ``_state_arrays`` plus ``classes_`` (as strings), and ``get_params()``.
+            The arrays named in ``spec.arrays`` plus ``classes_`` (as strings), and ``get_params()``.
         """
         check_is_fitted(self)
-        arrays = {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
+        arrays = {k: np.asarray(getattr(self, k)) for k in self.spec.arrays}
         arrays["classes_"] = np.asarray(self.classes_).astype(str)
         return arrays, self.get_params()
 
@@ -134,7 +130,7 @@ class _Head(ClassifierMixin, BaseEstimator):
             A fitted head of this class; its ``classes_`` are strings.
         """
         head = cls(**params)
-        for k in cls._state_arrays:
+        for k in cls.spec.arrays:
             setattr(head, k, arrays[k])
         head.classes_ = np.asarray(arrays["classes_"]).astype(str)
         head.n_features_in_ = head._n_features_from_arrays()
@@ -148,16 +144,6 @@ class _StandardisedLinear(_Head):
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
         return (X - self.mean_) / self.scale_
-
-    def _n_features_from_arrays(self) -> int:
-        return int(np.shape(self.mean_)[0])
-
-    def _class_scores(self, X: np.ndarray) -> np.ndarray:
-        """Linear class scores of validated features, shape ``(n_samples, n_classes)``."""
-        return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
-
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        return self._class_scores(X)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Confidence scores, following scikit-learn's convention; ``predict`` picks the highest.
@@ -195,7 +181,7 @@ class LogRegHead(_StandardisedLinear):
     'a'
     """
 
-    _state_arrays = ("mean_", "scale_", "coef_", "intercept_")
+    spec = HEAD_SPECS["logreg"]
 
     def __init__(self, C: float = 0.5, max_iter: int = 2000) -> None:
         self.C = C
@@ -244,7 +230,7 @@ class SVMHead(_StandardisedLinear):
         Seed for the folds.
     """
 
-    _state_arrays = ("mean_", "scale_", "coef_", "intercept_", "cal_coef_", "cal_intercept_")
+    spec = HEAD_SPECS["svm"]
 
     def __init__(self, C: float = 0.05, cv: int = 5, random_state: int = 0) -> None:
         self.C = C
@@ -289,9 +275,6 @@ class SVMHead(_StandardisedLinear):
         self.cal_coef_, self.cal_intercept_ = _one_row_per_class(cal.coef_, cal.intercept_, k, 0.5)
         return self
 
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        return self._class_scores(X) @ self.cal_coef_.T + self.cal_intercept_
-
 
 class MLPHead(_Head):
     """The seed's head: flatten → Dense(hidden, ReLU) → Dropout → Dense(n_classes, softmax), Adam, cross-entropy.
@@ -318,7 +301,7 @@ class MLPHead(_Head):
         uses; set when the Spark engine fits this head).
     """
 
-    _state_arrays = ("w1_", "b1_", "w2_", "b2_")
+    spec = HEAD_SPECS["mlp"]
 
     def __init__(
         self,
@@ -414,15 +397,6 @@ class MLPHead(_Head):
         self.n_iter_ = int(self.epochs)
         return self
 
-    def _n_features_from_arrays(self) -> int:
-        return int(np.shape(self.w1_)[1])
-
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        """Output-layer logits of validated features (dropout off)."""
-        z = X @ self.w1_.T + self.b1_
-        h = np.maximum(z, 0.0) if self.activation == "relu" else 1.0 / (1.0 + np.exp(-z))
-        return h @ self.w2_.T + self.b2_
-
 
 HEADS: dict[str, type[_Head]] = {"mlp": MLPHead, "logreg": LogRegHead, "svm": SVMHead}
 
@@ -447,16 +421,8 @@ def make_head(name: str, **params: Any) -> Any:
     TransferlabError
         Unknown name (the message lists the choices) or parameter (it lists the allowed ones).
     """
-    if name not in HEADS:
-        raise TransferlabError(f"unknown head {name!r}; choose one of: {', '.join(HEADS)}")
-    cls = HEADS[name]
-    valid = cls().get_params()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise TransferlabError(
-            f"head {name!r} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(valid))}"
-        )
-    return cls(**params)
+    check_head_params(name, params)  # the parameters as data: options check them without building a head
+    return HEADS[head_spec(name).name](**params)
 
 
 def head_name(head: Any) -> str:
@@ -480,4 +446,6 @@ def head_name(head: Any) -> str:
     for name, cls in HEADS.items():
         if type(head) is cls:
             return name
+    if isinstance(getattr(head, "spec", None), HeadSpec):  # a saved head (transferlab.fitted.FittedHead)
+        return head.spec.name  # type: ignore[no-any-return]
     raise TransferlabError(f"{type(head).__name__} is not a transferlab head")

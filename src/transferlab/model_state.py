@@ -21,8 +21,8 @@ from .artifact import load_artifact, save_artifact
 from .backbones import device_recipe, recipe_of, recorded_recipe
 from .errors import TransferlabError
 from .features import Extractor, feature_spec
+from .fitted import HEAD_SPECS, FittedHead
 from .gallery import PREFIX as GALLERY_PREFIX
-from .heads import HEADS, head_name
 from .options import Options
 
 FALLBACK_PREFIX = "fallback."
@@ -72,7 +72,7 @@ def _backbone_meta(extractor: Extractor) -> dict[str, Any]:
 def _head_state(head: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     arrays, params = head.to_state()
     arrays.pop("classes_", None)
-    return arrays, {"name": head_name(head), "params": params}
+    return arrays, {"name": head.spec.name, "params": params}
 
 
 def describe(clf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -146,14 +146,13 @@ def save(
     return save_artifact(path, meta, arrays, replace=replace)
 
 
-def _head_from(meta: dict[str, Any], arrays: dict[str, Any], path: Any) -> Any:
+def _head_from(meta: dict[str, Any], arrays: dict[str, Any], path: Any) -> FittedHead:
+    """The saved head, answering from its arrays (:class:`~transferlab.fitted.FittedHead`)."""
     name = meta["head"]["name"]
-    if name not in HEADS:
+    if name not in HEAD_SPECS:
         raise TransferlabError(f"{path}: unknown head {name!r} in model.json")
     try:
-        return HEADS[name].from_state(
-            {**arrays, "classes_": np.asarray(meta["classes"])}, meta["head"].get("params", {})
-        )
+        return FittedHead(name, arrays, meta["head"].get("params", {}), meta["classes"])
     except KeyError as exc:
         raise TransferlabError(f"{path}: head weights lack array {exc}; the model is damaged, retrain it") from None
 

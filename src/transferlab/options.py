@@ -18,7 +18,7 @@ from .choices import DEFAULT_BACKBONE, EngineName, FaceChoice, FacesOutput, Head
 from .errors import TransferlabError
 from .features import FeatureOptions
 from .finetune import FinetuneConfig
-from .heads import make_head
+from .fitted import check_head_params, head_spec
 from .kinds import ModelKind, kind_of
 
 __all__ = [
@@ -78,7 +78,7 @@ class Options(FeatureOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> Options:
-        make_head(self.head.value, **self.head_params)  # raises naming the head's parameters
+        check_head_params(self.head.value, self.head_params)  # raises naming the head's parameters
         self.kind.check(self)  # e.g. --fallback: face models only, and a whole-image one
         if self.finetune:
             get_backbone_cfg(self.backbone).check_finetune(self.finetune)
@@ -98,12 +98,14 @@ class Options(FeatureOptions):
 
     def make_head(self) -> Any:
         """A new, unfitted head with these options' parameters."""
+        from .heads import make_head  # scikit-learn: only where a head is fitted (a saved model answers without it)
+
         return make_head(self.head.value, **self.head_params)
 
     def seeded(self, seed: int) -> Options:
         """These options with the head's ``random_state`` set to ``seed``, where the head has one and the user did
         not set it."""
-        if "random_state" in self.make_head().get_params() and "random_state" not in self.head_params:
+        if "random_state" in head_spec(self.head.value).params and "random_state" not in self.head_params:
             return self.model_copy(update={"head_params": {**self.head_params, "random_state": seed}})
         return self
 

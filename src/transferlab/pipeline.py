@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from . import model_state, people
+from ._params import Parameters
 from ._progress import Reporter
 from ._version import __version__
 from .cache import default_cache_dir
@@ -31,7 +31,6 @@ from .errors import TransferlabError
 from .evaluate import Metrics, evaluate_analyses, rows_to_evaluate
 from .features import Extractor, FeatureResult
 from .gallery import Gallery, gallery_paths
-from .heads import LogRegHead
 from .options import DEFAULT_BACKBONE, Options, validate_options
 from .predictions import Analysis, Prediction
 
@@ -54,7 +53,7 @@ def _parameters() -> dict[str, Any]:
 _PARAMETERS = _parameters()
 
 
-class Classifier(BaseEstimator):
+class Classifier(Parameters):
     """A pretrained backbone with a small head, trained on labelled photos.
 
     Its parameters are the fields of :class:`transferlab.options.Options` (``backbone`` and ``head``, which may be
@@ -194,6 +193,8 @@ class Classifier(BaseEstimator):
         self.training_hashes_ = sorted({h for h in keys if isinstance(h, str) and len(h) == 64})  # real photos only
         people.gallery_changed(self, skipped=dict(Counter(r for r, _ in errors.values())))
         if opts.fallback is not None:
+            from .heads import LogRegHead
+
             fallback = model_state.Fallback(self.build_extractor(opts.features_of(opts.fallback)), LogRegHead())
             self.fallback_ = fallback.fit(sources, hashes, y)
         return self

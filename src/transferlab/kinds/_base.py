@@ -16,11 +16,10 @@ import numpy as np
 from .._progress import Reporter
 from ..backbones import BackboneCfg, get_backbone_cfg
 from ..errors import TransferlabError
-from ..facebag import l2_normalise
 from ..features import Extractor, FeatureResult
 from ..finetune import FinetuneResult
+from ..fitted import l2_normalise
 from ..gallery import Gallery
-from ..heads import MLPHead, head_name
 from ..predictions import Analysis
 
 
@@ -166,10 +165,10 @@ def kind_of(backbone: str | BackboneCfg) -> ModelKind:
 def fit_head(head: Any, X: Any, y: np.ndarray, *, inner: Any, engine: Any, reporter: Reporter, **params: Any) -> None:
     """Fit a head: by the engine where it takes the fit (Spark ML over its limit), with a progress bar over the
     epochs of an MLP, else plainly."""
-    name = head_name(inner)
+    name = inner.spec.name  # a transferlab head (transferlab.heads)
     if head is inner and engine.fit_head(head, X, y):
         reporter.info(f"trained {name} head with Spark ML on {len(X)} images")  # over the engine's limit
-    elif isinstance(inner, MLPHead):
+    elif name == "mlp":
         with reporter.task("head", inner.epochs) as advance:
             head.fit(X, y, progress=advance, **params)
     else:

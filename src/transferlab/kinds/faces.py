@@ -5,20 +5,22 @@ stranger), photos without a face left to a whole-image fallback or answered "no 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._progress import Reporter
 from ..backbones import face_areas, face_boxes, face_embeddings, face_landmarks, face_scores, get_backbone_cfg
 from ..errors import TransferlabError
-from ..facebag import FaceBagClassifier
 from ..features import Extractor, FeatureResult
 from ..finetune import FinetuneResult
-from ..finetune_faces import finetune_face_embedder
+from ..fitted import FaceBagAnswers, FittedFaceBag
 from ..gallery import Gallery
 from ..predictions import Analysis, FaceFinding
 from ._base import ModelKind, fit_head, kind_of, register_kind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..facebag import FaceBagClassifier
 
 # Which model makes the multiple-instance face choice. Measured on the bundled data (10 seeds, 75/25 splits, logreg
 # head; BENCHMARKS.md): this regularised logistic regression on the raw embeddings held out 0.989; the configured
@@ -69,19 +71,23 @@ class FaceKind(ModelKind):
         if opts.fallback is not None and kind_of(opts.fallback).answers_with_faces:
             raise TransferlabError(f"--fallback {opts.fallback}: must be a whole-image backbone, e.g. mobilenet_v2")
 
-    def make_head(self, opts: Any, *, to_fit: bool = True) -> FaceBagClassifier:
-        """The configured head in a face bag, with the MIL choice and the open-set rule (see the constants);
-        ``to_fit=False``: the bag's parameters only (a saved model's, which answers and is not refitted)."""
+    def bag_params(self, opts: Any) -> dict[str, Any]:
+        """The face bag's parameters for these options (all but its estimators): the face choice and the open-set
+        rule (see the constants). A saved model's bag is rebuilt with them, as in training."""
         prior = get_backbone_cfg(opts.backbone).face.same_person_cosine  # type: ignore[union-attr]
         rule = {"threshold_prior": prior, **OPEN_SET}  # a measurement may set the rule's prior too (accuracy.py)
-        choice = dict(MIL_CHOICE)
-        if choice["choice_estimator"] == "logreg C=1":
-            choice["choice_estimator"] = None
-            if to_fit:  # scikit-learn's LogisticRegression, imported only when a model is fitted (~0.5 s)
-                from sklearn.linear_model import LogisticRegression
+        return {"face_choice": opts.face_choice.value, **rule, "choice_folds": MIL_CHOICE["choice_folds"]}
 
-                choice["choice_estimator"] = LogisticRegression(C=1.0, max_iter=2000)
-        return FaceBagClassifier(opts.make_head(), face_choice=opts.face_choice.value, **rule, **choice)
+    def make_head(self, opts: Any) -> FaceBagClassifier:
+        """The configured head in a face bag, with the MIL choice and the open-set rule, to fit."""
+        from ..facebag import FaceBagClassifier  # scikit-learn: only where a model is fitted
+
+        choice = MIL_CHOICE["choice_estimator"]
+        if choice == "logreg C=1":
+            from sklearn.linear_model import LogisticRegression
+
+            choice = LogisticRegression(C=1.0, max_iter=2000)
+        return FaceBagClassifier(opts.make_head(), choice_estimator=choice, **self.bag_params(opts))
 
     gallery_features = "the chosen face's embedding (biometric data)"
 
@@ -130,7 +136,7 @@ class FaceKind(ModelKind):
         """The embedding of the face that answered."""
         return face_embeddings(res.bags[i])[analysis.answer or 0]
 
-    def class_similarity(self, head: FaceBagClassifier, query: np.ndarray, gallery: Gallery) -> np.ndarray:
+    def class_similarity(self, head: FaceBagAnswers, query: np.ndarray, gallery: Gallery) -> np.ndarray:
         """Similarity to the nearest of each class's prototypes (what the open set compares)."""
         return head.similarity(np.asarray(query, np.float32)[None])[0]
 
@@ -163,6 +169,8 @@ class FaceKind(ModelKind):
             raise TransferlabError("fine-tuning: no training photo has a detected face")
         bags, start = face_bags(res, used)
         chosen = self.make_head(opts).fit(bags, y[used], start=start).chosen_
+        from ..finetune_faces import finetune_face_embedder
+
         return finetune_face_embedder(
             extractor.backbone,
             [sources[i] for i in used],
@@ -172,12 +180,12 @@ class FaceKind(ModelKind):
             reporter=extractor.reporter,
         )
 
-    def inner(self, head: FaceBagClassifier) -> Any:
+    def inner(self, head: FaceBagAnswers) -> Any:
         """The fitted head on embeddings inside the bag."""
         return head.estimator_
 
     def save(
-        self, head: FaceBagClassifier, opts: Any, stats: dict[str, int]
+        self, head: FaceBagAnswers, opts: Any, stats: dict[str, int]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The open set's arrays, and ``model.json``'s ``faces`` entry: the threshold and how it was made."""
         arrays, params = head.to_state()
@@ -204,24 +212,20 @@ class FaceKind(ModelKind):
 
     def restore(
         self, inner: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], opts: Any, path: Any
-    ) -> FaceBagClassifier:
+    ) -> FittedFaceBag:
         """The bag around the restored head, with the saved open set (models from before prototypes compare with
         the class means)."""
         if CENTROIDS not in arrays or "faces" not in meta:
             raise TransferlabError(f"{path}: face model without class centroids; the model is damaged, retrain it")
         own = {k.removeprefix("open_set."): v for k, v in arrays.items() if k.startswith("open_set.")}
-        template = self.make_head(opts, to_fit=False)  # the bag's parameters come from the options, as in training
-        params = template.state_params()
-        params["threshold_"] = float(meta["faces"]["unknown_threshold"])
-        return FaceBagClassifier.from_state(
-            own, params, estimator_=inner, estimator=template.estimator, choice_estimator=template.choice_estimator
-        )
+        threshold = float(meta["faces"]["unknown_threshold"])
+        return FittedFaceBag(inner, own, threshold, self.bag_params(opts))  # answers; enrol fits a new one
 
-    def threshold(self, head: FaceBagClassifier) -> float:
+    def threshold(self, head: FaceBagAnswers) -> float:
         """The calibrated ``unknown`` threshold."""
         return float(head.threshold_)
 
-    def report_config(self, head: FaceBagClassifier, stats: dict[str, int]) -> dict[str, Any]:
+    def report_config(self, head: FaceBagAnswers, stats: dict[str, int]) -> dict[str, Any]:
         """The face choice's statistics and the threshold."""
         return {"faces": {**stats, "unknown_threshold": head.threshold_}}
 

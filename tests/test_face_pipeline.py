@@ -190,6 +190,30 @@ def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(s
     assert len(list((tmp_path / "face_graphs").glob("*.pt"))) == 2 and not torch.allclose(expected, shifted)
 
 
+
+def test_small_jobs_skip_the_embedders_optimisation_and_embed_alike(tmp_path):
+    """A job under OPTIMISE_FROM photos (a predict of a few) does not pay for freezing and optimising the CPU
+    embedder; the traced module it uses embeds like the optimised one (to 2e-6, unit vectors); a server or a big
+    job optimises; the first job decides."""
+    from transferlab.backbones.face_pipeline import OPTIMISE_FROM, cpu_embedder
+
+    small = create_backbone("sface").build(3)
+    assert small.pipeline.optimise is False
+    small.build(None)
+    assert small.pipeline.optimise is False  # already built: the first job decided
+    assert create_backbone("sface").build(None).pipeline.optimise is True
+    big = create_backbone("sface")
+    big.pipeline.plan(OPTIMISE_FROM)
+    assert big.pipeline.optimise is True
+    graph = small.pipeline.graphs["embedder"]
+    crops = (torch.rand(6, 3, 112, 112) * 255).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        traced = cpu_embedder(graph, tmp_path, optimise=False)(crops)
+        optimised = cpu_embedder(graph, tmp_path)(crops)
+    unit = torch.nn.functional.normalize
+    assert (unit(traced) - unit(optimised)).abs().max() < 2e-6
+
+
 def test_the_recipe_keys_the_cache(sface):
     """Rows from another recipe (the one-photo OpenCV path, or a GPU's nvJPEG + bf16) never share a cache entry; a
     GPU's portable rows are the CPU's, and share them."""

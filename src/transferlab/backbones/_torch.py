@@ -105,8 +105,9 @@ class ImageBackbone:
         # channels_last lets oneDNN pick its fastest convolution kernels on CPU and tensor cores on GPU.
         return module.to(device=self._device, memory_format=torch.channels_last)
 
-    def build(self) -> ImageBackbone:
-        """Build the network now (weights loaded, layers fused), not on the first batch."""
+    def build(self, photos: int | None = None) -> ImageBackbone:
+        """Build the network now (weights loaded, layers fused), not on the first batch; ``photos``: the job's size
+        (not used: this network is built the same way for any job)."""
         _ = self.module
         return self
 

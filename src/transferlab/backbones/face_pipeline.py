@@ -97,6 +97,14 @@ class FacePipeline:
         }
         self.cache_root = cache_root or Path.home() / ".cache" / "transferlab"
         self._sessions: dict[tuple[str, int], Any] = {}
+        self.optimise = True  # the CPU embedder frozen and optimised for inference (see plan)
+
+    def plan(self, photos: int | None) -> None:
+        """Build for a job of ``photos`` photos (None: unknown or long-lived): the CPU embedder is optimised for
+        inference only from :data:`OPTIMISE_FROM` photos, where it repays its one-time cost. Decided once, by the
+        first job the networks are built for."""
+        if "modules" not in self.__dict__:
+            self.optimise = photos is None or photos >= OPTIMISE_FROM
 
     @cached_property
     def graphs(self) -> dict[str, Path]:
@@ -141,7 +149,7 @@ class FacePipeline:
             if self.runtimes[name] != "torch":
                 continue
             if name == "embedder" and self.device == "cpu":
-                modules[name] = cpu_embedder(graph, self.cache_root, self.tuned)
+                modules[name] = cpu_embedder(graph, self.cache_root, self.tuned, optimise=self.optimise)
                 continue
             module = torch_module(graph)
             if name == "embedder" and self.tuned:
@@ -293,15 +301,24 @@ class FacePipeline:
         ]
 
 
-def cpu_embedder(graph: Path, cache_root: Path, tuned: dict[str, np.ndarray] | None = None) -> Any:
-    """SFace for the CPU: traced, frozen and optimised for inference (oneDNN layouts, fused operators: 65 faces/s
-    per core against 58 as converted).
+# Photos in a job from which the CPU embedder is frozen and optimised for inference. Freezing and optimising take
+# 0.4-1 s in every process (oneDNN's packed weights cannot be saved) and then embed 65 faces/s per core against 58
+# (1.9 ms a face): they repay themselves from ~250 faces, about 200 photos of the bundled data. Below that (a
+# predict of a few photos) the traced module answers; the two give the same embeddings to 2e-6 (tested).
+OPTIMISE_FROM = 200
+
+
+def cpu_embedder(
+    graph: Path, cache_root: Path, tuned: dict[str, np.ndarray] | None = None, *, optimise: bool = True
+) -> Any:
+    """SFace for the CPU: traced, and with ``optimise``, frozen and optimised for inference (oneDNN layouts, fused
+    operators: 65 faces/s per core against 58 as traced).
 
     The traced module is kept as a TorchScript archive beside the graph it was made from (keyed by that graph's
     name, torch's and onnx2torch's versions and the fine-tuned tensors' hash): converting the graph with onnx2torch
     and tracing it took 2.3 s of every cold start, loading the archive takes 0.05 s, and gives the same outputs bit
     for bit (tested). A damaged archive is rebuilt. Freezing and oneDNN's weight packing are not serialisable, so
-    they are redone on load (0.06 s).
+    they are redone on load (0.4-1 s: see :data:`OPTIMISE_FROM`).
     """
     import io
     import warnings
@@ -331,7 +348,7 @@ def cpu_embedder(graph: Path, cache_root: Path, tuned: dict[str, np.ndarray] | N
             torch.jit.save(traced, buf)
             with _LOCK:
                 atomic_write_bytes(path, buf.getvalue())
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())) if optimise else traced.eval()
 
 
 def _unit(e: np.ndarray) -> np.ndarray:

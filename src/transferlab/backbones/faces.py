@@ -125,8 +125,11 @@ class FaceBackbone:
         """Where JPEGs are decoded: ``"nvjpeg"`` with the fast recipe on a GPU, else ``"cpu"``."""
         return device_recipe(self.device, self.recipe_name)["decode"]
 
-    def build(self) -> FaceBackbone:
-        """Build the networks now (float graphs converted and loaded), not on the first photo."""
+    def build(self, photos: int | None = None) -> FaceBackbone:
+        """Build the networks now (float graphs converted and loaded), not on the first photo; ``photos``: the size
+        of the job they are built for (None: unknown or long-lived, e.g. a server), which decides whether the CPU
+        embedder is optimised for inference (:data:`~.face_pipeline.OPTIMISE_FROM`)."""
+        self.pipeline.plan(photos)
         _ = self.pipeline.graphs, self.pipeline.modules
         return self
 

@@ -50,9 +50,9 @@ class Engine(Protocol):
 
     name: str
 
-    def prepare(self, extractor: Extractor) -> None:
+    def prepare(self, extractor: Extractor, photos: int | None = None) -> None:
         """Get the featurize stage ready where it runs, before the photos (the local engine builds the networks in
-        this process: a one-time cost, timed apart from the photos/s)."""
+        this process: a one-time cost, timed apart from the photos/s), for a job of ``photos`` (None: unknown)."""
         ...
 
     def featurize(

@@ -23,9 +23,10 @@ class LocalEngine:
         # Engines are services, not parameter values: clone() of a Classifier keeps the same engine.
         return self
 
-    def prepare(self, extractor: Extractor) -> None:
-        """Build the backbone's networks in this process now (face graphs converted once and cached)."""
-        extractor.backbone.build()
+    def prepare(self, extractor: Extractor, photos: int | None = None) -> None:
+        """Build the backbone's networks in this process now (face graphs converted once and cached), for a job of
+        ``photos``."""
+        extractor.backbone.build(photos)
 
     def featurize(
         self,
@@ -49,7 +50,7 @@ class LocalEngine:
     ) -> TableSummary:
         """Featurize ``paths`` and write the feature table to ``out``."""
         t = time.perf_counter()
-        self.prepare(extractor)
+        self.prepare(extractor, len(paths))
         built = time.perf_counter() - t
         rows = _rows.feature_rows(
             list(paths),

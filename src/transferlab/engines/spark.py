@@ -341,7 +341,7 @@ class SparkEngine:
         )
 
     # -- the engine protocol (transferlab.engines.base.Engine) ---------------------------------------------------
-    def prepare(self, extractor: Extractor) -> None:
+    def prepare(self, extractor: Extractor, photos: int | None = None) -> None:
         """Nothing on the driver: each executor builds the networks it runs (``prepare_backbone``)."""
 
     def featurize(

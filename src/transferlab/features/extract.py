@@ -185,7 +185,7 @@ class Extractor:
         names the progress bar."""
         _ = self.backbone  # located (and checked) here, before any engine starts work
         start = time.perf_counter()
-        self.engine.prepare(self)  # the networks built where the stage runs: once, and not counted in the photos/s
+        self.engine.prepare(self, len(sources))  # built where the stage runs: once, and not counted in the photos/s
         built = time.perf_counter() - start
         self.build_seconds += built
         if built >= 1.0:

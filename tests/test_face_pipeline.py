@@ -192,19 +192,20 @@ def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(s
 
 
 def test_small_jobs_skip_the_embedders_optimisation_and_embed_alike(tmp_path):
-    """A job under OPTIMISE_FROM photos (a predict of a few) does not pay for freezing and optimising the CPU
-    embedder; the traced module it uses embeds like the optimised one (to 2e-6, unit vectors); a server or a big
-    job optimises; the first job decides."""
+    """A process with fewer than OPTIMISE_FROM photos to embed (a predict of a few) does not pay for freezing and
+    optimising the CPU embedder; one that goes on predicting gets it once its jobs add up, a server or a big job at
+    once; the traced module embeds like the optimised one (to 2e-6, unit vectors)."""
     from transferlab.backbones.face_pipeline import OPTIMISE_FROM, cpu_embedder
 
     small = create_backbone("sface").build(3)
+    traced_module = small.pipeline.modules["embedder"]
     assert small.pipeline.optimise is False
-    small.build(None)
-    assert small.pipeline.optimise is False  # already built: the first job decided
+    small.build(OPTIMISE_FROM - 4)  # 3 + 196 photos: still under
+    assert small.pipeline.optimise is False and small.pipeline.modules["embedder"] is traced_module
+    small.build(1)  # the 200th photo: optimised from now on
+    assert small.pipeline.optimise is True and small.pipeline.modules["embedder"] is not traced_module
     assert create_backbone("sface").build(None).pipeline.optimise is True
-    big = create_backbone("sface")
-    big.pipeline.plan(OPTIMISE_FROM)
-    assert big.pipeline.optimise is True
+    assert create_backbone("sface").build(OPTIMISE_FROM).pipeline.optimise is True
     graph = small.pipeline.graphs["embedder"]
     crops = (torch.rand(6, 3, 112, 112) * 255).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

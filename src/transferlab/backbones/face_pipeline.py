@@ -98,13 +98,21 @@ class FacePipeline:
         self.cache_root = cache_root or Path.home() / ".cache" / "transferlab"
         self._sessions: dict[tuple[str, int], Any] = {}
         self.optimise = True  # the CPU embedder frozen and optimised for inference (see plan)
+        self._planned = 0
 
     def plan(self, photos: int | None) -> None:
-        """Build for a job of ``photos`` photos (None: unknown or long-lived): the CPU embedder is optimised for
-        inference only from :data:`OPTIMISE_FROM` photos, where it repays its one-time cost. Decided once, by the
-        first job the networks are built for."""
+        """Get ready for a job of ``photos`` photos (None: unknown or long-lived, e.g. a server): the CPU embedder
+        is optimised for inference once this process has :data:`OPTIMISE_FROM` photos to embed, counting every job
+        planned so far, where the optimisation repays its one-time cost. A process that predicts a few photos never
+        pays for it; one that predicts photo after photo gets it on the way (the two embed alike to 2e-6)."""
+        self._planned = self._planned + photos if photos is not None else OPTIMISE_FROM
+        want = self._planned >= OPTIMISE_FROM
         if "modules" not in self.__dict__:
-            self.optimise = photos is None or photos >= OPTIMISE_FROM
+            self.optimise = want
+        elif want and not self.optimise and "embedder" in self.modules and self.runtimes["embedder"] == "torch":
+            self.optimise = True
+            if self.device == "cpu":  # swapped between jobs; a call running on the traced module finishes on it
+                self.modules["embedder"] = cpu_embedder(self.graphs["embedder"], self.cache_root, self.tuned)
 
     @cached_property
     def graphs(self) -> dict[str, Path]:
@@ -301,10 +309,11 @@ class FacePipeline:
         ]
 
 
-# Photos in a job from which the CPU embedder is frozen and optimised for inference. Freezing and optimising take
-# 0.4-1 s in every process (oneDNN's packed weights cannot be saved) and then embed 65 faces/s per core against 58
-# (1.9 ms a face): they repay themselves from ~250 faces, about 200 photos of the bundled data. Below that (a
-# predict of a few photos) the traced module answers; the two give the same embeddings to 2e-6 (tested).
+# Photos a process has to embed (its jobs so far, FacePipeline.plan) from which the CPU embedder is frozen and
+# optimised for inference. Freezing and optimising take 0.4-1 s in every process (oneDNN's packed weights cannot be
+# saved) and then embed 65 faces/s per core against 58 (1.9 ms a face): they repay themselves from ~250 faces, about
+# 200 photos of the bundled data. Below that (a predict of a few photos) the traced module answers; the two give the
+# same embeddings to 2e-6 (tested).
 OPTIMISE_FROM = 200
 
 

@@ -190,7 +190,6 @@ def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(s
     assert len(list((tmp_path / "face_graphs").glob("*.pt"))) == 2 and not torch.allclose(expected, shifted)
 
 
-
 def test_small_jobs_skip_the_embedders_optimisation_and_embed_alike(tmp_path):
     """A process with fewer than OPTIMISE_FROM photos to embed (a predict of a few) does not pay for freezing and
     optimising the CPU embedder; one that goes on predicting gets it once its jobs add up, a server or a big job at

@@ -2,7 +2,8 @@
 
     python -m benchmarks                 # CPU sections (and GPU ones when torch sees a CUDA GPU)
     python -m benchmarks --quick         # fewer images, for a smoke run
-    python -m benchmarks --only gpu      # sections: cpu, onnx, faces, predict, gpu (comma-separated)
+    python -m benchmarks --only gpu      # sections: cpu, onnx, faces, predict, gpu, startup, study (comma-separated)
+    python -m benchmarks --only startup,study   # where people wait (issue 25): not in the default run
 
 Sections
   cpu      mobilenet_v2 (real weights): forward-only ceiling on pre-decoded tensors (the better of one batch at a
@@ -15,6 +16,9 @@ Sections
            the pipeline from files; SFace on OpenCV against onnxruntime.
   predict  warm single-photo predict latency of the default model (p50/p95 over distinct photos, no cache), and
            CLI cold start (process start to answer).
+  startup  a cold `transferlab predict` of one photo ÷ a bare `python -c "import torch"`, alternating, medians of 5
+           (benchmarks/startup.py; target ≤ 1.6 ×).
+  study    the seed's study (`transferlab study studies/seed.toml`) from an empty cache, wall time (target ≤ 240 s).
   gpu      benchmarks/gpu_features.py: per registered whole-image backbone (random weights unless installed),
            forward-only (bf16 and fp32) against end to end from JPEG files with each recipe (fast: nvJPEG, grouped
            resize, bf16, decode overlapped with the forward pass; portable: CPU decode workers → fp32), beside the
@@ -509,6 +513,33 @@ def section_gpu_faces(files: list[str]) -> None:
     row("gpu", "sface JPEG files → face rows, portable recipe (CPU decode, fp32)", f"{p:.0f} img/s", f"{p / e:.2f} ×")
 
 
+def section_startup() -> None:
+    from benchmarks import startup
+
+    print("\n[startup] a cold predict of one photo against a bare torch import (fresh processes, alternating)")
+    med = startup.measure(rounds=5)
+    ratio = med[startup.PREDICT] / med[startup.TORCH]
+    row(
+        "startup",
+        "cold `transferlab predict` ÷ `python -c 'import torch'` (medians of 5)",
+        f"{med[startup.PREDICT]:.2f} s ÷ {med[startup.TORCH]:.2f} s",
+        f"{ratio:.2f} ×, target ≤ 1.6 ×",
+    )
+    help_ratio = med[startup.HELP] / med[startup.TORCH]
+    row("startup", "`transferlab --help`", f"{med[startup.HELP]:.2f} s", f"{help_ratio:.2f} ×")
+
+
+def section_study() -> None:
+    print("\n[study] the seed's study from an empty cache (studies/seed.toml)")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(Path(tmp) / "cache")}
+        cmd = [sys.executable, "-m", "transferlab", "study", str(REPO / "studies" / "seed.toml")]
+        t = time.perf_counter()
+        subprocess.run([*cmd, "--out", str(Path(tmp) / "seed"), "-q"], check=True, capture_output=True, env=env)
+        seconds = time.perf_counter() - t
+    row("study", "`transferlab study studies/seed.toml`, empty cache", f"{seconds:.0f} s", "target ≤ 240 s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="cpu,onnx,faces,predict,gpu")
@@ -535,6 +566,10 @@ def main() -> None:
             section_predict(Path(cache))
         if "gpu" in sections:
             section_gpu(1024 if q else 4096)
+        if "startup" in sections:
+            section_startup()
+        if "study" in sections:
+            section_study()
     print("\n| section | measurement | value | ratio |\n|---|---|---:|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")

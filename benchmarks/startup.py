@@ -32,33 +32,39 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="a trained model folder (default: train one on the bundled photos)")
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+def measure(model: str | None = None, rounds: int = 5) -> dict[str, float]:
+    """Median seconds of each command over ``rounds`` alternating rounds (a model trained first when None)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "transferlab"]
     photo = str(sorted((REPO / "data" / "presidents" / "obama").glob("*.jpg"))[7])
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
         if model is None:
             model = str(Path(tmp) / "model")
             subprocess.run(
                 [*cli, "train", str(REPO / "data" / "presidents"), "--out", model, "-q", "--per-class", "20"],
                 env=env, check=True, capture_output=True,
             )  # fmt: skip
-        rows: dict[str, list[float]] = {"python -c 'import torch'": [], "transferlab predict (cold)": [], "--help": []}
-        for _ in range(args.rounds):
-            rows["python -c 'import torch'"].append(_timed([sys.executable, "-c", "import torch"], env))
-            rows["transferlab predict (cold)"].append(_timed([*cli, "predict", model, photo, "--no-cache", "-q"], env))
-            rows["--help"].append(_timed([*cli, "--help"], env))
-    med = {k: statistics.median(v) for k, v in rows.items()}
+        rows: dict[str, list[float]] = {TORCH: [], PREDICT: [], HELP: []}
+        for _ in range(rounds):
+            rows[TORCH].append(_timed([sys.executable, "-c", "import torch"], env))
+            rows[PREDICT].append(_timed([*cli, "predict", model, photo, "--no-cache", "-q"], env))
+            rows[HELP].append(_timed([*cli, "--help"], env))
+    return {k: statistics.median(v) for k, v in rows.items()}
+
+
+TORCH, PREDICT, HELP = "python -c 'import torch'", "transferlab predict (cold)", "--help"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a trained model folder (default: train one on the bundled photos)")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    med = measure(args.model, args.rounds)
     print(f"{os.cpu_count()} cores, {args.rounds} rounds (median seconds)\n")
     print("| command | median s | ÷ import torch |\n|---|---:|---:|")
-    base = med["python -c 'import torch'"]
     for k, v in med.items():
-        print(f"| {k} | {v:.2f} | {v / base:.2f} |")
+        print(f"| {k} | {v:.2f} | {v / med[TORCH]:.2f} |")
 
 
 if __name__ == "__main__":

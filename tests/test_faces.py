@@ -170,7 +170,8 @@ featurize(paths[:2], create_backbone("mobilenet_v2"))          # torch/OpenMP th
 featurize_faces(paths[:1], create_backbone("sface"))            # OpenCV threads too
 bb = create_backbone("dlib_resnet")
 pooled = featurize_faces(paths, bb)                             # single-threaded embedder: worker processes
-serial = [reference(bb).faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
+one_at_a_time = reference(bb)                                  # built once, used photo by photo
+serial = [one_at_a_time.faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
 # the same embeddings and landmarks as the one-photo-at-a-time path (boxes are clamped to the photo now)
 cols = list(range(128)) + list(range(132, 143))
 diff = max(float(np.abs(a[:, cols] - b[:, cols]).max()) for a, b in zip(pooled.bags, serial) if len(a))

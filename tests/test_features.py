@@ -105,8 +105,8 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
     killed_cache, clean_cache = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(photos), str(killed_cache)], env=env)
-    deadline = time.monotonic() + 120
-    while len(_entries(killed_cache)) < 12 and time.monotonic() < deadline and proc.poll() is None:
+    # the kill follows featurization's progress (entries in the cache), not a clock: a loaded machine only delays it
+    while len(_entries(killed_cache)) < 12 and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "featurization finished before it could be killed"
     proc.send_signal(signal.SIGKILL)

@@ -411,14 +411,13 @@ def live(face_model, tmp_path_factory):
     cmd += ["--gallery", str(face_model.parent / "photos")]  # the training folder: answers show the nearest faces
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
+    while True:  # until the server answers or its process ends: progress, not a clock
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                 break
         except httpx.TransportError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if proc.poll() is not None:
             proc.kill()
             pytest.fail(f"server did not start:\n{(root / 'server.log').read_text()}")
         time.sleep(0.2)
@@ -509,19 +508,42 @@ def test_real_server_keeps_no_trace_of_uploads(live):
     assert secret not in log and "holiday" not in log  # ... and says nothing about what was sent
 
 
+def _refused(cmd: list[str], env: dict[str, str], port: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` until it exits; if instead it starts serving on ``port`` it did not refuse: stop it and fail.
+
+    The wait follows what the process does (exits, or answers on its port), not a clock.
+    """
+    import tempfile
+
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a long output cannot block it
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+    while proc.poll() is None:
+        try:
+            serving = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            serving = False
+        if serving:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"`{' '.join(cmd[3:])}` started serving instead of refusing")
+        time.sleep(0.1)
+    out.seek(0), err.seek(0)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
 def test_cli_serve_refuses_bad_arguments_with_one_line(tmp_path, face_model):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    free = _free_port()  # where the first two would serve if they did not refuse
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = str(busy.getsockname()[1])
-        for args, message in [
-            ([str(tmp_path / "missing")], "missing"),
-            ([str(face_model), "--max-upload-mb", "0"], "--max-upload-mb"),
-            ([str(face_model), "--port", taken], f"--port {taken}"),
+        for args, message, port in [
+            ([str(tmp_path / "missing"), "--port", str(free)], "missing", free),
+            ([str(face_model), "--max-upload-mb", "0", "--port", str(free)], "--max-upload-mb", free),
+            ([str(face_model), "--port", taken], f"--port {taken}", free),  # it cannot serve on the taken port
         ]:
-            cmd = [sys.executable, "-m", "transferlab", "serve", *args]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+            proc = _refused([sys.executable, "-m", "transferlab", "serve", *args], env, port)
             assert proc.returncode == 2, proc.stderr
             assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
 

@@ -114,9 +114,13 @@ class RunLog:
         self.done[(row["cell"], int(row["seed"]))] = row
 
     def frame(self) -> pd.DataFrame:
+        """The finished runs, typed alike whether read back from ``runs.csv`` (text) or run in this process (a
+        resumed study pairs its rows by seed: ``"0"`` and ``0`` must not differ)."""
         df = pd.DataFrame(list(self.done.values()), columns=RUN_COLUMNS)
         for c in ("accuracy", "log_loss", "features_s", "head_s", "unknown_rate"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
+        for c in ("per_class", "augment", "seed", "n_train", "n_test"):  # per_class: empty in Table 1's rows
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
         return df
 
 

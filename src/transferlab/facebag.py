@@ -298,23 +298,12 @@ class FaceBagClassifier(FaceBagAnswers, BaseEstimator):
         check_is_fitted(self)
 
     # -- saving: like the heads, the bag's fitted state is plain arrays and parameters -----------------------------
-    # (answering, analyse/similarity/predict/predict_proba, is FaceBagAnswers': a saved bag answers the same way)
+    # (answering and to_state are FaceBagAnswers': a saved bag answers and saves the same way)
     _OBJECTS = ("estimator", "choice_estimator")  # estimators save themselves; the rest of the parameters is JSON
 
     def state_params(self) -> dict[str, Any]:
         """The bag's parameters that JSON can hold (all but the estimators)."""
         return {k: v for k, v in self.get_params(deep=False).items() if k not in self._OBJECTS}
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The fitted open set as arrays (``centroids``, ``prototypes``, ``prototype_class``) and the parameters
-        with the threshold in use (``threshold_``). ``estimator_`` saves itself (its own ``to_state``); a saved bag
-        is read back as a :class:`~transferlab.fitted.FittedFaceBag`.
-
-        Returns
-        -------
-        arrays, params
-        """
-        return self.open_set_arrays(), {**self.state_params(), "threshold_": float(self.threshold_)}
 
 
 def _pick(bags: Sequence[np.ndarray], chosen: np.ndarray) -> np.ndarray:

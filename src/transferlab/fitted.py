@@ -280,14 +280,25 @@ class FaceBagAnswers:
         ]
         return np.asarray(labels, dtype=object)
 
-    def open_set_arrays(self) -> dict[str, np.ndarray]:
-        """The fitted open set as arrays: ``centroids``, and ``prototypes`` with ``prototype_class``."""
+    def state_params(self) -> dict[str, Any]:
+        """The bag's parameters that JSON can hold (all but its estimators)."""
+        raise NotImplementedError
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The fitted open set as arrays (``centroids``, and ``prototypes`` with ``prototype_class``) and the
+        parameters with the threshold in use (``threshold_``). The head inside saves itself (its own ``to_state``);
+        a saved bag is read back as a :class:`FittedFaceBag`.
+
+        Returns
+        -------
+        arrays, params
+        """
         self._check_answering()
         arrays = {"centroids": np.asarray(self.centroids_, dtype=np.float32)}  # type: ignore[attr-defined]
         if hasattr(self, "prototypes_"):
             arrays["prototypes"] = np.asarray(self.prototypes_, dtype=np.float32)
             arrays["prototype_class"] = np.asarray(self.prototype_class_, dtype=np.int32)
-        return arrays
+        return arrays, {**self.state_params(), "threshold_": float(self.threshold_)}  # type: ignore[attr-defined]
 
 
 # FaceBagClassifier's parameters and their defaults (all but its estimators); a saved bag starts from them too. A
@@ -341,7 +352,3 @@ class FittedFaceBag(FaceBagAnswers):
     def state_params(self) -> dict[str, Any]:
         """The bag's parameters, as the estimator's."""
         return dict(self.params)
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The open set's arrays and the parameters with the threshold in use, as the estimator's."""
-        return self.open_set_arrays(), {**self.params, "threshold_": self.threshold_}

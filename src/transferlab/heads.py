@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import TransferlabError
-from .fitted import HEAD_SPECS, HeadSpec, check_head_params, head_spec, softmax
+from .fitted import HEAD_SPECS, HeadSpec, check_head_params, softmax
 
 
 class HeadInputError(TransferlabError, ValueError):
@@ -422,30 +422,4 @@ def make_head(name: str, **params: Any) -> Any:
         Unknown name (the message lists the choices) or parameter (it lists the allowed ones).
     """
     check_head_params(name, params)  # the parameters as data: options check them without building a head
-    return HEADS[head_spec(name).name](**params)
-
-
-def head_name(head: Any) -> str:
-    """Registry name of a head instance.
-
-    Parameters
-    ----------
-    head
-        A head.
-
-    Returns
-    -------
-    str
-        Its key in :data:`HEADS`.
-
-    Raises
-    ------
-    TransferlabError
-        If ``head`` is not an instance of one of the registered classes.
-    """
-    for name, cls in HEADS.items():
-        if type(head) is cls:
-            return name
-    if isinstance(getattr(head, "spec", None), HeadSpec):  # a saved head (transferlab.fitted.FittedHead)
-        return head.spec.name  # type: ignore[no-any-return]
-    raise TransferlabError(f"{type(head).__name__} is not a transferlab head")
+    return HEADS[name](**params)

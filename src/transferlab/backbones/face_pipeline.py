@@ -109,10 +109,10 @@ class FacePipeline:
         want = self._planned >= OPTIMISE_FROM
         if "modules" not in self.__dict__:
             self.optimise = want
-        elif want and not self.optimise and "embedder" in self.modules and self.runtimes["embedder"] == "torch":
+        elif want and not self.optimise and self.device == "cpu" and "embedder" in self.modules:
+            # swapped between jobs; a call still running on the traced module finishes on it
+            self.modules["embedder"] = cpu_embedder(self.graphs["embedder"], self.cache_root, self.tuned)
             self.optimise = True
-            if self.device == "cpu":  # swapped between jobs; a call running on the traced module finishes on it
-                self.modules["embedder"] = cpu_embedder(self.graphs["embedder"], self.cache_root, self.tuned)
 
     @cached_property
     def graphs(self) -> dict[str, Path]:

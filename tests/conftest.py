@@ -47,6 +47,29 @@ def pytest_configure(config):
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_face_graphs(tmp_path_factory):
+    """The converted face networks (made from the shipped weights, never from photos) are made once per test run,
+    in one directory shared by both workers (``$TRANSFERLAB_FACE_GRAPHS_DIR``), as a prepared machine would: making
+    them took ~5 s in each of 74 fresh caches. A test of their making unsets it (``fresh_face_graphs``)."""
+    from transferlab.backbones.face_graphs import GRAPHS_ENV
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(GRAPHS_ENV, str(root / "face-graphs"))
+        yield
+
+
+@pytest.fixture
+def fresh_face_graphs(monkeypatch):
+    """This test makes the face networks itself, in its own cache (``CACHE/face_graphs``)."""
+    from transferlab.backbones.face_graphs import GRAPHS_ENV
+
+    monkeypatch.delenv(GRAPHS_ENV)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own default cache directory, so no test sees another's features."""

@@ -167,7 +167,7 @@ def test_the_torch_runtime_on_the_cpu_gives_the_same_rows(sface, tmp_path):
             assert (a[:, :128] * b[:, :128]).sum(1).min() > 0.9999
 
 
-def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(sface, tmp_path):
+def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(sface, tmp_path, fresh_face_graphs):
     """Cold starts skip onnx2torch: the traced SFace is written once beside its graph, loaded afterwards with the
     same outputs bit for bit, and a damaged archive is made again rather than failing."""
     from transferlab.backbones.face_pipeline import cpu_embedder

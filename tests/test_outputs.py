@@ -123,9 +123,13 @@ def test_predict_says_why_and_names_files_as_the_user_gave_them(model_dir, small
     assert sum(x["answer"] for x in per_face) == len(lines)  # one answering face per photo
 
 
-def test_building_the_networks_is_timed_apart_from_the_photos_per_second(small_photos, tmp_path):
-    """A first run builds the face networks (graphs converted, cached): reported on its own, not inside the rate."""
+def test_building_the_networks_is_timed_apart_from_the_photos_per_second(
+    small_photos, tmp_path, fresh_face_graphs, monkeypatch
+):
+    """A first run builds the face networks (graphs converted, cached): reported on its own, not inside the rate.
+    Pointed at a prepared directory (``$TRANSFERLAB_FACE_GRAPHS_DIR``), a run with a new cache converts nothing."""
     import transferlab
+    from transferlab.backbones.face_graphs import GRAPHS_ENV
 
     cache = tmp_path / "cache"
     table = str(tmp_path / "t")
@@ -135,3 +139,9 @@ def test_building_the_networks_is_timed_apart_from_the_photos_per_second(small_p
     res = transferlab.train(small_photos, tmp_path / "m", backbone="sface", cache_dir=cache, verbose=False)
     st = res.feature_stats
     assert st["build_seconds"] > 0 and st["seconds"] > 0 and st["computed"] == 0  # every feature from the cache
+    graphs = {p.name: p.stat().st_mtime_ns for p in (cache / "face_graphs").iterdir()}
+    assert {p.rsplit(".", 1)[1] for p in graphs} == {"onnx", "pt"}  # the float graphs and the traced embedder
+    monkeypatch.setenv(GRAPHS_ENV, str(cache / "face_graphs"))
+    run("featurize", str(small_photos / "obama"), "--backbone", "sface", "--out", table, cache=tmp_path / "new")
+    assert not (tmp_path / "new" / "face_graphs").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (cache / "face_graphs").iterdir()} == graphs

@@ -9,7 +9,7 @@ The recipe (checked against onnxruntime within 2e-6 for SFace and 8e-6 for YuNet
 2. onnxruntime's basic graph optimiser folds the weight reshapes into constants (``optimized_model_filepath``);
 3. ``onnx.version_converter`` to opset 17, which onnx2torch converts.
 
-The result is kept as an ONNX file (never a pickled module) under ``CACHE/face_graphs/`` and read by onnxruntime
+The result is kept as an ONNX file (never a pickled module) in :func:`graphs_dir` and read by onnxruntime
 (the CPU runtime: faster than torch here) or converted by ``onnx2torch`` (the GPU runtime) when loaded. SFace on the
 CPU is also kept there traced, as a TorchScript archive made from that file (``face_pipeline.cpu_embedder``), so
 that a cold start does not convert it again.
@@ -45,6 +45,18 @@ def model_file(pkg_rel: tuple[str, str], pip_hint: str) -> Path:
 
 GRAPH_VERSION = "1"  # bump when the recipe changes: the cached graphs are rebuilt
 _LOCK = threading.Lock()
+GRAPHS_ENV = "TRANSFERLAB_FACE_GRAPHS_DIR"
+
+
+def graphs_dir(cache_root: Path) -> Path:
+    """Where the converted face networks are kept: ``$TRANSFERLAB_FACE_GRAPHS_DIR`` when set, else
+    ``cache_root/face_graphs``.
+
+    They are made from the shipped weights, never from photos, and keyed by the versions that made them, so one
+    prepared directory can serve every cache, container or machine (none converts them again: ~5 s of a first run).
+    """
+    env = os.environ.get(GRAPHS_ENV)
+    return Path(env) if env else Path(cache_root) / "face_graphs"
 
 
 def float_model(path: Path, dynamic_size: bool = False) -> Any:
@@ -104,14 +116,14 @@ def float_model(path: Path, dynamic_size: bool = False) -> Any:
 
 
 def graph_file(path: Path, cache_root: Path, *, dynamic_size: bool = False) -> Path:
-    """The optimised float opset-17 ONNX file for ``path``, built once into ``cache_root/face_graphs``.
+    """The optimised float opset-17 ONNX file for ``path``, built once into :func:`graphs_dir`.
 
     Keyed by the source file's sha256, the recipe version and onnxruntime's version (its optimiser writes the file).
     """
     import onnxruntime as ort
 
     key = f"{path.stem}-{file_sha256(path)[:16]}-g{GRAPH_VERSION}-ort{ort.__version__}.onnx"
-    out = Path(cache_root) / "face_graphs" / key
+    out = graphs_dir(cache_root) / key
     with _LOCK:  # lanes ask at the same moment: build once
         if out.is_file():
             return out

@@ -30,7 +30,7 @@ from ._tensors import load_tuned, tensors_sha256
 from .face_align import ALIGNED, clamp_boxes, similarity_transforms, warp_faces, warp_faces_remap
 from .face_detect import decode_detections, detector_size
 from .face_embedders import crop_embedder, is_crop_embedder
-from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, model_file, ort_session, torch_module
+from .face_graphs import GRAPH_VERSION, SFACE, YUNET, graph_file, graphs_dir, model_file, ort_session, torch_module
 from .face_second_look import RECIPE as SECOND_LOOK
 from .face_second_look import look_again
 
@@ -337,7 +337,7 @@ def cpu_embedder(
 
     tag = tensors_sha256(tuned)[:16] if tuned else "pretrained"
     made_by = f"torch{torch.__version__}-onnx2torch{version('onnx2torch')}"
-    path = Path(cache_root) / "face_graphs" / f"{graph.stem}-{made_by}-{tag}.pt"
+    path = graphs_dir(cache_root) / f"{graph.stem}-{made_by}-{tag}.pt"
     traced = None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notices; onnx2torch's shape checks are constant

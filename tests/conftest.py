@@ -47,6 +47,32 @@ def pytest_configure(config):
         )
 
 
+# Seconds each slow file took in a full run (two workers, 2026-12-03). Files run longest first (with
+# `--no-loadscope-reorder` in addopts), so the two workers finish together instead of one running test_spark.py alone
+# at the end; a file not listed is short and keeps its place after these.
+FILE_SECONDS = {
+    "test_spark.py": 209,
+    "test_outputs.py": 116,
+    "test_cli.py": 109,
+    "test_people.py": 101,
+    "test_face_pipeline.py": 86,
+    "test_faces.py": 82,
+    "test_finetune.py": 75,
+    "test_study.py": 75,
+    "test_kill_loop.py": 48,
+    "test_serve.py": 41,
+    "test_facebag.py": 35,
+    "test_edgeface.py": 34,
+    "test_memory.py": 30,
+    "test_recipe.py": 26,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (a stable sort: tests keep their order within a file, and every worker sorts alike)."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_face_graphs(tmp_path_factory):
     """The converted face networks (made from the shipped weights, never from photos) are made once per test run,

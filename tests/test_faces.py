@@ -228,3 +228,19 @@ def test_sface_on_onnxruntime_equals_opencv():
         np.testing.assert_allclose(fast.embed(rgb, faces), ref.embed(rgb, faces), atol=1e-5)
         n += len(faces)
     assert n >= 5
+
+
+def test_a_rerun_on_cached_features_builds_no_network_and_still_predicts_new_photos(face_model, tmp_path):
+    """Every row in the cache (a rerun, a study's runs): the networks are not built (nothing is computed, the
+    build is most of such a run); a photo the cache does not hold afterwards builds them on first use."""
+    _, photos, first = face_model
+    cache = first.classifier.cache_dir
+    again = transferlab.train(photos, tmp_path / "m", backbone="sface", cache_dir=cache, test_size=0.2)
+    backbone = again.classifier.extractor_.backbone
+    assert again.feature_stats["computed"] == 0 and again.feature_stats["cached"] == len(first.intake.table)
+    assert "pipeline" not in vars(backbone)  # FaceBackbone.pipeline: the networks, built on first use
+    assert again.metrics == first.metrics
+    new = crops("obama", skip=40)[0]  # not among the training photos: not cached
+    (answer,) = again.classifier.predict_images([new])
+    assert "pipeline" in vars(backbone) and answer.error is None and answer.label == "obama"
+    assert answer.probabilities == first.classifier.predict_images([new])[0].probabilities

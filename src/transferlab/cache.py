@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,10 @@ class FeatureCache:
             return np.load(io.BytesIO(body), allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return self._drop(p)
+
+    def holds(self, content_hashes: Sequence[str | None]) -> bool:
+        """Whether every hash has an entry (not yet checked: :meth:`get` checks each one as it reads it)."""
+        return all(h is not None and self._path(h).is_file() for h in content_hashes)
 
     def _drop(self, p: Path) -> None:
         self.damaged += 1

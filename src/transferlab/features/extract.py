@@ -185,7 +185,11 @@ class Extractor:
         names the progress bar."""
         _ = self.backbone  # located (and checked) here, before any engine starts work
         start = time.perf_counter()
-        self.engine.prepare(self, len(sources))  # built where the stage runs: once, and not counted in the photos/s
+        cache = self.cache if content_hashes is not None else None
+        if cache is None or not cache.holds(content_hashes):  # type: ignore[arg-type]
+            # Built where the stage runs: once, and not counted in the photos/s. Not when every row is cached (a
+            # rerun, a study's runs): nothing is computed, and a damaged entry builds the networks on first use.
+            self.engine.prepare(self, len(sources))
         built = time.perf_counter() - start
         self.build_seconds += built
         if built >= 1.0:

@@ -533,6 +533,7 @@ def section_study() -> None:
     print("\n[study] the seed's study from an empty cache (studies/seed.toml)")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRANSFERLAB_CACHE_DIR": str(Path(tmp) / "cache")}
+        env.pop("TRANSFERLAB_FACE_GRAPHS_DIR", None)  # nothing prepared: the face networks are converted too
         cmd = [sys.executable, "-m", "transferlab", "study", str(REPO / "studies" / "seed.toml")]
         t = time.perf_counter()
         subprocess.run([*cmd, "--out", str(Path(tmp) / "seed"), "-q"], check=True, capture_output=True, env=env)

@@ -158,3 +158,37 @@ def test_the_seed_study_is_the_seeds_tables_and_the_extended_one_adds_fine_tunin
     assert seed.per_class == [1, 3, 5, 10, 25, 50, 100, 150] and seed.augment_modes == [False, True]
     assert extended.finetune == 2
     assert (extended.per_class, extended.heads, extended.seeds) == (seed.per_class, seed.heads, seed.seeds)
+
+
+def test_cached_augmented_copies_are_never_made_again(tmp_path, monkeypatch):
+    """A study's augmented runs read their copies' features from the cache: a second fit on the same copies makes
+    none of them (decoding and transforming every copy cost each augmented run 1.7 s), and fits the same model."""
+    import transferlab.augment
+    from transferlab import Classifier
+    from transferlab.api import fit_evaluate
+    from transferlab.intake import intake
+
+    from .conftest import copy_subset
+
+    photos = copy_subset(tmp_path / "photos", 4)
+    table = intake(photos, cache_dir=tmp_path / "cache").table
+    train, test = np.arange(0, len(table), 2), np.arange(1, len(table), 2)
+    cfg = AugmentConfig(copies=2)
+
+    def fit() -> tuple:
+        aug = AugmentedImages(table["path"].to_numpy()[train].tolist(), table["content_hash"].to_numpy()[train], cfg)
+        extra = (aug, aug.keys(), np.repeat(table["label"].to_numpy()[train], cfg.copies).tolist())
+        clf = Classifier(backbone="mobilenet_v2", head="logreg", cache_dir=tmp_path / "cache")
+        fe = fit_evaluate(clf, table, train, test, extra_train=extra)
+        return fe.stats, fe.metrics, clf.gallery().paths
+
+    first_stats, first_metrics, names = fit()
+    assert first_stats["computed"] == len(train) * (1 + cfg.copies) + len(test)  # the test side too
+    assert sum(n.startswith("<image ") for n in names) == len(train) * cfg.copies  # copies are named, not files
+
+    def made(*args, **kwargs):
+        raise AssertionError("an augmented copy was made although its features are cached")
+
+    monkeypatch.setattr(transferlab.augment, "augment_image", made)
+    stats, metrics, again = fit()
+    assert stats["computed"] == 0 and metrics == first_metrics and again == names

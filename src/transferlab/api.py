@@ -59,6 +59,12 @@ class Chain(Sequence):
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
         return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
 
+    def peek(self, i: int) -> Any:
+        """What item ``i`` is, without making it (see :func:`~transferlab.gallery.gallery_paths`)."""
+        seq, j = (self.first, i) if i < len(self.first) else (self.second, i - len(self.first))
+        peek = getattr(seq, "peek", None)
+        return peek(j) if peek is not None else seq[j]
+
 
 @dataclass
 class FitEvaluation:

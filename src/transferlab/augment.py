@@ -119,6 +119,11 @@ class AugmentedImages(Sequence):
         seed = int(hashlib.sha256(f"{self.hashes[i]}:{k}".encode()).hexdigest()[:12], 16)
         return augment_image(as_rgb(self.paths[i]), self.cfg, seed)
 
+    def peek(self, j: int) -> None:
+        """Copy ``j`` is an image made in memory, not a file (:func:`~transferlab.gallery.gallery_paths`)."""
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+
     def keys(self) -> list[str]:
         """Cache keys: content hash + augmentation config + copy index."""
         return [f"{h}-aug{self.cfg.key()}-{k}" for h in self.hashes for k in range(self.cfg.copies)]

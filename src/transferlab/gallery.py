@@ -183,9 +183,15 @@ class Gallery:
 
 
 def gallery_paths(sources: Sequence[Any], indices: Sequence[int]) -> list[str]:
-    """How the gallery names photos: a file's path relative to the folder all of them are in (for a training
-    folder, ``label/file.jpg``), ``<image i>`` for an image given in memory (``i`` from ``indices``)."""
-    files = [os.path.abspath(s) if isinstance(s, str | os.PathLike) else None for s in sources]
+    """How the gallery names ``sources[i]`` for each ``i`` in ``indices``: a file's path relative to the folder all
+    of them are in (for a training folder, ``label/file.jpg``), ``<image i>`` for an image given in memory.
+
+    A sequence that makes its items when read (augmented copies: decoded and transformed) says what item ``i`` is
+    through ``peek(i)`` instead (a path, or None for an image made in memory), so naming it costs nothing.
+    """
+    peek = getattr(sources, "peek", None)
+    items = [peek(i) if peek is not None else sources[i] for i in indices]
+    files = [os.path.abspath(s) if isinstance(s, str | os.PathLike) else None for s in items]
     dirs = [os.path.dirname(f) for f in files if f is not None]
     root = os.path.commonpath(dirs) if dirs else ""
     return [

@@ -187,7 +187,7 @@ class Classifier(Parameters):
             np.stack([b[p] for b, p in zip(bags, picked, strict=True)]),
             y[used],
             keys,
-            gallery_paths([sources[i] for i in used], used),
+            gallery_paths(sources, used),
             kind.gallery_columns(res, used, start, picked),
         )
         self.training_hashes_ = sorted({h for h in keys if isinstance(h, str) and len(h) == 64})  # real photos only

@@ -145,3 +145,15 @@ def test_building_the_networks_is_timed_apart_from_the_photos_per_second(
     run("featurize", str(small_photos / "obama"), "--backbone", "sface", "--out", table, cache=tmp_path / "new")
     assert not (tmp_path / "new" / "face_graphs").exists()
     assert {p.name: p.stat().st_mtime_ns for p in (cache / "face_graphs").iterdir()} == graphs
+
+
+def test_a_face_networks_folder_that_cannot_be_written_is_one_line(small_photos, tmp_path, monkeypatch):
+    """``$TRANSFERLAB_FACE_GRAPHS_DIR`` naming something that is not a folder: one line saying what to do."""
+    from transferlab.backbones.face_graphs import GRAPHS_ENV
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "a-file" / "graphs"))
+    proc = run("featurize", str(small_photos / "bush"), "--out", str(tmp_path / "t"), cache=tmp_path / "c", check=False)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot keep the converted face networks" in line and GRAPHS_ENV in line

@@ -130,7 +130,14 @@ def graph_file(path: Path, cache_root: Path, *, dynamic_size: bool = False) -> P
         import onnx
         from onnx import version_converter
 
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = f"${GRAPHS_ENV}" if os.environ.get(GRAPHS_ENV) else "the cache"
+            raise TransferlabError(
+                f"cannot keep the converted face networks in {out.parent} ({where}: {exc.strerror}); "
+                f"make it a writable folder, or unset {GRAPHS_ENV}"
+            ) from None
         tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             opts = ort.SessionOptions()

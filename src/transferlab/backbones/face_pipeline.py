@@ -355,8 +355,11 @@ def cpu_embedder(
             traced = torch.jit.trace(module, example, check_trace=False)
             buf = io.BytesIO()
             torch.jit.save(traced, buf)
-            with _LOCK:
-                atomic_write_bytes(path, buf.getvalue())
+            try:
+                with _LOCK:
+                    atomic_write_bytes(path, buf.getvalue())
+            except OSError:
+                pass  # a read-only prepared folder: the traced module still runs, made again next time
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())) if optimise else traced.eval()
 
 

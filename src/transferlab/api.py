@@ -56,12 +56,16 @@ class Chain(Sequence):
     def __len__(self) -> int:
         return len(self.first) + len(self.second)
 
+    def _locate(self, i: int) -> tuple[Sequence[Any], int]:
+        return (self.first, i) if i < len(self.first) else (self.second, i - len(self.first))
+
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
+        seq, j = self._locate(i)
+        return seq[j]
 
     def peek(self, i: int) -> Any:
         """What item ``i`` is, without making it (see :func:`~transferlab.gallery.gallery_paths`)."""
-        seq, j = (self.first, i) if i < len(self.first) else (self.second, i - len(self.first))
+        seq, j = self._locate(i)
         peek = getattr(seq, "peek", None)
         return peek(j) if peek is not None else seq[j]
 

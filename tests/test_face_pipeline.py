@@ -193,7 +193,9 @@ def test_the_cpu_embedder_is_kept_as_an_archive_that_loads_to_the_same_outputs(s
 def test_small_jobs_skip_the_embedders_optimisation_and_embed_alike(tmp_path):
     """A process with fewer than OPTIMISE_FROM photos to embed (a predict of a few) does not pay for freezing and
     optimising the CPU embedder; one that goes on predicting gets it once its jobs add up, a server or a big job at
-    once; the traced module embeds like the optimised one (to 2e-6, unit vectors)."""
+    once; the traced module embeds like the optimised one (unit vectors within float32's default tolerance, cosine
+    within 1e-6: folding the batch norms into the convolutions only changes rounding, up to 2.4e-6 per value over
+    40 random batches, so a bound of 2e-6 failed now and then)."""
     from transferlab.backbones.face_pipeline import OPTIMISE_FROM, cpu_embedder
 
     small = create_backbone("sface").build(3)
@@ -206,12 +208,13 @@ def test_small_jobs_skip_the_embedders_optimisation_and_embed_alike(tmp_path):
     assert create_backbone("sface").build(None).pipeline.optimise is True
     assert create_backbone("sface").build(OPTIMISE_FROM).pipeline.optimise is True
     graph = small.pipeline.graphs["embedder"]
-    crops = (torch.rand(6, 3, 112, 112) * 255).contiguous(memory_format=torch.channels_last)
+    noise = torch.rand(6, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    crops = (noise * 255).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        traced = cpu_embedder(graph, tmp_path, optimise=False)(crops)
-        optimised = cpu_embedder(graph, tmp_path)(crops)
-    unit = torch.nn.functional.normalize
-    assert (unit(traced) - unit(optimised)).abs().max() < 2e-6
+        traced = torch.nn.functional.normalize(cpu_embedder(graph, tmp_path, optimise=False)(crops))
+        optimised = torch.nn.functional.normalize(cpu_embedder(graph, tmp_path)(crops))
+    torch.testing.assert_close(optimised, traced)  # float32: atol 1e-5, rtol 1.3e-6
+    assert (optimised * traced).sum(dim=1).min() > 1 - 1e-6
 
 
 def test_the_recipe_keys_the_cache(sface):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -19,15 +21,49 @@ PRESIDENTS = REPO / "data" / "presidents"
 EDGEFACE = REPO.parent / "shared" / "weights" / "edgeface"
 
 
-def run(*args: str, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m transferlab ARGS`` in a subprocess, with its own feature cache when ``cache`` is given."""
+def run(
+    *args: str, cache: Path | None = None, check: bool = True, process: bool = False
+) -> subprocess.CompletedProcess:
+    """``transferlab ARGS`` with its own feature cache when ``cache`` is given: its exit status, stdout and stderr.
+
+    By default the command line runs in this process (``transferlab.cli.main``, what the console script calls, with
+    stdout and stderr captured apart and not a terminal): a new process costs ~3 s of CPU importing torch each time,
+    which was a fifth of the suite. ``process=True`` runs ``python -m transferlab`` in a new process, for what only a
+    process shows (what it imports, its memory, signals); the tests of the console script itself use it too.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     if cache is not None:
         env["TRANSFERLAB_CACHE_DIR"] = str(cache)
-    proc = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env)
+    if process:
+        proc = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env)
+    else:
+        proc = _run_here(list(args), cache)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def _run_here(argv: list[str], cache: Path | None) -> subprocess.CompletedProcess:
+    """``transferlab.cli.main(argv)`` in this process, as ``python -m transferlab`` would run it."""
+    from transferlab.cli import main
+
+    streams = {name: io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for name in ("out", "err")}
+    code: int | str | None = 0
+    with pytest.MonkeyPatch.context() as mp:
+        if cache is not None:
+            mp.setenv("TRANSFERLAB_CACHE_DIR", str(cache))
+        mp.setattr(sys, "argv", ["transferlab", *argv])
+        with contextlib.redirect_stdout(streams["out"]), contextlib.redirect_stderr(streams["err"]):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code
+    if not isinstance(code, int):  # sys.exit("message") or sys.exit(None), as the interpreter maps them
+        if code is not None:
+            streams["err"].write(f"{code}\n")
+        code = 0 if code is None else 1
+    out, err = (streams[k].buffer.getvalue().decode() for k in ("out", "err"))  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(["transferlab", *argv], code, out, err)
 
 
 def pytest_configure(config):
@@ -51,20 +87,20 @@ def pytest_configure(config):
 # `--no-loadscope-reorder` in addopts), so the two workers finish together instead of one running test_spark.py alone
 # at the end; a file not listed is short and keeps its place after these.
 FILE_SECONDS = {
-    "test_spark.py": 209,
-    "test_outputs.py": 116,
-    "test_cli.py": 109,
-    "test_people.py": 101,
-    "test_face_pipeline.py": 86,
-    "test_faces.py": 82,
-    "test_finetune.py": 75,
-    "test_study.py": 75,
-    "test_kill_loop.py": 48,
-    "test_serve.py": 41,
-    "test_facebag.py": 35,
-    "test_edgeface.py": 34,
-    "test_memory.py": 30,
-    "test_recipe.py": 26,
+    "test_spark.py": 237,
+    "test_face_pipeline.py": 146,
+    "test_kill_loop.py": 79,
+    "test_finetune.py": 77,
+    "test_study.py": 66,
+    "test_faces.py": 59,
+    "test_people.py": 49,
+    "test_serve.py": 44,
+    "test_memory.py": 39,
+    "test_export.py": 27,
+    "test_cli.py": 26,
+    "test_features.py": 22,
+    "test_heads.py": 22,
+    "test_outputs.py": 22,
 }
 
 

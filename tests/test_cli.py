@@ -26,6 +26,7 @@ def cli_model(tmp_path_factory, small_photos):
         "--group-by",
         "kind",
         cache=cache,
+        process=True,  # the console script end to end, in a process of its own as a user runs it
     )
     return out, cache, first
 

@@ -73,11 +73,6 @@ augment = [false]
 def forkserver():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    # Start the server (it imports PRELOAD, ~5 s) before the reference runs are timed: kill moments are drawn from
-    # a run's duration, and one inflated by the server's start put most kills after the run had finished.
-    warm = ctx.Process(target=os.getpid)
-    warm.start()
-    warm.join()
     return ctx
 
 
@@ -178,7 +173,10 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
     def study_argv(out: Path, cache: Path) -> list[str]:
         return ["study", str(tmp_path / "kill.toml"), "--out", str(out), "--cache-dir", str(cache)]
 
-    # uninterrupted reference runs, which also time a whole run to draw kill moments from
+    # uninterrupted reference runs, which also time a whole run to draw kill moments from. The first includes the
+    # forkserver's start (~5 s of imports), so delays often outlast a run: chains then also kill runs resuming a
+    # finished model (asserted below). Timing the run alone (server started first) was tried: on a loaded machine
+    # every train kill then came before any feature was written, and that assertion failed.
     durations = {}
     for name, argv in (("train", train_argv), ("study", study_argv)):
         t = time.monotonic()
@@ -192,7 +190,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
         out, cache = tmp_path / f"{name}-{chain}", tmp_path / f"{name}-{chain}-cache"
         per_chain = TRAIN_KILLS_PER_CHAIN if name == "train" else STUDY_KILLS_PER_CHAIN
         killed = attempts = 0
-        upper = durations[name]  # resumed runs are shorter: some finish and leave a model for later kills to hit
+        upper = 0.8 * durations[name]
         while killed < per_chain:
             attempts += 1
             assert attempts <= 10 * per_chain, f"{name}: runs keep finishing before the kill"

@@ -95,7 +95,7 @@ class StudyConfig:
     augment_modes: list[bool] = field(default_factory=lambda: [False, True])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weights: dict[str, str] = field(default_factory=dict)
-    workers: int | None = None  # processes for the runs (None: one per core, at most 4)
+    workers: int | None = None  # processes for the runs (None: one per core, at most 4, when the runs pay for them)
     engine: str = "local"
     master: str | None = None
 

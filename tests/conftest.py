@@ -87,20 +87,20 @@ def pytest_configure(config):
 # `--no-loadscope-reorder` in addopts), so the two workers finish together instead of one running test_spark.py alone
 # at the end; a file not listed is short and keeps its place after these.
 FILE_SECONDS = {
-    "test_spark.py": 237,
-    "test_face_pipeline.py": 146,
-    "test_kill_loop.py": 79,
-    "test_finetune.py": 77,
-    "test_study.py": 66,
-    "test_faces.py": 59,
-    "test_people.py": 49,
-    "test_serve.py": 44,
-    "test_memory.py": 39,
+    "test_spark.py": 228,
+    "test_face_pipeline.py": 117,
+    "test_kill_loop.py": 70,
+    "test_finetune.py": 69,
+    "test_study.py": 67,
+    "test_faces.py": 56,
+    "test_people.py": 42,
+    "test_memory.py": 34,
+    "test_facebag.py": 33,
+    "test_serve.py": 32,
+    "test_backbones.py": 27,
     "test_export.py": 27,
     "test_cli.py": 26,
-    "test_features.py": 22,
     "test_heads.py": 22,
-    "test_outputs.py": 22,
 }
 
 

@@ -93,12 +93,22 @@ def test_quick_study_writes_both_tables_with_intervals(quick_study):
 
 
 def test_rerun_of_a_finished_study_runs_nothing(quick_study, tmp_path):
+    """Nothing is run or featurized again, even with an empty cache: the report's backbone facts (what featurizing
+    cost) are the earlier run's, read back from facts.json, so Table 1 is written as it was."""
     out, first, _ = quick_study
     before = pd.read_csv(out / "runs.csv")
+    table1 = _section((out / "report.md").read_text(), "## Table 1")
     again = run_study(QUICK, out, cache_dir=tmp_path / "c")
     after = pd.read_csv(out / "runs.csv")
     pd.testing.assert_frame_equal(before, after)
     assert len(again.runs) == len(first.runs)
+    assert not list((tmp_path / "c").rglob("*.npy"))  # no feature computed
+    assert _section((out / "report.md").read_text(), "## Table 1") == table1
+
+
+def _section(report: str, heading: str) -> str:
+    start = report.index(heading)
+    return report[start : report.index("\n## ", start + 1)]
 
 
 def test_a_killed_study_resumes_with_the_same_finished_rows(quick_study):

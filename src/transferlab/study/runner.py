@@ -385,7 +385,7 @@ def _earlier_facts(out: Path) -> dict[str, dict[str, Any]]:
         facts = json.loads((out / "facts.json").read_text())["backbones"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    return facts if isinstance(facts, dict) else {}
+    return {b: f for b, f in facts.items() if isinstance(f, dict)} if isinstance(facts, dict) else {}
 
 
 def run_study(
@@ -435,11 +435,12 @@ def run_study(
         tunable = [b for b in backbones if _tunable(b)]
         table1 += [Cell("table1", f"{b}{FINETUNED}{cfg.finetune}", h, None, False) for b in tunable for h in cfg.heads]
     n_runs = (len(table1) + len(cfg.per_class) * len(cfg.augment_modes)) * cfg.seeds
-    earlier = _earlier_facts(out)
+    earlier, reused = _earlier_facts(out), set()
     with rep.task("study", n_runs) as advance:
         for b in backbones:
             if b in earlier and not _pending(cfg, log, [c for c in table1 if split_backbone(c.backbone)[0] == b]):
                 features.facts[b] = earlier[b]  # every run of it is logged: what computing its features cost then
+                reused.add(b)
             else:
                 features.prepare(b)
         _run_cells(cfg, table, log, table1, advance, cache_dir, use_cache)
@@ -452,6 +453,8 @@ def run_study(
                 t1 = frozen
             t2_backbone = t1.groupby("backbone")["accuracy"].mean().idxmax()
         table2 = [Cell("table2", t2_backbone, cfg.table2_head, n, a) for n in cfg.per_class for a in cfg.augment_modes]
+        if _pending(cfg, log, table2) and t2_backbone in reused:
+            del features.facts[t2_backbone]  # Table 2 has runs to do (a changed config): its features, cached, first
         if _pending(cfg, log, table2) or t2_backbone not in features.facts:
             features.prepare(t2_backbone, augmented=any(cfg.augment_modes))
         _run_cells(cfg, table, log, table2, advance, cache_dir, use_cache)

@@ -31,10 +31,10 @@ def run(
     which was a fifth of the suite. ``process=True`` runs ``python -m transferlab`` in a new process, for what only a
     process shows (what it imports, its memory, signals); the tests of the console script itself use it too.
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    if cache is not None:
-        env["TRANSFERLAB_CACHE_DIR"] = str(cache)
     if process:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        if cache is not None:
+            env["TRANSFERLAB_CACHE_DIR"] = str(cache)
         proc = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env)
     else:
         proc = _run_here(list(args), cache)

@@ -356,7 +356,7 @@ def _run_cells(
 ) -> None:
     """Every (cell, seed) run not in ``log`` yet, appended to it as it finishes: in worker processes where the
     cache lets them share features, else here."""
-    jobs = [(c, seed) for c in cells for seed in range(cfg.seeds) if (c.id, seed) not in log.done]
+    jobs = _todo(cfg, log, cells)
     advance(len(cells) * cfg.seeds - len(jobs))
     workers = _study_workers(cfg, len(jobs), len(table)) if use_cache else 1
     if workers == 1:
@@ -372,9 +372,9 @@ def _run_cells(
             advance(1)
 
 
-def _pending(cfg: StudyConfig, log: RunLog, cells: list[Cell]) -> bool:
-    """Whether any (cell, seed) run of ``cells`` is not logged yet."""
-    return any((c.id, seed) not in log.done for c in cells for seed in range(cfg.seeds))
+def _todo(cfg: StudyConfig, log: RunLog, cells: list[Cell]) -> list[tuple[Cell, int]]:
+    """The (cell, seed) runs of ``cells`` not logged yet."""
+    return [(c, seed) for c in cells for seed in range(cfg.seeds) if (c.id, seed) not in log.done]
 
 
 def _earlier_facts(out: Path) -> dict[str, dict[str, Any]]:
@@ -438,7 +438,7 @@ def run_study(
     earlier, reused = _earlier_facts(out), set()
     with rep.task("study", n_runs) as advance:
         for b in backbones:
-            if b in earlier and not _pending(cfg, log, [c for c in table1 if split_backbone(c.backbone)[0] == b]):
+            if b in earlier and not _todo(cfg, log, [c for c in table1 if split_backbone(c.backbone)[0] == b]):
                 features.facts[b] = earlier[b]  # every run of it is logged: what computing its features cost then
                 reused.add(b)
             else:
@@ -453,9 +453,10 @@ def run_study(
                 t1 = frozen
             t2_backbone = t1.groupby("backbone")["accuracy"].mean().idxmax()
         table2 = [Cell("table2", t2_backbone, cfg.table2_head, n, a) for n in cfg.per_class for a in cfg.augment_modes]
-        if _pending(cfg, log, table2) and t2_backbone in reused:
+        t2_todo = bool(_todo(cfg, log, table2))
+        if t2_todo and t2_backbone in reused:
             del features.facts[t2_backbone]  # Table 2 has runs to do (a changed config): its features, cached, first
-        if _pending(cfg, log, table2) or t2_backbone not in features.facts:
+        if t2_todo or t2_backbone not in features.facts:
             features.prepare(t2_backbone, augmented=any(cfg.augment_modes))
         _run_cells(cfg, table, log, table2, advance, cache_dir, use_cache)
     runs = log.frame()

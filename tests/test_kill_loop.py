@@ -1,5 +1,7 @@
 """Crash safety: SIGKILL `transferlab train` and `transferlab study` at random moments, over and over.
 
+A kill moment is drawn from an uninterrupted run's progress (what it had kept on disk, and the seconds since), so
+kills fall across start-up, featurizing, fitting and writing on a fast machine and a loaded one alike.
 After every kill the files on disk are checked the way a rerun reads them (nothing half-written may be read:
 cache entries verify their checksums, model.json/metrics.json/runs.csv parse, plots open), the next run resumes
 from whatever was left, and at the end of each chain a run completes and its artifacts equal an uninterrupted
@@ -76,21 +78,50 @@ def forkserver():
     return ctx
 
 
-def _run(ctx, argv: list[str], kill_after: float | None = None) -> int | None:
-    """Run the CLI with ``argv`` in a forked child; SIGKILL it after ``kill_after`` seconds if still running.
+Progress = tuple[int, int, int, int]
 
-    Returns the exit code, or None when it was killed.
+
+def _progress(out: Path, cache: Path) -> Progress:
+    """What a run has kept so far, as a rerun would find it: (cache entries, model written, study lines logged,
+    files in the output folder)."""
+    entries = sum(1 for p in cache.rglob("*.npy") if not p.name.startswith(".tmp-")) if cache.exists() else 0
+    runs = (out / "runs.csv").read_bytes().count(b"\n") if (out / "runs.csv").exists() else 0
+    files = sum(1 for p in out.iterdir() if not p.name.startswith(".tmp-")) if out.exists() else 0
+    return entries, int((out / "model.json").exists()), runs, files
+
+
+def _reached(now: Progress, target: Progress) -> bool:
+    return all(a >= b for a, b in zip(now, target, strict=True))
+
+
+def _run(
+    ctx, argv: list[str], watch: tuple[Path, Path], kill_at: tuple[Progress, float] | None = None
+) -> tuple[int | None, list[tuple[float, Progress]]]:
+    """Run the CLI with ``argv`` in a forked child, watching what it keeps in ``watch`` (its output and cache).
+
+    ``kill_at=(progress, after)``: SIGKILL the child ``after`` seconds once it has kept at least ``progress`` (see
+    `_progress`); a run resuming past that point is killed ``after`` seconds from its start. Returns the exit code
+    (None when killed) and the progress seen over time, each change once.
     """
     from ._kill_child import run_cli
 
     p = ctx.Process(target=run_cli, args=(argv,))
+    t0 = time.monotonic()
     p.start()
-    p.join(kill_after)
-    if p.is_alive():
-        p.kill()  # SIGKILL
-        p.join()
-        return None
-    return p.exitcode
+    trace = [(0.0, _progress(*watch))]
+    deadline = None
+    while p.is_alive():
+        now = _progress(*watch)
+        if now != trace[-1][1]:
+            trace.append((time.monotonic() - t0, now))
+        if kill_at is not None and deadline is None and _reached(now, kill_at[0]):
+            deadline = time.monotonic() + kill_at[1]
+        if deadline is not None and time.monotonic() >= deadline:
+            p.kill()  # SIGKILL
+            p.join()
+            return None, trace
+        p.join(0.01)
+    return p.exitcode, trace
 
 
 def _check_nothing_half_written(out: Path, cache: Path, spaces: list[FeatureCache]) -> dict[str, int]:
@@ -173,15 +204,31 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
     def study_argv(out: Path, cache: Path) -> list[str]:
         return ["study", str(tmp_path / "kill.toml"), "--out", str(out), "--cache-dir", str(cache)]
 
-    # uninterrupted reference runs, which also time a whole run to draw kill moments from. The first includes the
-    # forkserver's start (~5 s of imports), so delays often outlast a run: chains then also kill runs resuming a
-    # finished model (asserted below). Timing the run alone (server started first) was tried: on a loaded machine
-    # every train kill then came before any feature was written, and that assertion failed.
-    durations = {}
+    # The forkserver's start (~5 s of imports) comes first, so the reference runs below time the runs alone.
+    from ._kill_child import noop
+
+    warm = forkserver.Process(target=noop)
+    warm.start()
+    warm.join()
+
+    # Uninterrupted reference runs: what each keeps on disk, and when. A kill moment is a point of a reference run
+    # given as progress (the first cache entries, the model, the logged runs it had kept) and the seconds since that
+    # progress was reached, so kills land across start-up, featurizing, fitting and writing however loaded the
+    # machine is: a clock alone put most kills after the end of a run here, and all before its features on a busy one.
+    refs: dict[str, tuple[list[tuple[float, Progress]], float]] = {}
     for name, argv in (("train", train_argv), ("study", study_argv)):
+        out, cache = tmp_path / f"ref-{name}", tmp_path / f"ref-{name}-cache"
         t = time.monotonic()
-        assert _run(forkserver, argv(tmp_path / f"ref-{name}", tmp_path / f"ref-{name}-cache")) == 0
-        durations[name] = time.monotonic() - t
+        code, trace = _run(forkserver, argv(out, cache), (out, cache))
+        assert code == 0
+        refs[name] = trace, time.monotonic() - t
+
+    def moment(name: str, within: float) -> tuple[Progress, float]:
+        """A moment drawn from the first ``within`` seconds of the reference run, as (progress, seconds after it)."""
+        trace, _ = refs[name]
+        u = rng.uniform(0.0, within)
+        at, progress = [(t, p) for t, p in trace if t <= u][-1]
+        return progress, u - at
 
     kills: list[dict[str, object]] = []
     plan = [("train", train_argv, _assert_train_equal)] * TRAIN_CHAINS
@@ -189,34 +236,35 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
     for chain, (name, argv, same) in enumerate(plan):
         out, cache = tmp_path / f"{name}-{chain}", tmp_path / f"{name}-{chain}-cache"
         per_chain = TRAIN_KILLS_PER_CHAIN if name == "train" else STUDY_KILLS_PER_CHAIN
+        length = refs[name][1]
         killed = attempts = 0
-        upper = 0.8 * durations[name]
+        kill_at = moment(name, 0.5 * length)  # a chain's first kill: a run from nothing, in its first half
+        if not kills:  # one kill for certain before anything is kept (start-up), on fast machines too
+            kill_at = ((0, 0, 0, 0), 0.05)
         while killed < per_chain:
             attempts += 1
             assert attempts <= 10 * per_chain, f"{name}: runs keep finishing before the kill"
-            # each run resumes from what the previous, killed one left behind; the first kill of a chain hits a run
-            # that starts from nothing, in its first half (start-up, intake, featurize)
-            delay = rng.uniform(0.2, 0.5 * durations[name] if killed == 0 else upper)
-            if not kills:  # one kill for certain before anything is kept (start-up), on fast machines too
-                delay = 0.05
             t = time.monotonic()
-            code = _run(forkserver, argv(out, cache), kill_after=delay)
-            if code is not None:  # it finished before the kill (resumed runs are shorter): kill the next one sooner
+            code, _ = _run(forkserver, argv(out, cache), (out, cache), kill_at)
+            if code is not None:  # it finished before the kill: a resumed run is shorter, so kill the next sooner
                 assert code == 0
                 if killed == 0:
                     shutil.rmtree(out)
                     shutil.rmtree(cache)
-                upper = max(0.3, 0.9 * (time.monotonic() - t))
+                kill_at = (kill_at[0], rng.uniform(0.0, 0.9 * (time.monotonic() - t)))
                 continue
             killed += 1
             state = _check_nothing_half_written(out, cache, _spaces(cache))
-            kills.append({"command": name, "after_s": round(delay, 2), **state})
-        assert _run(forkserver, argv(out, cache)) == 0, f"{name}: the rerun after {per_chain} kills failed"
+            kills.append({"command": name, "progress": kill_at[0], "after_s": round(kill_at[1], 2), **state})
+            kill_at = moment(name, length)
+            if name == "train" and killed == per_chain - 1:  # a chain's last kill: a run resuming a finished model
+                kill_at = ((0, 1, 0, 0), kill_at[1])
+        assert _run(forkserver, argv(out, cache), (out, cache))[0] == 0, f"{name}: the rerun after the kills failed"
         assert _check_nothing_half_written(out, cache, _spaces(cache))["entries"] > 0
         same(out, tmp_path / f"ref-{name}")
 
     assert len(kills) >= 20
     sys.stderr.write(f"\nkill loop: {len(kills)} kills survived, nothing lost: {kills}\n")
-    # kills hit runs before anything was kept as well as resumed ones
+    # kills hit runs before anything was kept as well as runs resuming a finished model
     assert any(k["model"] == 0 and k["entries"] < 20 for k in kills if k["command"] == "train")
     assert any(k["model"] == 1 for k in kills if k["command"] == "train")

@@ -26,11 +26,9 @@ import numpy as np
 from ..cache import default_cache_dir
 from ..errors import TransferlabError
 from ..features import Extractor, FeatureOptions, FeatureResult, open_cache, prepare_backbone
-from ..heads import LogRegHead, MLPHead
 from . import _rows
 from .base import TableSummary
 from .local import LocalEngine
-from .spark_ml import fit_spark_head
 
 PIP_HINT = "pip install pyspark==4.3.0 pyarrow"
 
@@ -442,6 +440,11 @@ class SparkEngine:
         Below the limit (and for the svm head, which Spark ML has only for two classes) the caller fits the local
         head on the collected matrix, exactly as the local engine does.
         """
+        # Imported here, not at the top: every executor's Python worker imports this module for the featurize UDF,
+        # and the heads bring scikit-learn and SciPy (~2 s of CPU a worker) that only the driver's fit uses.
+        from ..heads import LogRegHead, MLPHead
+        from .spark_ml import fit_spark_head
+
         if not isinstance(head, LogRegHead | MLPHead) or np.asarray(X).size < self.collect_limit:
             return False
         import pandas as pd

@@ -15,6 +15,25 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
+
+def _share_the_cores() -> None:
+    """Each pytest-xdist worker gets its share of the cores for torch's OpenMP threads (and the processes it starts).
+
+    torch takes every core in each worker: two workers on 2 cores ran 4 threads, whose OpenMP teams spin while they
+    wait for one another (libgomp's default), and about a third of the suite's CPU went to that spinning (measured on
+    2 cores: 491 s -> 360 s, 11.4 -> 7.9 min of CPU; a passive wait policy alone gave 398 s). Tests of thread and lane
+    counts set theirs explicitly; a user's own OMP_NUM_THREADS is kept.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported, here and in child processes
+        if "torch" in sys.modules:  # pragma: no cover - a plugin imported it first
+            sys.modules["torch"].set_num_threads(threads)
+
+
+_share_the_cores()
+
 REPO = Path(__file__).resolve().parents[1]
 PRESIDENTS = REPO / "data" / "presidents"
 # EdgeFace's int8 files, beside the repository for tests and benchmarks (the product never reads ../shared).
@@ -87,20 +106,18 @@ def pytest_configure(config):
 # `--no-loadscope-reorder` in addopts), so the two workers finish together instead of one running test_spark.py alone
 # at the end; a file not listed is short and keeps its place after these.
 FILE_SECONDS = {
-    "test_spark.py": 228,
-    "test_face_pipeline.py": 117,
-    "test_kill_loop.py": 70,
-    "test_finetune.py": 69,
-    "test_study.py": 67,
-    "test_faces.py": 56,
-    "test_people.py": 42,
-    "test_memory.py": 34,
-    "test_facebag.py": 33,
-    "test_serve.py": 32,
-    "test_backbones.py": 27,
-    "test_export.py": 27,
-    "test_cli.py": 26,
-    "test_heads.py": 22,
+    "test_spark.py": 157,
+    "test_face_pipeline.py": 92,
+    "test_kill_loop.py": 75,
+    "test_faces.py": 48,
+    "test_finetune.py": 46,
+    "test_study.py": 39,
+    "test_memory.py": 33,
+    "test_people.py": 31,
+    "test_serve.py": 26,
+    "test_export.py": 23,
+    "test_cli.py": 18,
+    "test_features.py": 17,
 }
 
 

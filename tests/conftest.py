@@ -22,14 +22,23 @@ def _share_the_cores() -> None:
     torch takes every core in each worker: two workers on 2 cores ran 4 threads, whose OpenMP teams spin while they
     wait for one another (libgomp's default), and about a third of the suite's CPU went to that spinning (measured on
     2 cores: 491 s -> 360 s, 11.4 -> 7.9 min of CPU; a passive wait policy alone gave 398 s). Tests of thread and lane
-    counts set theirs explicitly; a user's own OMP_NUM_THREADS is kept.
+    counts set theirs explicitly; a user's own OMP_NUM_THREADS / OPENCV_FOR_THREADS_NUM is kept. OpenCV's pool (the
+    OpenCV reference of the parity tests, the face alignment's remap) gets the same share.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported, here and in child processes
-        if "torch" in sys.modules:  # pragma: no cover - a plugin imported it first
-            sys.modules["torch"].set_num_threads(threads)
+    if workers <= 1:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    # Read when torch (OpenMP; OpenBLAS reads it too) and OpenCV (its own pthreads pool, which also spins) start,
+    # here and in child processes.
+    for var, module, set_threads in (
+        ("OMP_NUM_THREADS", "torch", "set_num_threads"),
+        ("OPENCV_FOR_THREADS_NUM", "cv2", "setNumThreads"),
+    ):
+        if var not in os.environ:
+            os.environ[var] = str(threads)
+            if module in sys.modules:  # pragma: no cover - a plugin imported it first
+                getattr(sys.modules[module], set_threads)(threads)
 
 
 _share_the_cores()

@@ -441,7 +441,7 @@ class SparkEngine:
         head on the collected matrix, exactly as the local engine does.
         """
         # Imported here, not at the top: every executor's Python worker imports this module for the featurize UDF,
-        # and the heads bring scikit-learn and SciPy (~2 s of CPU a worker) that only the driver's fit uses.
+        # and the heads bring scikit-learn and SciPy (~1 s of a worker's start) that only the driver's fit uses.
         from ..heads import LogRegHead, MLPHead
         from .spark_ml import fit_spark_head
 

@@ -272,6 +272,15 @@ def test_without_pyspark_the_local_engine_works_and_spark_says_what_to_install()
     assert "pip install pyspark==4.3.0" in out
 
 
+def test_the_featurize_udfs_module_leaves_the_heads_to_the_driver():
+    """Every executor's Python worker imports the engine module for the featurize UDF: scikit-learn and SciPy (what
+    the heads bring, ~1 s of a worker's start) stay out of it; only the driver's Spark ML fit imports the heads."""
+    code = "import sys, transferlab.engines.spark\nprint(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # -- a real standalone cluster ---------------------------------------------------------------------------------------
 
 

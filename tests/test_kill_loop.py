@@ -96,12 +96,12 @@ def _reached(now: Progress, target: Progress) -> bool:
 
 def _run(
     ctx, argv: list[str], watch: tuple[Path, Path], kill_at: tuple[Progress, float] | None = None
-) -> tuple[int | None, list[tuple[float, Progress]]]:
+) -> tuple[int | None, list[tuple[float, Progress]], float]:
     """Run the CLI with ``argv`` in a forked child, watching what it keeps in ``watch`` (its output and cache).
 
     ``kill_at=(progress, after)``: SIGKILL the child ``after`` seconds once it has kept at least ``progress`` (see
     `_progress`); a run resuming past that point is killed ``after`` seconds from its start. Returns the exit code
-    (None when killed) and the progress seen over time, each change once.
+    (None when killed), the progress seen over time (each change once) and the seconds the run took.
     """
     from ._kill_child import run_cli
 
@@ -119,9 +119,9 @@ def _run(
         if deadline is not None and time.monotonic() >= deadline:
             p.kill()  # SIGKILL
             p.join()
-            return None, trace
+            return None, trace, time.monotonic() - t0
         p.join(0.02)  # a look every 20 ms: finer cost the test process ~5 s of CPU in the suite
-    return p.exitcode, trace
+    return p.exitcode, trace, time.monotonic() - t0
 
 
 def _check_nothing_half_written(out: Path, cache: Path, spaces: list[FeatureCache]) -> dict[str, int]:
@@ -218,10 +218,9 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
     refs: dict[str, tuple[list[tuple[float, Progress]], float]] = {}
     for name, argv in (("train", train_argv), ("study", study_argv)):
         out, cache = tmp_path / f"ref-{name}", tmp_path / f"ref-{name}-cache"
-        t = time.monotonic()
-        code, trace = _run(forkserver, argv(out, cache), (out, cache))
+        code, trace, seconds = _run(forkserver, argv(out, cache), (out, cache))
         assert code == 0
-        refs[name] = trace, time.monotonic() - t
+        refs[name] = trace, seconds
 
     def moment(name: str, within: float) -> tuple[Progress, float]:
         """A moment drawn from the first ``within`` seconds of the reference run, as (progress, seconds after it)."""
@@ -244,14 +243,13 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_work(tmp_path, forkse
         while killed < per_chain:
             attempts += 1
             assert attempts <= 10 * per_chain, f"{name}: runs keep finishing before the kill"
-            t = time.monotonic()
-            code, _ = _run(forkserver, argv(out, cache), (out, cache), kill_at)
+            code, _, seconds = _run(forkserver, argv(out, cache), (out, cache), kill_at)
             if code is not None:  # it finished before the kill: a resumed run is shorter, so kill the next sooner
                 assert code == 0
                 if killed == 0:
                     shutil.rmtree(out)
                     shutil.rmtree(cache)
-                kill_at = (kill_at[0], rng.uniform(0.0, 0.9 * (time.monotonic() - t)))
+                kill_at = (kill_at[0], rng.uniform(0.0, 0.9 * seconds))
                 continue
             killed += 1
             state = _check_nothing_half_written(out, cache, _spaces(cache))

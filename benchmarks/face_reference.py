@@ -8,6 +8,7 @@ A face row is ``[embedding (D) | box x, y, w, h | 5 landmarks (x, y) | detector 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,3 +127,44 @@ class FaceModel:
 def reference(backbone: Any) -> FaceModel:
     """The reference path for a built face backbone (its embedder)."""
     return FaceModel(backbone.face.embedder)
+
+
+def reference_rows(paths: list[Path], backbone: Any) -> dict[str, np.ndarray]:
+    """The reference's face rows of each photo, decoded as the backbone decodes it, keyed by ``class/file``."""
+    from transferlab.decode import read_rgb
+
+    model = reference(backbone)
+    return {f"{p.parent.name}/{p.name}": model.faces(np.asarray(read_rgb(p, draft=backbone.draft_size))) for p in paths}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.face_reference [OUT]``: write the reference's SFace rows of the parity tests' sample
+    (every 4th bundled photo) to ``OUT`` (default ``tests/data/face_reference/sface_sample.npz``).
+
+    The parity test compares the batched pipeline with these rows on all 203 photos and recomputes a tenth of them
+    live, so the file cannot drift from the reference path; rewrite it only when that path itself changes.
+    """
+    import argparse
+
+    from transferlab.backbones import create_backbone
+
+    repo = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.face_reference", description=main.__doc__)
+    parser.add_argument("out", nargs="?", type=Path, default=repo / REFERENCE_ROWS)
+    args = parser.parse_args(argv)
+    rows = reference_rows(parity_sample(repo / "data" / "presidents"), create_backbone("sface"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **rows)
+    print(f"{args.out}: {len(rows)} photos, {sum(len(r) for r in rows.values())} faces")
+
+
+REFERENCE_ROWS = Path("tests/data/face_reference/sface_sample.npz")
+
+
+def parity_sample(presidents: Path) -> list[Path]:
+    """The parity tests' sample: every 4th bundled photo (203, every class and kind)."""
+    return sorted(presidents.glob("*/*.jpg"))[::4]
+
+
+if __name__ == "__main__":
+    main()

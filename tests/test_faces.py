@@ -169,18 +169,22 @@ paths = intake(sys.argv[1]).table["path"].tolist()[:10]
 featurize(paths[:2], create_backbone("mobilenet_v2"))          # torch/OpenMP threads running in this process
 featurize_faces(paths[:1], create_backbone("sface"))            # OpenCV threads too
 bb = create_backbone("dlib_resnet")
-pooled = featurize_faces(paths, bb)                             # single-threaded embedder: worker processes
-one_at_a_time = reference(bb)                                  # built once, used photo by photo
+pooled = featurize_faces(paths, bb, num_workers=2)              # worker processes, started after those threads
+lanes = featurize_faces(paths, bb)                              # the default: lanes in this process
+one_at_a_time = reference(bb)                                  # dlib's own descriptor, photo by photo
 serial = [one_at_a_time.faces(np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB"))) for p in paths]
-# the same embeddings and landmarks as the one-photo-at-a-time path (boxes are clamped to the photo now)
+# the same embeddings and landmarks as dlib's one-photo-at-a-time path (boxes are clamped to the photo now)
 cols = list(range(128)) + list(range(132, 143))
 diff = max(float(np.abs(a[:, cols] - b[:, cols]).max()) for a, b in zip(pooled.bags, serial) if len(a))
-print(json.dumps({"n": len(pooled.bags), "errors": len(pooled.errors), "diff": diff}))
+same = all(np.array_equal(a, b) for a, b in zip(pooled.bags, lanes.bags))
+print(json.dumps({"n": len(pooled.bags), "faces": sum(map(len, serial)), "errors": len(pooled.errors), "diff": diff,
+                  "same": same}))
 """
 
 
-def test_single_threaded_embedders_run_in_worker_processes_without_deadlock(tmp_path):
-    """dlib featurizes in processes; starting them after torch and OpenCV threads exist must not hang."""
+def test_worker_processes_start_without_deadlock_and_dlib_embeds_as_dlib_does(tmp_path):
+    """Face batches in worker processes (``num_workers``) started after torch and OpenCV threads exist do not hang,
+    and give the lanes' rows; dlib_resnet's rows (its network in torch) are dlib's own descriptors."""
     import subprocess
     import sys
 
@@ -193,12 +197,13 @@ def test_single_threaded_embedders_run_in_worker_processes_without_deadlock(tmp_
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["n"] == 10 and result["errors"] == 0
+    assert result["n"] == 10 and result["errors"] == 0 and result["faces"] >= 10
+    assert result["same"]
     assert result["diff"] < 1e-3  # decoding differs only by draft mode (none at these sizes)
 
 
 def test_dlib_backbone_through_the_cli(tmp_path):
-    """The CLI with an embedder that featurizes in spawned worker processes completes and evaluates."""
+    """The CLI trains and evaluates a dlib_resnet model (dlib's shape and chip, its network in torch)."""
     photos = copy_subset(tmp_path / "photos", 5)
     proc = run(
         "train", str(photos), "--out", str(tmp_path / "m"), "--backbone", "dlib_resnet", "--json", cache=tmp_path / "c"

@@ -142,8 +142,6 @@ class FaceCfg:
         towards it (strongly when a class has few training faces).
     flip
         Test-time flip: embed each face and its mirror image, and average.
-    single_threaded
-        The embedder holds the GIL on one core (dlib): featurize in worker processes instead of threads.
     parts
         For a fused backbone, the registered backbones whose embeddings it puts side by side: its rows are made from
         theirs (read from their caches where there), never computed twice.
@@ -153,7 +151,6 @@ class FaceCfg:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     same_person_cosine: float | None = None
     flip: bool = False
-    single_threaded: bool = False
     parts: tuple[str, ...] = ()
 
 

@@ -46,9 +46,9 @@ class FacePipeline:
     Parameters
     ----------
     embedder
-        ``"sface"`` (batched, on the device), ``"dlib_resnet"`` (dlib's descriptor, on the CPU, a photo at a time
-        after the batched detector), a registered crop embedder (:mod:`.face_embedders`, batched like SFace), or
-        several fused, joined by ``+`` (``"sface+dlib_resnet"``).
+        ``"sface"`` (batched, on the device), ``"dlib_resnet"`` (dlib's descriptor: its shape and chip per face on
+        the CPU, its network batched on the device), a registered crop embedder (:mod:`.face_embedders`, batched
+        like SFace), or several fused, joined by ``+`` (``"sface+dlib_resnet"``).
     device
         ``"cpu"`` or a CUDA device.
     runtime
@@ -125,10 +125,10 @@ class FacePipeline:
 
     @cached_property
     def dlib(self) -> Any:
-        """dlib's descriptor (``dlib_resnet``), built on first use."""
+        """dlib's descriptor (``dlib_resnet``), built on first use: dlib's shape and chip, its network in torch."""
         from .dlib import DlibEmbedder
 
-        return DlibEmbedder()
+        return DlibEmbedder(self.device)
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -136,6 +136,8 @@ class FacePipeline:
         out: dict[str, Any] = {"pipeline": f"batched v{GRAPH_VERSION}", "boxes": "clamped to the photo"}
         if self.flip:
             out["flip"] = "mean of the face's and its mirror image's embeddings"
+        if "dlib_resnet" in self.embedders:  # rows from dlib's own network (before) are not mixed with these
+            out["dlib"] = "dlib's chips, its network in torch (dlib_net)"
         if self.precision != "fp32":
             out["precision"] = self.precision
         if self.made["decode"] != "cpu":
@@ -302,11 +304,15 @@ class FacePipeline:
         return _unit(out[: len(crops)] + out[len(crops) :]) if self.flip else out
 
     def _dlib(self, images: list[torch.Tensor], detections: list[np.ndarray]) -> list[np.ndarray]:
-        """dlib embeddings per image: its own 5-point shape and chip, one photo at a time on the CPU."""
-        return [
-            self.dlib.embed(img.permute(1, 2, 0).cpu().numpy(), d) if len(d) else np.zeros((0, 128), np.float32)
+        """dlib embeddings per image: its own 5-point shape and chip per face (on the CPU), then every chip of the
+        batch through its network at once (on the device)."""
+        chips = [
+            self.dlib.chips(img.permute(1, 2, 0).cpu().numpy(), d)
             for img, d in zip(images, detections, strict=True)
+            if len(d)
         ]
+        emb = self.dlib.embed_chips(np.concatenate(chips) if chips else np.zeros((0, 150, 150, 3), np.uint8))
+        return list(np.split(emb, np.cumsum([len(d) for d in detections])[:-1]))
 
 
 # Photos a process has to embed (its jobs so far, FacePipeline.plan) from which the CPU embedder is frozen and

@@ -295,14 +295,13 @@ register_backbone(
         weights=DLIB_WEIGHTS,
         input_size=(3, 150, 150),
         feature_shape=(128,),
-        num_params=0,  # dlib's serialised format does not expose it cheaply
+        num_params=5_607_488,  # its network in torch (dlib_net; the affine layers folded into the convolutions)
         family="face",
         license="Boost (dlib) / CC0 (model)",
         description="dlib's 128-d face descriptor of the detected face (5-point landmarks, 150 px chip)",
         face=FaceCfg(
             embedder="dlib_resnet",
             preprocessing={**DETECTION, "align": "dlib 5-point shape → 150 px chip, padding 0.25"},
-            single_threaded=True,  # dlib's descriptor uses one core and holds the GIL: featurize in processes
         ),
         files=(YUNET, DLIB_SHAPE5, DLIB_RECOGNITION),
     )
@@ -315,17 +314,16 @@ register_backbone(
         weights=DLIB_WEIGHTS,
         input_size=(3, 112, 112),
         feature_shape=(256,),
-        num_params=9_976_053,  # SFace's; dlib's serialised format does not expose its count cheaply
+        num_params=9_976_053 + 5_607_488,  # SFace's and dlib's
         family="face",
         license="Apache-2.0 (OpenCV Zoo) + Boost (dlib) / CC0 (model)",
-        description="SFace and dlib face embeddings side by side (256-d; cosine = the mean of both); slow (dlib)",
+        description="SFace and dlib face embeddings side by side (256-d; cosine = the mean of both)",
         face=FaceCfg(
             embedder="sface+dlib_resnet",
             preprocessing={
                 **DETECTION,
                 "align": "SFace: 5-point similarity → 112×112; dlib: 5-point shape → 150 px chip, padding 0.25",
             },
-            single_threaded=True,
             parts=("sface", "dlib_resnet"),
         ),
         files=(YUNET, SFACE, DLIB_SHAPE5, DLIB_RECOGNITION),

@@ -1,14 +1,13 @@
 """Face features: every photo → its detected, aligned, embedded faces (a bag of rows), in batches, cached.
 
 On the CPU batches run side by side in lanes (threads with one core each: measured 2.0× one lane on 2 cores,
-BENCHMARKS.md); dlib's descriptor holds the GIL, so its batches run in worker processes instead. On a GPU the
+BENCHMARKS.md), or in worker processes when asked for. On a GPU the
 files are read in DataLoader workers; the portable recipe decodes them there as the CPU does, the fast one decodes
 JPEGs by nvJPEG and runs every stage on the device.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -66,7 +65,7 @@ def featurize_faces(
         GPU: file-reading processes (default: :func:`~transferlab.features.loader.default_num_workers`). CPU: with
         N ≥ 1, N processes with one thread each run the whole pipeline, a batch at a time, instead of lanes (threads
         in this process, the default; a lane holds the GIL a few ms of a photo's ~35 ms, measured, which many
-        cores may contend for); dlib's descriptor always runs in processes (default: one per core, at most 4).
+        cores may contend for).
     lanes
         CPU: batches side by side in threads (default: one per core, at most 16, each with one torch thread).
 
@@ -211,7 +210,7 @@ def _face_batches(
         yield from _gpu_batches(backbone, sources, todo, batch_size or GPU_BATCH, num_workers)
         return
     size = batch_size or CPU_BATCH
-    if (backbone.face.single_threaded or num_workers) and len(todo) >= 8:
+    if num_workers and len(todo) >= 8:
         yield from _process_batches(backbone, sources, todo, size, num_workers)
         return
     threads = torch.get_num_threads()
@@ -251,12 +250,12 @@ def _worker_batch(job: tuple[list[int], list[Any]]) -> FaceBatch:
 
 
 def _process_batches(
-    backbone: Any, sources: Sequence[Any], todo: list[int], size: int, num_workers: int | None
+    backbone: Any, sources: Sequence[Any], todo: list[int], size: int, num_workers: int
 ) -> Iterator[FaceBatch]:
-    """Batches in worker processes with one thread each (dlib's descriptor runs on one core and holds the GIL)."""
+    """Batches in ``num_workers`` worker processes with one thread each."""
     import multiprocessing as mp
 
-    workers = num_workers or min(os.cpu_count() or 1, 4)
+    workers = num_workers
     jobs = [(todo[a:b], [sources[i] for i in todo[a:b]]) for a, b in loader.balanced_batches(len(todo), size, workers)]
     # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children. The
     # backbone travels without its built networks; each worker builds its own.

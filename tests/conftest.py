@@ -16,29 +16,52 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, lowered by a container's CPU quota (cgroup v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us``), which affinity does not show (``docker --cpus 2`` on a 64-core host)."""
+    cores = len(os.sched_getaffinity(0))
+    for quota_file, period_file in (
+        ("/sys/fs/cgroup/cpu.max", None),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            fields = Path(quota_file).read_text().split()
+            quota, period = fields[0], fields[1] if period_file is None else Path(period_file).read_text().strip()
+            if quota not in ("max", "-1"):
+                return max(1, min(cores, -(-int(quota) // int(period))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cores
+
+
 def _share_the_cores() -> None:
     """Each pytest-xdist worker gets its share of the cores for torch's OpenMP threads (and the processes it starts).
 
     torch takes every core in each worker: two workers on 2 cores ran 4 threads, whose OpenMP teams spin while they
     wait for one another (libgomp's default), and about a third of the suite's CPU went to that spinning (measured on
     2 cores: 491 s -> 360 s, 11.4 -> 7.9 min of CPU; a passive wait policy alone gave 398 s). Tests of thread and lane
-    counts set theirs explicitly; a user's own OMP_NUM_THREADS / OPENCV_FOR_THREADS_NUM is kept. OpenCV's pool (the
-    OpenCV reference of the parity tests, the face alignment's remap) gets the same share.
+    counts set theirs explicitly. A ``OMP_NUM_THREADS`` / ``OPENCV_FOR_THREADS_NUM`` already set (a CI image's, a
+    user's) is kept when it is no larger than the share, and lowered to it otherwise. OpenCV's pool (the OpenCV
+    reference of the parity tests, the face alignment's remap) gets the same share.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers <= 1:
         return
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = max(1, _usable_cores() // workers)
     # Read when torch (OpenMP; OpenBLAS reads it too) and OpenCV (its own pthreads pool, which also spins) start,
     # here and in child processes.
     for var, module, set_threads in (
         ("OMP_NUM_THREADS", "torch", "set_num_threads"),
         ("OPENCV_FOR_THREADS_NUM", "cv2", "setNumThreads"),
     ):
-        if var not in os.environ:
-            os.environ[var] = str(threads)
+        try:
+            share = min(threads, int(os.environ[var]))
+        except (KeyError, ValueError):
+            share = threads
+        if os.environ.get(var) != str(share):
+            os.environ[var] = str(share)
             if module in sys.modules:  # pragma: no cover - a plugin imported it first
-                getattr(sys.modules[module], set_threads)(threads)
+                getattr(sys.modules[module], set_threads)(share)
 
 
 _share_the_cores()

@@ -138,18 +138,18 @@ def pytest_configure(config):
 # `--no-loadscope-reorder` in addopts), so the two workers finish together instead of one running test_spark.py alone
 # at the end; a file not listed is short and keeps its place after these.
 FILE_SECONDS = {
-    "test_spark.py": 157,
-    "test_face_pipeline.py": 92,
-    "test_kill_loop.py": 75,
-    "test_faces.py": 48,
-    "test_finetune.py": 46,
-    "test_study.py": 39,
-    "test_memory.py": 33,
-    "test_people.py": 31,
-    "test_serve.py": 26,
-    "test_export.py": 23,
-    "test_cli.py": 18,
-    "test_features.py": 17,
+    "test_spark.py": 131,
+    "test_face_pipeline.py": 59,
+    "test_finetune.py": 59,
+    "test_faces.py": 55,
+    "test_study.py": 46,
+    "test_kill_loop.py": 42,
+    "test_memory.py": 38,
+    "test_serve.py": 37,
+    "test_people.py": 36,
+    "test_export.py": 26,
+    "test_features.py": 20,
+    "test_cli.py": 19,
 }
 
 

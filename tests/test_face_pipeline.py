@@ -312,25 +312,6 @@ def test_face_lanes_take_one_core_each_and_every_lane_gets_work(sface, monkeypat
     assert max(b - a for a, b in seen["items"]) <= face_rows.CPU_BATCH
 
 
-def test_worker_processes_give_the_rows_lanes_give(sface, tmp_path, monkeypatch):
-    """``num_workers=N`` on the CPU runs the pipeline in N single-thread processes (no shared GIL) with the same
-    rows as the lanes, bad files reported the same way."""
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
-    photos = [str(p) for p in SAMPLE[:15]] + [str(bad)]
-    from transferlab.features import face_rows
-
-    lanes = featurize_faces(photos, sface)
-    ran = []
-    real = face_rows._process_batches
-    monkeypatch.setattr(face_rows, "_process_batches", lambda *a: ran.append(a[-1]) or real(*a))
-    workers = featurize_faces(photos, sface, num_workers=2)
-    assert ran == [2]  # the processes really ran
-    assert workers.errors.keys() == lanes.errors.keys() == {15}
-    for a, b in zip(lanes.bags[:15], workers.bags[:15], strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-
-
 def test_greedy_nms_keeps_what_torchvision_keeps():
     """The detector's suppression (written here to spare a cold start torchvision's import) keeps the boxes
     ``torchvision.ops.batched_nms`` keeps, in the same order, for crowded random boxes in several photos."""

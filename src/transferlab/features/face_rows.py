@@ -1,9 +1,8 @@
 """Face features: every photo → its detected, aligned, embedded faces (a bag of rows), in batches, cached.
 
 On the CPU batches run side by side in lanes (threads with one core each: measured 2.0× one lane on 2 cores,
-BENCHMARKS.md), or in worker processes when asked for. On a GPU the
-files are read in DataLoader workers; the portable recipe decodes them there as the CPU does, the fast one decodes
-JPEGs by nvJPEG and runs every stage on the device.
+BENCHMARKS.md), or in worker processes when asked for. On a GPU the files are read in DataLoader workers; the portable
+recipe decodes them there as the CPU does, the fast one decodes JPEGs by nvJPEG and runs every stage on the device.
 """
 
 from __future__ import annotations
@@ -255,12 +254,12 @@ def _process_batches(
     """Batches in ``num_workers`` worker processes with one thread each."""
     import multiprocessing as mp
 
-    workers = num_workers
-    jobs = [(todo[a:b], [sources[i] for i in todo[a:b]]) for a, b in loader.balanced_batches(len(todo), size, workers)]
+    batches = loader.balanced_batches(len(todo), size, num_workers)
+    jobs = [(todo[a:b], [sources[i] for i in todo[a:b]]) for a, b in batches]
     # spawn, not fork: forking a process whose OpenCV/OpenMP threads hold locks deadlocks the children. The
     # backbone travels without its built networks; each worker builds its own.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(backbone.unbuilt(),)) as pool:
+    with ctx.Pool(num_workers, initializer=_worker_init, initargs=(backbone.unbuilt(),)) as pool:
         yield from pool.imap(_worker_batch, jobs)
 
 

@@ -56,20 +56,10 @@ class DlibEmbedder:
         return out
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Unit descriptors ``(n, 128)`` of chips ``(n, 150, 150, 3)``, all through the network at once."""
+        """dlib's descriptors ``(n, 128)`` (not normalised, as ``compute_face_descriptor`` gives them) of chips
+        ``(n, 150, 150, 3)``, all through the network at once."""
         import torch
 
-        if not len(chips):
-            return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
             x = torch.from_numpy(chips).to(self.device).permute(0, 3, 1, 2).float()
-            out = self.net(x).float().cpu().numpy()
-        return _l2(out)
-
-    def embed(self, rgb: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Unit descriptors ``(n, 128)`` for YuNet rows ``faces`` found in ``rgb``."""
-        return self.embed_chips(self.chips(rgb, faces))
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            return self.net(x).float().cpu().numpy()

@@ -311,7 +311,7 @@ class FacePipeline:
             for img, d in zip(images, detections, strict=True)
             if len(d)
         ]
-        emb = self.dlib.embed_chips(np.concatenate(chips) if chips else np.zeros((0, 150, 150, 3), np.uint8))
+        emb = _unit(self.dlib.embed_chips(np.concatenate(chips))) if chips else np.zeros((0, 128), np.float32)
         return list(np.split(emb, np.cumsum([len(d) for d in detections])[:-1]))
 
 

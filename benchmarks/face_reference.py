@@ -111,7 +111,7 @@ class SFaceEmbedder:
         else:
             out = np.stack([self._rec.feature(a).reshape(-1) for a in aligned])
         out = np.asarray(out, dtype=np.float32)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return _unit(out)
 
 
 class DlibNativeEmbedder:
@@ -136,7 +136,11 @@ class DlibNativeEmbedder:
             shape = self._shape(img, dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
             chip = dlib.get_face_chip(img, shape, size=150, padding=0.25)
             out[i] = np.asarray(self._rec.compute_face_descriptor(chip))
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return _unit(out)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 EMBEDDERS: dict[str, type] = {"sface": SFaceEmbedder, "dlib_resnet": DlibNativeEmbedder}
@@ -166,7 +170,12 @@ def reference_rows(paths: list[Path], backbone: Any) -> dict[str, np.ndarray]:
     from transferlab.decode import read_rgb
 
     model = reference(backbone)
-    return {f"{p.parent.name}/{p.name}": model.faces(np.asarray(read_rgb(p, draft=backbone.draft_size))) for p in paths}
+    return {row_key(p): model.faces(np.asarray(read_rgb(p, draft=backbone.draft_size))) for p in paths}
+
+
+def row_key(path: Path) -> str:
+    """A photo's key in the stored reference rows: ``class/file``."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def main(argv: list[str] | None = None) -> None:
